@@ -1,0 +1,1 @@
+"""Datasets (one file per family), albumentations transforms and the DataModule."""

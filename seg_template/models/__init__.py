@@ -1,0 +1,1 @@
+"""Model builders returning nn.Modules that honour the model contract (native-stride logits)."""
