@@ -1,0 +1,168 @@
+"""The aux-head wrapper, class-weight loading and the configs/loss/*.yaml files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+
+from seg_template.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss, load_class_weights
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "loss"
+IGNORE = 255
+
+
+def make_batch(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    aux = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 10, 12), generator=gen)
+    target[torch.rand(target.shape, generator=gen) < 0.3] = IGNORE
+    return out, aux, target
+
+
+# ----------------------------------------------------------------------------- SegmentationLoss
+
+def test_tensor_output_has_no_aux_part():
+    out, _, target = make_batch()
+    loss = SegmentationLoss(CrossEntropy())
+    parts = loss.parts(out, target)
+    assert set(parts) == {"loss", "loss_main"}
+    torch.testing.assert_close(parts["loss"], CrossEntropy()(out, target))
+    torch.testing.assert_close(loss(out, target), parts["loss"])
+    assert set(loss.parts({"out": out, "aux": None}, target)) == {"loss", "loss_main"}
+
+
+def test_dict_output_adds_weighted_aux_term():
+    out, aux, target = make_batch()
+    loss = SegmentationLoss(OhemCrossEntropy(thresh=0.5, min_kept=10), aux_weight=0.4)
+    parts = loss.parts({"out": out, "aux": aux}, target)
+    assert set(parts) == {"loss", "loss_main", "loss_aux"}
+    torch.testing.assert_close(parts["loss_main"], OhemCrossEntropy(thresh=0.5, min_kept=10)(out, target))
+    torch.testing.assert_close(parts["loss"], parts["loss_main"] + 0.4 * parts["loss_aux"])
+    torch.testing.assert_close(loss({"out": out, "aux": aux}, target), parts["loss"])
+    parts["loss"].backward()
+    assert out.grad is not None and aux.grad is not None and aux.grad.abs().sum() > 0
+
+
+def test_aux_is_averaged_over_valid_pixels_only():
+    out, aux, target = make_batch()
+    loss_aux = SegmentationLoss(CrossEntropy(), aux_weight=0.5).parts({"out": out, "aux": aux}, target)["loss_aux"]
+    up = F.interpolate(aux, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    per_pixel = F.cross_entropy(up, target, ignore_index=IGNORE, reduction="none")
+    valid = target != IGNORE
+    torch.testing.assert_close(loss_aux, per_pixel[valid].mean())
+    assert not torch.allclose(loss_aux, per_pixel.mean())  # HRNet-OCR's mean with ignored pixels as zeros
+
+
+def test_aux_shares_ignore_index_weights_and_align_corners():
+    main = CrossEntropy(ignore_index=0, weight=[1.0, 2.0, 0.5, 1.0], align_corners=True)
+    wrapper = SegmentationLoss(main)
+    assert wrapper.aux.ignore_index == 0 and wrapper.aux.align_corners
+    torch.testing.assert_close(wrapper.aux.weight, main.weight)
+
+
+def test_wrapper_rejects_bad_input():
+    out, _, target = make_batch()
+    with pytest.raises(KeyError, match="'out' entry, got keys \\['logits'\\]"):
+        SegmentationLoss(CrossEntropy())({"logits": out}, target)
+    with pytest.raises(TypeError, match="got list"):
+        SegmentationLoss(CrossEntropy())([out], target)
+    with pytest.raises(ValueError, match="aux_weight must be >= 0, got -1"):
+        SegmentationLoss(CrossEntropy(), aux_weight=-1)
+
+
+def test_all_ignored_with_aux_is_zero():
+    out, aux, target = make_batch()
+    target[:] = IGNORE
+    parts = SegmentationLoss(OhemCrossEntropy()).parts({"out": out, "aux": aux}, target)
+    assert parts["loss"].item() == 0.0
+    parts["loss"].backward()
+    assert out.grad.abs().sum() == 0 and aux.grad.abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------- class weights
+
+def test_load_class_weights_sources(tmp_path):
+    expected = torch.tensor([0.5, 1.0, 2.5])
+    np.save(tmp_path / "w.npy", expected.numpy())
+    (tmp_path / "w.json").write_text(json.dumps([0.5, 1, 2.5]))
+    (tmp_path / "w.txt").write_text("# median-frequency weights\n0.5, 1.0\n2.5  # last class\n")
+    for spec in ([0.5, 1, 2.5], OmegaConf.create([0.5, 1, 2.5]), expected.double(), tmp_path / "w.npy",
+                 str(tmp_path / "w.json"), str(tmp_path / "w.txt")):
+        weight = load_class_weights(spec)
+        assert weight.dtype == torch.float32
+        torch.testing.assert_close(weight, expected)
+    assert load_class_weights(None) is None
+
+
+def test_load_class_weights_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_class_weights(tmp_path / "missing.npy")
+    (tmp_path / "w.csv").write_text("1,2")
+    with pytest.raises(ValueError, match="unsupported suffix '.csv'"):
+        load_class_weights(tmp_path / "w.csv")
+    np.save(tmp_path / "w2.npy", np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"w2.npy: expected a non-empty 1-D.*\(2, 2\)"):
+        load_class_weights(tmp_path / "w2.npy")
+    (tmp_path / "neg.json").write_text("[1, -0.5, -2]")
+    with pytest.raises(ValueError, match=r"neg.json: class weights must be finite and >= 0, got \[-0.5, -2.0\]"):
+        load_class_weights(tmp_path / "neg.json")
+    with pytest.raises(ValueError, match="expected a list of numbers"):
+        load_class_weights(["a", "b"])
+
+
+def test_weights_follow_the_module_to_another_dtype_and_stay_out_of_state_dict():
+    loss = CrossEntropy(weight=[1.0, 2.0, 3.0, 4.0])
+    assert "weight" not in loss.state_dict()
+    assert loss.double().weight.dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- configs/loss/*.yaml
+
+def instantiate(name, class_weights=None, overrides=()):
+    """Compose configs/loss/<name>.yaml under a stand-in data node, as Hydra does with data=..."""
+    data = {"num_classes": 4, "ignore_index": IGNORE, "class_weights": class_weights}
+    cfg = OmegaConf.merge({"data": data}, {"loss": OmegaConf.load(CONFIGS / f"{name}.yaml")},
+                          OmegaConf.from_dotlist(list(overrides)))
+    return hydra.utils.instantiate(cfg.loss)
+
+
+def test_config_ce():
+    loss = instantiate("ce")
+    assert isinstance(loss, SegmentationLoss) and type(loss.main) is CrossEntropy
+    assert loss.aux_weight == 0.4 and loss.main.ignore_index == IGNORE and loss.main.weight is None
+    assert not loss.main.align_corners
+    out, aux, target = make_batch()
+    torch.testing.assert_close(loss(out, target), CrossEntropy()(out, target))
+
+
+def test_config_ohem_defaults_and_overrides():
+    loss = instantiate("ohem")
+    assert type(loss.main) is OhemCrossEntropy
+    assert (loss.main.thresh, loss.main.min_kept, loss.aux_weight) == (0.7, 100000, 0.4)
+    hrnet = instantiate("ohem", overrides=["loss.main.thresh=0.9", "loss.main.min_kept=131072",
+                                           "loss.aux_weight=0.5", "loss.main.align_corners=true"])
+    assert (hrnet.main.thresh, hrnet.main.min_kept, hrnet.aux_weight) == (0.9, 131072, 0.5)
+    assert hrnet.main.align_corners and hrnet.aux.align_corners
+
+
+def test_config_wce_reads_data_class_weights(tmp_path):
+    loss = instantiate("wce", class_weights=[1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(loss.main.weight, torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    torch.testing.assert_close(loss.aux.weight, loss.main.weight)
+    (tmp_path / "w.json").write_text("[0.5, 0.5, 1, 1]")
+    from_file = instantiate("wce", overrides=[f"loss.main.weight={tmp_path / 'w.json'}"])
+    torch.testing.assert_close(from_file.main.weight, torch.tensor([0.5, 0.5, 1.0, 1.0]))
+
+
+def test_config_wce_without_weights_says_what_to_set():
+    with pytest.raises(InstantiationException, match=r"data\.class_weights.*loss\.main\.weight=<file>"):
+        instantiate("wce")
