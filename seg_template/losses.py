@@ -178,15 +178,20 @@ class OhemCrossEntropy(_PixelCrossEntropy):
         return torch.where(kept, losses, 0).sum() / kept.sum().clamp_min(1)
 
     def hard_pixels(self, nll: Tensor, valid: Tensor) -> Tensor:
-        """Mask of kept pixels from the unweighted nll (p = exp(-nll)) and the valid mask, without sorting."""
+        """Mask of the kept pixels, from the unweighted nll and the valid mask (both shaped like target).
+
+        p = exp(-nll) is the softmax probability of the target class. Ignored pixels have nll == 0, so
+        p == 1 >= every valid p: they are never below a threshold <= 1, and they sort after every valid
+        pixel, so ranks among all pixels equal ranks among the valid ones and no masked copy is needed.
+        """
         prob = torch.exp(-nll)
-        below = valid & (prob < self.thresh)
+        below = prob < self.thresh
         n_valid, n_below = torch.stack((valid.sum(), below.sum())).tolist()
         k = min(self.min_kept, n_valid - 1)  # 0-based rank of p_k among the valid probabilities
         if n_valid == 0 or n_below > k:
             return below  # more than k pixels under thresh, so p_k < thresh and the threshold is thresh
-        p_k = torch.kthvalue(prob[valid], k + 1).values  # here p_k >= thresh, so it is the threshold
-        return valid & (prob < p_k)
+        p_k = torch.kthvalue(prob.flatten(), k + 1).values  # here p_k >= thresh, so it is the threshold
+        return prob < p_k
 
     def extra_repr(self) -> str:
         return f"thresh={self.thresh}, min_kept={self.min_kept}, {super().extra_repr()}"

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seg_template import losses
 from seg_template.losses import CrossEntropy, OhemCrossEntropy
 
 IGNORE = 255
@@ -269,3 +270,11 @@ def test_cuda_label_error_and_parity():
     target[0, 0, 0] = 19
     with pytest.raises(ValueError, match=r"\[19\]"):
         CrossEntropy().cuda()(logits.detach().cuda(), target.cuda())
+
+
+def test_upsampled_nll_is_zero_at_ignored_and_never_negative():
+    """OHEM relies on this (ignored pixels get p = exp(-0) = 1); a replacement kernel must keep it."""
+    logits, target = make_batch(dtype=torch.float32, scale=20.0)
+    nll = losses.upsampled_nll(logits, target, IGNORE, align_corners=False)
+    assert nll.shape == target.shape
+    assert bool((nll[target == IGNORE] == 0).all()) and bool((nll >= 0).all())

@@ -1,0 +1,51 @@
+"""scripts/bench_losses.py: its measuring functions on a tiny shape, and the whole table (slow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench_losses  # noqa: E402
+
+TINY = "2x5x8x8:32x32"
+
+
+def test_references_agree_with_the_losses():
+    for kind in ("random", "confident"):
+        logits, target = bench_losses.make_inputs(TINY, kind, "cpu")
+        assert target.shape == (2, 32, 32) and logits.requires_grad
+        ohem = bench_losses.ROWS["OhemCrossEntropy"]()
+        torch.testing.assert_close(ohem(logits, target), bench_losses.sort_ohem(logits, target))
+        ce = bench_losses.ROWS["CrossEntropy"]()
+        torch.testing.assert_close(ce(logits, target), bench_losses.plain_ce(logits, target))
+
+
+def test_time_rows_and_peak_memory_in_process():
+    rows = list(bench_losses.ROWS)
+    seconds = bench_losses.time_rows(rows, TINY, "confident", "cpu", reps=2, warmup=1)
+    assert set(seconds) == set(rows) and all(s > 0 for s in seconds.values())
+    assert bench_losses.peak_memory("OhemCrossEntropy", TINY, "random", "cpu") >= 0
+
+
+def test_bad_arguments_exit_with_a_message():
+    for argv, match in ((["--shapes", "c"], "neither one of"), (["--inputs", "noise"], "unknown"),
+                        (["--rows", "focal"], "unknown"), (["--reps", "0"], "--reps")):
+        with pytest.raises(SystemExit, match=match):
+            bench_losses.main(argv)
+
+
+@pytest.mark.slow
+def test_table_from_one_run():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_losses.py"), "--shapes", TINY,
+                             "--inputs", "confident", "--reps", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(TINY)]
+    assert [line.split("confident")[1].split()[0] for line in lines] == ["plain", "CrossEntropy",
+                                                                       "OhemCrossEntropy", "OHEM"]
+    assert lines[0].split()[-3] == "1.00"  # time ratio of the baseline to itself
