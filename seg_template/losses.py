@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import to_absolute_path
 from torch import Tensor, nn
 
 WeightSpec = Sequence[float] | str | Path | Tensor | np.ndarray | None
@@ -27,7 +28,15 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
         return None
     source = "class weights"
     if isinstance(spec, str | Path):
-        source, spec = f"class weights file {spec}", _read_weight_file(Path(spec))
+        # relative to where the user launched, even if Hydra changed the working directory
+        path = Path(to_absolute_path(str(spec)))
+        source = f"class weights file {path}"
+        if not path.is_file():
+            raise FileNotFoundError(f"{source} not found (set data.class_weights or loss.main.weight)")
+        try:
+            spec = _read_weight_file(path)
+        except ValueError as err:  # includes json.JSONDecodeError and a bad number in a .txt
+            raise ValueError(f"{source}: {err}") from err
     try:
         values = spec.detach().cpu().numpy() if isinstance(spec, Tensor) else np.asarray(list(spec), dtype=float)
     except (TypeError, ValueError) as err:
@@ -42,8 +51,6 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
 
 
 def _read_weight_file(path: Path) -> np.ndarray | list[float]:
-    if not path.is_file():
-        raise FileNotFoundError(f"class weights file not found: {path}")
     if path.suffix == ".npy":
         return np.load(path)
     if path.suffix == ".json":
@@ -51,7 +58,7 @@ def _read_weight_file(path: Path) -> np.ndarray | list[float]:
     if path.suffix == ".txt":  # numbers separated by whitespace or commas; '#' starts a comment
         lines = (line.split("#", 1)[0] for line in path.read_text().splitlines())
         return [float(tok) for line in lines for tok in line.replace(",", " ").split()]
-    raise ValueError(f"class weights file {path}: unsupported suffix {path.suffix!r} (use .npy, .json or .txt)")
+    raise ValueError(f"unsupported suffix {path.suffix!r} (use .npy, .json or .txt)")
 
 
 def check_target(logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None) -> Tensor:

@@ -117,6 +117,18 @@ def test_load_class_weights_errors(tmp_path):
         load_class_weights(tmp_path / "neg.json")
     with pytest.raises(ValueError, match="expected a list of numbers"):
         load_class_weights(["a", "b"])
+    (tmp_path / "bad.txt").write_text("1.0 one")
+    with pytest.raises(ValueError, match="bad.txt: could not convert"):
+        load_class_weights(tmp_path / "bad.txt")
+    (tmp_path / "bad.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="bad.json: "):
+        load_class_weights(tmp_path / "bad.json")
+
+
+def test_relative_weight_path_resolves_from_the_launch_directory(tmp_path, monkeypatch):
+    (tmp_path / "w.json").write_text("[1, 2]")
+    monkeypatch.chdir(tmp_path)
+    torch.testing.assert_close(load_class_weights("w.json"), torch.tensor([1.0, 2.0]))
 
 
 def test_weights_follow_the_module_to_another_dtype_and_stay_out_of_state_dict():
