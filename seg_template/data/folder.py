@@ -1,0 +1,121 @@
+"""Your own data: a folder of images and a folder of masks with matching names.
+
+Layout, either split by sub-folders (what ``scripts/write_synthetic.py`` writes)::
+
+    <root>/images/<split>/<name>.{png,jpg,jpeg,bmp,tif,tiff,webp}
+    <root>/masks/<split>/<name>.png
+
+or one flat folder each plus list files naming the samples of a split (one name per line, without
+extension; ``<root>/splits/<split>.txt`` or ``<root>/<split>.txt``)::
+
+    <root>/images/<name>.jpg   <root>/masks/<name>.png   <root>/splits/{train,val}.txt
+
+Masks are single-channel index PNGs or palette PNGs (the palette index is the class), or RGB colour
+masks (``mask_format="rgb"``) with ``colors[k]`` the RGB colour of class ``k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seg_template.data.io import (
+    IMAGE_EXTENSIONS,
+    DatasetLayoutError,
+    list_images,
+    read_label_png,
+    read_rgb_mask,
+    require_dir,
+)
+from seg_template.data.paired import PairedFilesDataset, keyed, pair_by_key
+
+LAYOUT = """\
+  images/<split>/<name>.<png|jpg|...>  and  masks/<split>/<name>.png      (split by sub-folders), or
+  images/<name>.<ext>  masks/<name>.png  splits/<split>.txt             (split by list files)"""
+
+
+class FolderDataset(PairedFilesDataset):
+    """Images + masks matched by name; ``class_names`` (and colours) come from the data config."""
+
+    layout = LAYOUT
+
+    def __init__(self, root: str | Path, class_names: Sequence[str], split: str | None = "train",
+                 transform: Callable[..., dict[str, Any]] | None = None, ignore_index: int = 255,
+                 images_dir: str = "images", masks_dir: str = "masks", mask_suffix: str = "",
+                 split_file: str | None = None, mask_format: str = "index",
+                 colors: Sequence[Sequence[int]] | None = None, ignore_colors: Sequence[Sequence[int]] = (),
+                 reduce_zero_label: bool = False, strict: bool = True) -> None:
+        if not class_names:
+            raise ValueError("FolderDataset needs class names (data.class_names)")
+        if mask_format not in ("index", "rgb"):
+            raise ValueError(f"mask_format must be 'index' (grey or palette PNG) or 'rgb', got {mask_format!r}")
+        if mask_format == "rgb" and (not colors or len(colors) != len(class_names)):
+            raise ValueError(f"mask_format=rgb needs one colour per class: got {len(colors or [])} colours "
+                             f"(data.colors) for {len(class_names)} classes (data.class_names)")
+        self.class_names = tuple(class_names)
+        self.palette = tuple(tuple(int(v) for v in c) for c in colors) if colors else None
+        self.images_dir, self.masks_dir, self.mask_suffix = images_dir, masks_dir, mask_suffix
+        self.split_file = split_file
+        self.mask_format = mask_format
+        self.colors = [list(c) for c in colors] if colors else []
+        self.ignore_colors = [list(c) for c in ignore_colors]
+        self.reduce_zero_label = reduce_zero_label
+        super().__init__(root, split or "", transform=transform, ignore_index=ignore_index, strict=strict)
+
+    def _list_file(self) -> Path | None:
+        if self.split_file:
+            path = Path(self.split_file)
+            path = path if path.is_absolute() else self.root / path
+            if not path.is_file():
+                raise DatasetLayoutError(f"split list file not found: {path} (data.*_set.split_file)")
+            return path
+        if not self.split:
+            return None
+        for candidate in (self.root / "splits" / f"{self.split}.txt", self.root / f"{self.split}.txt"):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def index_files(self) -> tuple[list[tuple[Path, Path]], list[str]]:
+        require_dir(self.root, LAYOUT, "folder dataset root")
+        image_root = require_dir(self.root / self.images_dir, LAYOUT, "image folder")
+        mask_root = require_dir(self.root / self.masks_dir, LAYOUT, "mask folder")
+        list_file = None if (self.split and (image_root / self.split).is_dir()) else self._list_file()
+        if list_file is None and self.split:
+            image_root = require_dir(image_root / self.split, LAYOUT, f"image folder of split {self.split!r} "
+                                     f"(and no list file {self.root}/splits/{self.split}.txt)")
+            mask_root = require_dir(mask_root / self.split, LAYOUT, f"mask folder of split {self.split!r}")
+        images, dupes = keyed(list_images(image_root, recursive=list_file is None), "", image_root)
+        mask_files = [p for p in list_images(mask_root, recursive=list_file is None)
+                      if p.stem.endswith(self.mask_suffix)]
+        masks, mask_dupes = keyed(mask_files, "", mask_root)
+        if self.mask_suffix:
+            masks = {k[: -len(self.mask_suffix)]: v for k, v in masks.items()}
+        if list_file is not None:
+            wanted = [Path(line.split()[0]).with_suffix("").as_posix() if Path(line.split()[0]).suffix.lower()
+                      in IMAGE_EXTENSIONS else line.split()[0] for line in list_file.read_text().splitlines()
+                      if line.strip()]
+            missing = [f"listed in {list_file} but no image {image_root}/{name}.<ext>"
+                       for name in wanted if name not in images]
+            images = {k: images[k] for k in wanted if k in images}
+            masks = {k: masks[k] for k in wanted if k in masks}
+            dupes += missing
+        pairs, unpaired = pair_by_key(images, masks)
+        return pairs, dupes + mask_dupes + unpaired
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        if self.mask_format == "rgb":
+            mask = read_rgb_mask(path, self.colors, self.ignore_colors, self.ignore_index)
+        else:
+            mask = read_label_png(path)
+        if self.reduce_zero_label:
+            mask = np.where(mask == 0, self.ignore_index, np.where(mask == self.ignore_index, mask, mask - 1))
+        return mask
+
+    def sample_name(self, image_path: Path) -> str:
+        split_root = self.root / self.images_dir / self.split
+        base = split_root if split_root.is_dir() and self.split else self.root / self.images_dir
+        return image_path.relative_to(base).with_suffix("").as_posix()

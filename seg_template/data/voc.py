@@ -1,0 +1,107 @@
+"""Pascal VOC 2012 segmentation: 21 classes (background + 20), 255 on object boundaries.
+
+Layout (``data.root`` may be the folder holding ``VOCdevkit`` or ``VOC2012`` itself)::
+
+    VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    VOCdevkit/VOC2012/SegmentationClass/<id>.png          palette PNGs: the index is the class
+    VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
+    VOCdevkit/VOC2012/SegmentationClassAug/<id>.png       optional SBD masks (single-channel)
+    VOCdevkit/VOC2012/ImageSets/Segmentation/aug.txt      optional SBD id list
+
+With ``use_aug=True`` the ``train`` split is VOC train plus every SBD id that is in neither VOC
+train nor VOC val (the usual 10,582-image "trainaug"; val ids are dropped so nothing leaks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seg_template.data.io import DatasetLayoutError, read_label_png, require_dir
+from seg_template.data.paired import PairedFilesDataset
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
+    """The VOC colour map: the bits of the class index spread over R, G, B from the high bit down."""
+    palette = []
+    for index in range(n):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+VOC_PALETTE = tuple(voc_palette(len(VOC_CLASSES)))
+
+LAYOUT = """\
+  VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+  VOCdevkit/VOC2012/SegmentationClass/<id>.png
+  VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
+  (optional SBD) VOCdevkit/VOC2012/SegmentationClassAug/<id>.png + ImageSets/Segmentation/aug.txt"""
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Ids from a VOC list file (one per line; the first token, so 'id 1' style lines work too)."""
+    if not path.is_file():
+        raise DatasetLayoutError(f"split list not found: {path}\nexpected layout:\n{LAYOUT}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+class VOCDataset(PairedFilesDataset):
+    """VOC 2012 split ``train`` / ``val`` (or any list in ImageSets/Segmentation), optionally + SBD."""
+
+    class_names = VOC_CLASSES
+    palette = VOC_PALETTE
+    layout = LAYOUT
+
+    def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
+                 ignore_index: int = 255, use_aug: bool = False, aug_list: str = "ImageSets/Segmentation/aug.txt",
+                 aug_dir: str = "SegmentationClassAug", strict: bool = True) -> None:
+        self.use_aug = use_aug
+        self.aug_list = aug_list
+        self.aug_dir = aug_dir
+        super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict)
+
+    @property
+    def voc_dir(self) -> Path:
+        for candidate in (self.root / "VOCdevkit" / "VOC2012", self.root / "VOC2012", self.root):
+            if (candidate / "ImageSets" / "Segmentation").is_dir():
+                return candidate
+        return self.root / "VOCdevkit" / "VOC2012"
+
+    def index_files(self) -> tuple[list[tuple[Path, Path]], list[str]]:
+        require_dir(self.root, LAYOUT, "VOC root")
+        voc = require_dir(self.voc_dir, LAYOUT, "VOC2012 folder")
+        lists = voc / "ImageSets" / "Segmentation"
+        ids = read_id_list(lists / f"{self.split}.txt")
+        entries = [(i, voc / "SegmentationClass") for i in ids]
+        if self.use_aug and self.split == "train":
+            aug_dir = require_dir(voc / self.aug_dir, LAYOUT, "SBD mask folder (data.train_set.aug_dir)")
+            excluded = set(ids) | set(read_id_list(lists / "val.txt"))
+            entries += [(i, aug_dir) for i in dict.fromkeys(read_id_list(voc / self.aug_list)) if i not in excluded]
+        pairs, unpaired = [], []
+        for sample_id, mask_dir in entries:
+            image, mask = voc / "JPEGImages" / f"{sample_id}.jpg", mask_dir / f"{sample_id}.png"
+            if not image.is_file():
+                unpaired.append(f"listed id {sample_id!r} has no image: {image}")
+            elif not mask.is_file():
+                unpaired.append(f"image without mask: {image} (expected {mask})")
+            else:
+                pairs.append((image, mask))
+        return pairs, unpaired
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        return read_label_png(path)  # palette index == class index; 255 marks boundaries
