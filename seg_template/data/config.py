@@ -1,0 +1,62 @@
+"""Compose the project's data config the way the entry points do, and build split datasets from it.
+
+Used by the dataset tools (``scripts/check_dataset.py``, ``scripts/compute_class_weights.py``), which need
+the datasets but neither a model nor a trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from seg_template.data.paired import PairedFilesDataset
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+SPLITS = ("train", "val", "test")
+
+
+def compose_data_config(overrides: Sequence[str] = (), config_name: str = "train",
+                        config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """The resolved ``data`` node of ``configs/<config_name>.yaml`` with command-line style ``overrides``."""
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    # `${hydra:...}` interpolations (e.g. paths.root_dir from hydra.runtime.cwd) need the global HydraConfig
+    HydraConfig.instance().set_config(cfg)
+    data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    assert isinstance(data, DictConfig)
+    return data
+
+
+def split_config(data_cfg: DictConfig, split: str) -> DictConfig | None:
+    """``data.<split>_set`` (a partial dataset config) or None if the config has no such split."""
+    node = data_cfg.get(f"{split}_set")
+    return node if node is not None else None
+
+
+def build_split(data_cfg: DictConfig, split: str, strict: bool = True) -> PairedFilesDataset:
+    """Instantiate ``data.<split>_set`` without transforms (raw images and masks).
+
+    Only file-backed datasets (``PairedFilesDataset``) qualify: the tools read files on disk.
+    ``strict=False`` records unpaired files on the dataset instead of raising.
+    """
+    node = split_config(data_cfg, split)
+    if node is None:
+        raise KeyError(f"the data config has no {split}_set")
+    target = node.get("_target_")
+    cls = get_class(target) if target else None
+    if cls is None or not issubclass(cls, PairedFilesDataset):
+        raise TypeError(f"data.{split}_set ({target}) is not a file-backed dataset (images + masks on disk); "
+                        "the dataset tools need one such as data=cityscapes|voc|ade20k|folder")
+    node = node.copy()
+    with open_dict(node):
+        node.pop("_partial_", None)
+        node.transform = None
+        node.ignore_index = data_cfg.get("ignore_index", 255)
+        if not strict:
+            node.strict = False
+    return instantiate(node)
