@@ -11,8 +11,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
 
 from seg_template.data.paired import PairedFilesDataset
 
@@ -20,9 +20,13 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SPLITS = ("train", "val", "test")
 
 
-def compose_data_config(overrides: Sequence[str] = (), config_name: str = "train",
+def compose_data_config(overrides: Sequence[str] = (), config_name: str | None = "train",
                         config_dir: Path = CONFIG_DIR) -> DictConfig:
-    """The resolved ``data`` node of ``configs/<config_name>.yaml`` with command-line style ``overrides``."""
+    """The resolved ``data`` node of ``configs/<config_name>.yaml`` with command-line style ``overrides``.
+
+    ``config_name=None`` composes no primary config: the overrides must then add the data group
+    (``+data=voc``) and anything it interpolates (``+paths.data_dir=...``).
+    """
     with initialize_config_dir(str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     # `${hydra:...}` interpolations (e.g. paths.root_dir from hydra.runtime.cwd) need the global HydraConfig
@@ -52,11 +56,8 @@ def build_split(data_cfg: DictConfig, split: str, strict: bool = True) -> Paired
     if cls is None or not issubclass(cls, PairedFilesDataset):
         raise TypeError(f"data.{split}_set ({target}) is not a file-backed dataset (images + masks on disk); "
                         "the dataset tools need one such as data=cityscapes|voc|ade20k|folder")
-    node = node.copy()
-    with open_dict(node):
-        node.pop("_partial_", None)
-        node.transform = None
-        node.ignore_index = data_cfg.get("ignore_index", 255)
-        if not strict:
-            node.strict = False
-    return instantiate(node)
+    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+    kwargs.update(transform=None, ignore_index=data_cfg.get("ignore_index", 255), strict=strict)
+    # called directly rather than through hydra.utils.instantiate so that layout errors reach the user
+    # unwrapped (InstantiationException would bury the expected-layout message in a repr)
+    return cls(**kwargs)
