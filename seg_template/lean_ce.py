@@ -1,0 +1,318 @@
+"""Memory-lean upsampling cross-entropy: loss and gradient without the batch's full-resolution logits.
+
+The naive path ``F.cross_entropy(F.interpolate(logits, (H, W)), target)`` holds ``[N, C, H, W]`` logits, their
+log-softmax and, in backward, their gradient: several times ``N*C*H*W`` floats (3.6 GB at ADE20K scale).
+Here bilinear upsampling is split into its two separable 1-D passes. For a chunk of output rows we
+width-upsample only the few source rows the chunk needs (``F.interpolate`` to ``(k, W)``: the height map is
+then the identity), mix them into the chunk's full-resolution rows with the height weights (a small dense
+``[rows, k]`` matrix built with PyTorch's bilinear index formula), and compute the per-pixel loss. The
+gradient w.r.t. the upsampled logits is known in closed form, ``coef * (softmax - one_hot)``, so it is pushed
+straight back through the row mix (the matrix transpose) and the width pass (its adjoint,
+``upsample_bilinear2d_backward``) into a low-resolution gradient accumulated during the forward pass.
+``backward`` then only scales it by ``grad_output``. Peak extra memory: a few chunks of ``CHUNK_BYTES``, the
+low-resolution gradient and a few ``[N, H, W]`` per-pixel maps.
+
+``reduction="none"`` needs a per-pixel ``grad_output``, known only in backward: its forward stores nothing
+large and its backward recomputes the sweep with those coefficients (one extra pass, same memory bound).
+
+Inputs are assumed validated by ``seg_template.losses`` (labels in ``[0, C)`` or ``ignore_index``). Half or
+bfloat16 logits (e.g. under autocast) are computed in float32; the gradient comes back in the input dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+# Bytes of full-resolution logits per chunk: small enough to stay cache-friendly, large enough that the
+# per-chunk Python overhead is negligible (tuned with scripts/bench_losses.py on CPU).
+CHUNK_BYTES = 4 * 2**20
+
+# chunk_fn(rows, nll, target_index, valid) -> per-pixel loss coefficient [n, rows, W] (None: no gradient).
+ChunkFn = Callable[[tuple[slice, slice], Tensor, Tensor, Tensor], Tensor | None]
+
+
+def source_index(in_size: int, out_size: int, align_corners: bool, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """PyTorch's bilinear source positions: output ``r`` = ``(1 - lam[r]) * in[i0[r]] + lam[r] * in[i1[r]]``.
+
+    Same formula (and arithmetic dtype) as ATen's ``area_pixel_compute_source_index`` for a given output
+    size; returns CPU tensors ``i0, i1`` (int64) and ``lam`` (``dtype``), each ``[out_size]``.
+    """
+    dst = torch.arange(out_size, dtype=dtype)
+    if align_corners:
+        scale = (torch.tensor(in_size - 1, dtype=dtype) / (out_size - 1) if out_size > 1
+                 else torch.tensor(0, dtype=dtype))
+        src = dst * scale
+    else:
+        scale = torch.tensor(in_size, dtype=dtype) / out_size
+        src = (scale * (dst + 0.5) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    i1 = (i0 + 1).clamp_max(in_size - 1)
+    lam = (src - i0.to(dtype)).clamp(0, 1)
+    return i0, i1, lam
+
+
+class _Plan:
+    """Chunking and height weights for resizing ``[N, C, h, w]`` logits to ``(H, W)``."""
+
+    def __init__(self, logits: Tensor, out_size: tuple[int, int], align_corners: bool, chunk_bytes: int) -> None:
+        n, c, h, w = logits.shape
+        self.out_h, self.out_w = out_size
+        self.align_corners = align_corners
+        self.resize_w = w != self.out_w
+        i0, i1, lam = source_index(h, self.out_h, align_corners, logits.dtype)
+        self.first, self.last = i0.tolist(), i1.tolist()  # host lists: chunk bounds without device syncs
+        self.mix = None  # h == H is the identity for both align_corners settings
+        if h != self.out_h:
+            rows = torch.arange(self.out_h)
+            mix = torch.zeros(self.out_h, h, dtype=logits.dtype)
+            mix.index_put_((rows, i0), 1 - lam, accumulate=True)
+            mix.index_put_((rows, i1), lam, accumulate=True)
+            self.mix = mix.to(logits.device)
+        per_row = c * self.out_w * logits.element_size()
+        rows = max(1, chunk_bytes // max(1, per_row))
+        if rows >= self.out_h:  # whole images fit: batch several per chunk
+            step = max(1, rows // max(1, self.out_h))
+            self.chunks = [(i, min(i + step, n), 0, self.out_h) for i in range(0, n, step)]
+        else:
+            self.chunks = [(i, i + 1, r, min(r + rows, self.out_h))
+                           for i in range(n) for r in range(0, self.out_h, rows)]
+
+    def source_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """The input rows ``[s0, s1)`` that output rows ``[r0, r1)`` read."""
+        if self.mix is None:
+            return r0, r1
+        return self.first[r0], self.last[r1 - 1] + 1
+
+    def upsample(self, logits: Tensor, chunk: tuple[int, int, int, int]) -> Tensor:
+        """A fresh ``[n, C, rows, W]`` tensor: the chunk's rows of the bilinearly upsampled logits."""
+        n0, n1, r0, r1 = chunk
+        s0, s1 = self.source_rows(r0, r1)
+        block = logits[n0:n1, :, s0:s1]
+        if self.resize_w:
+            block = F.interpolate(block, size=(s1 - s0, self.out_w), mode="bilinear",
+                                  align_corners=self.align_corners)
+        if self.mix is None:
+            return block if self.resize_w else block.clone()
+        return torch.matmul(self.mix[r0:r1, s0:s1], block)
+
+    def accumulate(self, grad: Tensor, grad_up: Tensor, chunk: tuple[int, int, int, int]) -> None:
+        """Add the adjoint of ``upsample`` applied to ``grad_up`` [n, C, rows, W] into ``grad`` [N, C, h, w]."""
+        n0, n1, r0, r1 = chunk
+        s0, s1 = self.source_rows(r0, r1)
+        if self.mix is not None:
+            grad_up = torch.matmul(self.mix[r0:r1, s0:s1].T, grad_up)
+        if self.resize_w:
+            grad_up = torch.ops.aten.upsample_bilinear2d_backward(
+                grad_up, [s1 - s0, self.out_w], [n1 - n0, grad.shape[1], s1 - s0, grad.shape[3]],
+                self.align_corners)
+        grad[n0:n1, :, s0:s1] += grad_up
+
+
+def _sweep(plan: _Plan, logits: Tensor, target: Tensor, ignore_index: int, chunk_fn: ChunkFn,
+           grad: Tensor | None, chunks: list[tuple[int, int, int, int]] | None = None) -> None:
+    """One pass over the chunks: per-pixel nll handed to ``chunk_fn``; if ``grad`` is given, the gradient of
+    ``sum(coef * nll)`` w.r.t. ``logits`` (``coef`` returned by ``chunk_fn``) is added into it."""
+    for chunk in plan.chunks if chunks is None else chunks:
+        _chunk_step(plan, logits, target, ignore_index, chunk_fn, grad, chunk)  # its buffers die on return
+
+
+def _chunk_step(plan: _Plan, logits: Tensor, target: Tensor, ignore_index: int, chunk_fn: ChunkFn,
+                grad: Tensor | None, chunk: tuple[int, int, int, int]) -> None:
+    n0, n1, r0, r1 = chunk
+    x = plan.upsample(logits, chunk)  # [n, C, rows, W], ours to overwrite in place
+    t = target[n0:n1, r0:r1]
+    valid = t != ignore_index
+    index = torch.where(valid, t, 0).long().unsqueeze(1)
+    x.sub_(x.amax(1, keepdim=True))
+    picked = x.gather(1, index)
+    x.exp_()
+    total = x.sum(1, keepdim=True)
+    nll = torch.where(valid, (total.log() - picked).squeeze(1), 0)
+    coef = chunk_fn((slice(n0, n1), slice(r0, r1)), nll, index.squeeze(1), valid)
+    if grad is None or coef is None:
+        return
+    x.mul_(coef.unsqueeze(1) / total)  # coef * softmax
+    x.scatter_add_(1, index, -coef.unsqueeze(1))  # ... minus coef * one_hot
+    plan.accumulate(grad, x, chunk)
+
+
+def _compute_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast would run the matmuls in half precision; the kernels pick their own dtype."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _scaled(grad: Tensor, grad_output: Tensor) -> Tensor:
+    """``grad * grad_output``. For a plain ``loss.backward()`` (``grad_output == 1``, one sync) the saved
+    gradient itself is returned: once autograd frees the graph it holds the only reference, so
+    ``AccumulateGrad`` adopts it instead of copying (with ``retain_graph`` it copies; nothing is modified)."""
+    if bool(grad_output == 1):
+        return grad
+    return grad * grad_output.to(grad.dtype)
+
+
+def _pixel_weight(weight: Tensor | None, index: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """Class weight of each pixel's target (1 without weights), 0 at ignored pixels."""
+    return valid.to(dtype) if weight is None else weight[index] * valid
+
+
+class _LeanCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                align_corners: bool, reduction: str, chunk_bytes: int) -> Tensor:
+        dtype = _compute_dtype(logits)
+        with _no_autocast(logits.device):
+            x = logits.detach().to(dtype)
+            w = None if weight is None else weight.to(device=x.device, dtype=dtype)
+            plan = _Plan(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
+            # "none" needs the per-pixel map; the reductions keep only per-chunk sums
+            losses = x.new_zeros(target.shape) if reduction == "none" else None
+            grad = torch.zeros_like(x) if ctx.needs_input_grad[0] and reduction != "none" else None
+            loss_sums: list[Tensor] = []
+            weight_sums: list[Tensor] = []
+
+            def chunk_fn(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+                coef = _pixel_weight(w, index, valid, dtype)
+                if losses is None:
+                    loss_sums.append((coef * nll).sum())
+                    weight_sums.append(coef.sum())
+                else:
+                    losses[rows] = coef * nll
+                return coef
+
+            _sweep(plan, x, target, ignore_index, chunk_fn, grad)
+        ctx.reduction, ctx.ignore_index, ctx.align_corners, ctx.chunk_bytes = (
+            reduction, ignore_index, align_corners, chunk_bytes)
+        if reduction == "none":
+            ctx.save_for_backward(logits, target, weight)  # backward recomputes with per-pixel grad_output
+            return losses
+        total = torch.stack(loss_sums).sum() if loss_sums else x.new_zeros(())
+        if reduction == "mean":
+            denom = torch.stack(weight_sums).sum() if weight_sums else x.new_zeros(())
+            denom = torch.where(denom > 0, denom, 1)  # all ignored: 0 / 1, zero gradient
+            total = total / denom
+            if grad is not None:
+                grad /= denom
+        ctx.save_for_backward(None if grad is None else grad.to(logits.dtype))
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.reduction != "none":
+            (grad,) = ctx.saved_tensors
+            return _scaled(grad, grad_output), None, None, None, None, None, None
+        logits, target, weight = ctx.saved_tensors
+        dtype = _compute_dtype(logits)
+        with _no_autocast(logits.device):
+            x = logits.detach().to(dtype)
+            w = None if weight is None else weight.to(device=x.device, dtype=dtype)
+            upstream = grad_output.to(dtype)
+            grad = torch.zeros_like(x)
+
+            def chunk_fn(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+                return _pixel_weight(w, index, valid, dtype) * upstream[rows]
+
+            plan = _Plan(x, tuple(target.shape[-2:]), ctx.align_corners, ctx.chunk_bytes)
+            _sweep(plan, x, target, ctx.ignore_index, chunk_fn, grad)
+        return grad.to(logits.dtype), None, None, None, None, None, None
+
+
+class _LeanOhemCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, thresh: float, min_kept: int,
+                weight: Tensor | None, ignore_index: int, align_corners: bool, chunk_bytes: int) -> Tensor:
+        dtype = _compute_dtype(logits)
+        with _no_autocast(logits.device):
+            x = logits.detach().to(dtype)
+            w = None if weight is None else weight.to(device=x.device, dtype=dtype)
+            plan = _Plan(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
+            weighted_nll = x.new_zeros(target.shape)
+            prob = x.new_ones(target.shape)  # ignored pixels keep p = 1: never below a threshold <= 1
+            grad = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+
+            def below_thresh(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+                weighted_nll[rows] = _pixel_weight(w, index, valid, dtype) * nll
+                p = torch.exp(-nll)
+                prob[rows] = p
+                return _pixel_weight(w, index, valid & (p < thresh), dtype)
+
+            # pass 1 accumulates the gradient of the pixels below thresh: the final set in the common case
+            _sweep(plan, x, target, ignore_index, below_thresh, grad)
+            below = prob < thresh
+            n_valid, n_below = torch.stack(((target != ignore_index).sum(), below.sum())).tolist()
+            k = min(min_kept, n_valid - 1)  # 0-based rank of p_k among the valid probabilities
+            kept = below
+            if n_valid > 0 and n_below <= k:  # then p_k >= thresh is the threshold: add thresh <= p < p_k
+                kept = prob < torch.kthvalue(prob.flatten(), k + 1).values
+                extra = kept & ~below
+                hits = torch.stack([extra[n0:n1, r0:r1].any() for n0, n1, r0, r1 in plan.chunks]).tolist()
+                chunks = [chunk for chunk, hit in zip(plan.chunks, hits, strict=True) if hit]
+                if grad is not None and chunks:
+                    def in_extra(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+                        return _pixel_weight(w, index, extra[rows], dtype)
+
+                    _sweep(plan, x, target, ignore_index, in_extra, grad, chunks)
+            count = kept.sum().clamp_min(1)  # empty kept set: 0 / 1 with a zero gradient
+            loss = torch.where(kept, weighted_nll, 0).sum() / count
+            if grad is not None:
+                grad /= count
+        ctx.save_for_backward(None if grad is None else grad.to(logits.dtype))
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return _scaled(grad, grad_output), None, None, None, None, None, None, None
+
+
+def _check(logits: Tensor, target: Tensor) -> None:
+    if logits.dim() != 4 or target.dim() != 3 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"lean cross-entropy needs logits [N, C, h, w] and target [N, H, W], got "
+                         f"{tuple(logits.shape)} and {tuple(target.shape)}")
+
+
+def lean_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = 255,
+                       align_corners: bool = False, reduction: str = "mean",
+                       chunk_bytes: int | None = None) -> Tensor:
+    """``F.cross_entropy(F.interpolate(logits, (H, W), mode="bilinear"), target, weight, ...)`` without the
+    full-resolution logits of the batch.
+
+    ``logits [N, C, h, w]`` (any float dtype; half precision is computed in float32), ``target`` int64
+    ``[N, H, W]`` in ``[0, C)`` or ``ignore_index``, ``weight [C]`` or None. Returns a scalar (``"mean"``,
+    ``"sum"``) or ``[N, H, W]`` (``"none"``, 0 at ignored pixels). ``"mean"`` divides by the summed weight
+    of the valid targets and gives 0.0 (zero gradient) when that is 0. Differentiable w.r.t. ``logits``.
+    """
+    _check(logits, target)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return _LeanCrossEntropy.apply(logits, target, weight, int(ignore_index), bool(align_corners), reduction,
+                                   chunk_bytes or CHUNK_BYTES)
+
+
+def lean_ohem_cross_entropy(logits: Tensor, target: Tensor, thresh: float, min_kept: int,
+                            weight: Tensor | None = None, ignore_index: int = 255, align_corners: bool = False,
+                            chunk_bytes: int | None = None) -> Tensor:
+    """HRNet-style OHEM cross-entropy after bilinear upsampling, without full-resolution logits.
+
+    Shapes as in ``lean_cross_entropy``. p = the softmax probability of the target class (unweighted);
+    p_k = the (min_kept+1)-th smallest valid p (the largest if fewer); the pixels with p < max(p_k, thresh)
+    are kept and the result is the plain mean of their class-weighted nll (0.0 if none is kept). One sweep
+    when more than min_kept pixels are below ``thresh``; otherwise a second sweep over the chunks holding
+    pixels with thresh <= p < p_k.
+    """
+    _check(logits, target)
+    return _LeanOhemCrossEntropy.apply(logits, target, float(thresh), int(min_kept), weight, int(ignore_index),
+                                       bool(align_corners), chunk_bytes or CHUNK_BYTES)
