@@ -1,0 +1,237 @@
+"""The memory-lean kernels against the naive interpolate-then-cross-entropy path: values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seg_template import lean_ce
+from seg_template.lean_ce import lean_cross_entropy, lean_ohem_cross_entropy, source_index
+
+IGNORE = 255
+# (h, w, H, W): non-integer up-scaling with odd sizes, integer x4, same size, downsampling, 1-pixel sources
+SIZES = [(7, 9, 31, 45), (8, 8, 32, 32), (5, 6, 5, 6), (12, 10, 7, 5), (1, 1, 4, 3), (3, 4, 1, 2)]
+
+
+def upsample(logits: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    if logits.shape[-2:] == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def naive_ce(logits: Tensor, target: Tensor, weight: Tensor | None, align_corners: bool, reduction: str) -> Tensor:
+    """The naive path; an all-ignored 'mean' is defined as 0 (PyTorch gives NaN there)."""
+    up = upsample(logits, tuple(target.shape[-2:]), align_corners)
+    loss = F.cross_entropy(up, target, weight, ignore_index=IGNORE, reduction=reduction)
+    return torch.nan_to_num(loss, nan=0.0)
+
+
+def naive_ohem(logits: Tensor, target: Tensor, thresh: float, min_kept: int, weight: Tensor | None,
+               align_corners: bool) -> tuple[Tensor, bool]:
+    """HRNet's OHEM written from its definition with a full sort (independent of the kernel); also whether
+    p_k (not thresh) was the threshold."""
+    up = upsample(logits, tuple(target.shape[-2:]), align_corners)
+    nll = F.cross_entropy(up, target, ignore_index=IGNORE, reduction="none")
+    valid = target != IGNORE
+    weighted = nll if weight is None else nll * weight[torch.where(valid, target, 0)]
+    prob = F.softmax(up, dim=1).gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1).detach()
+    if not valid.any():
+        return weighted.sum() * 0, False
+    ranked = prob[valid].sort().values
+    p_k = ranked[min(min_kept, ranked.numel() - 1)].item()
+    kept = valid & (prob < max(p_k, thresh))
+    return torch.where(kept, weighted, 0).sum() / kept.sum().clamp_min(1), p_k >= thresh
+
+
+def make_inputs(n: int, c: int, size: tuple[int, int, int, int], dtype: torch.dtype = torch.float64,
+                margin: float = 0.0, ignored: float = 0.2, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Logits [n, c, h, w] (leaf) and labels [n, H, W]; ``margin`` > 0 makes the logits favour the labels."""
+    h, w, big_h, big_w = size
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, c, (n, big_h, big_w), generator=gen)
+    logits = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    if margin:  # labels = the low-resolution argmax map, resized: confident like a trained model
+        low = torch.randint(0, c, (n, h, w), generator=gen)
+        target = F.interpolate(low[:, None].double(), size=(big_h, big_w), mode="nearest")[:, 0].long()
+        logits = logits + margin * F.one_hot(low, c).permute(0, 3, 1, 2).to(dtype)
+    target[torch.rand(target.shape, generator=gen) < ignored] = IGNORE
+    return logits.requires_grad_(), target
+
+
+def value_and_grad(loss: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+    upstream = torch.randn(loss.shape, generator=torch.Generator().manual_seed(1), dtype=loss.dtype)
+    (grad,) = torch.autograd.grad(loss, logits, upstream)
+    return loss.detach(), grad
+
+
+def assert_match(got: tuple[Tensor, Tensor], want: tuple[Tensor, Tensor], dtype: torch.dtype) -> None:
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", SIZES)
+def test_source_index_matches_interpolate(size: tuple[int, int, int, int], align_corners: bool) -> None:
+    h, _, big_h, _ = size
+    x = torch.randn(2, 3, h, 5, dtype=torch.float64)
+    i0, i1, lam = source_index(h, big_h, align_corners, torch.float64)
+    mixed = x[:, :, i0] * (1 - lam[:, None]) + x[:, :, i1] * lam[:, None]
+    torch.testing.assert_close(mixed, upsample(x, (big_h, 5), align_corners), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", SIZES)
+def test_cross_entropy_matches_naive(size: tuple[int, int, int, int], align_corners: bool,
+                                     dtype: torch.dtype) -> None:
+    logits, target = make_inputs(2, 5, size, dtype)
+    weight = torch.rand(5, generator=torch.Generator().manual_seed(2), dtype=dtype) + 0.1
+    for w in (None, weight):
+        for reduction in ("mean", "sum", "none"):
+            want = value_and_grad(naive_ce(logits, target, w, align_corners, reduction), logits)
+            # 64 bytes: one output row per chunk, so chunk seams are exercised; None: one chunk per batch
+            for chunk_bytes in (64, None):
+                got = value_and_grad(lean_cross_entropy(logits, target, w, IGNORE, align_corners, reduction,
+                                                        chunk_bytes=chunk_bytes), logits)
+                assert_match(got, want, dtype)
+
+
+def test_several_images_per_chunk() -> None:
+    logits, target = make_inputs(5, 4, (6, 7, 13, 11))
+    per_image = 4 * 13 * 11 * 8
+    want = value_and_grad(naive_ce(logits, target, None, False, "mean"), logits)
+    got = value_and_grad(lean_cross_entropy(logits, target, chunk_bytes=2 * per_image), logits)
+    assert_match(got, want, torch.float64)
+
+
+def count_sweeps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    sweep = lean_ce._sweep
+
+    def counted(plan, *args, **kwargs):  # noqa: ANN001, ANN202
+        chunks = kwargs.get("chunks", args[5] if len(args) > 5 else None)
+        calls.append(len(plan.chunks if chunks is None else chunks))
+        return sweep(plan, *args, **kwargs)
+
+    monkeypatch.setattr(lean_ce, "_sweep", counted)
+    return calls
+
+
+# margin 0 leaves every p ~ 1/C, so more than min_kept pixels are below thresh (one sweep) unless min_kept
+# exceeds the valid count; a large margin leaves few below thresh, so p_k is the threshold (a second sweep)
+OHEM_CASES = [(0.7, 10, 0.0), (0.7, 100000, 0.0), (0.7, 300, 6.0), (0.7, 1000, 6.0), (0.9, 1500, 6.0),
+              (0.3, 1, 3.0)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(("thresh", "min_kept", "margin"), OHEM_CASES)
+def test_ohem_matches_reference(thresh: float, min_kept: int, margin: float, align_corners: bool,
+                                dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    logits, target = make_inputs(2, 5, (7, 9, 31, 45), dtype, margin=margin)
+    weight = torch.rand(5, generator=torch.Generator().manual_seed(3), dtype=dtype) + 0.1
+    calls = count_sweeps(monkeypatch)
+    for w in (None, weight):
+        want, used_pk = naive_ohem(logits, target, thresh, min_kept, w, align_corners)
+        calls.clear()
+        got = lean_ohem_cross_entropy(logits, target, thresh, min_kept, w, IGNORE, align_corners, chunk_bytes=200)
+        assert_match(value_and_grad(got, logits), value_and_grad(want, logits), dtype)
+        assert len(calls) == 1 + used_pk and want > 0
+
+
+def test_ohem_cases_cover_both_thresholds() -> None:
+    used = {naive_ohem(*make_inputs(2, 5, (7, 9, 31, 45), margin=m), t, k, None, False)[1]
+            for t, k, m in OHEM_CASES}
+    assert used == {True, False}
+
+
+def test_ohem_second_sweep_visits_only_chunks_with_extra_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    logits = torch.zeros(2, 5, 8, 8, dtype=torch.float64).index_fill(1, torch.tensor([1]), 8.0)
+    logits[0, :, :2] = 0.0  # one hard band at the top of image 0; everything else is confidently class 1
+    logits.requires_grad_()
+    target = torch.ones(2, 32, 32, dtype=torch.long)
+    calls = count_sweeps(monkeypatch)
+    want = naive_ohem(logits, target, 0.7, 400, None, False)
+    assert want[1]  # fewer than min_kept pixels below thresh: p_k is the threshold
+    got = lean_ohem_cross_entropy(logits, target, 0.7, 400, chunk_bytes=5 * 32 * 8 * 4)  # 4 rows per chunk
+    assert_match(value_and_grad(got, logits), value_and_grad(want[0], logits), torch.float64)
+    assert len(calls) == 2 and 0 < calls[1] <= 2 < calls[0]
+
+
+def test_ohem_empty_kept_set_gives_zero() -> None:
+    logits, target = make_inputs(1, 3, (4, 4, 8, 8), ignored=1.0)
+    target[0, 3, 5] = 1  # the single valid pixel has p >= thresh and is p_k itself: nothing is below
+    with torch.no_grad():
+        logits[:, 1] += 30.0
+    loss = lean_ohem_cross_entropy(logits, target, 0.7, 10)
+    loss.backward()
+    assert loss.item() == 0.0 and naive_ohem(logits, target, 0.7, 10, None, False)[0].item() == 0.0
+    assert logits.grad is not None and not logits.grad.any()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_ignored_gives_zero_with_zero_gradient(reduction: str) -> None:
+    logits, target = make_inputs(2, 4, (3, 5, 9, 10), ignored=1.0)
+    for loss in (lean_cross_entropy(logits, target, reduction=reduction), lean_ohem_cross_entropy(logits, target,
+                                                                                                   0.7, 5)):
+        assert not loss.isnan().any() and not loss.any()
+        loss.sum().backward()
+        assert logits.grad is not None and not logits.grad.any()
+        logits.grad = None
+
+
+def test_gradcheck_float64() -> None:
+    logits, target = make_inputs(2, 3, (3, 4, 7, 6))
+    weight = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    for reduction in ("mean", "sum", "none"):
+        assert torch.autograd.gradcheck(
+            lambda x, r=reduction: lean_cross_entropy(x, target, weight, reduction=r, chunk_bytes=64), logits)
+    assert torch.autograd.gradcheck(lambda x: lean_ohem_cross_entropy(x, target, 0.5, 20, weight, chunk_bytes=64),
+                                    logits)
+
+
+def test_scaled_and_repeated_backward() -> None:
+    logits, target = make_inputs(2, 4, (5, 6, 11, 13))
+    (want,) = torch.autograd.grad(naive_ce(logits, target, None, True, "mean") * 0.4, logits)
+    loss = lean_cross_entropy(logits, target, align_corners=True) * 0.4
+    loss.backward(retain_graph=True)
+    loss.backward()  # the saved gradient is handed out, never modified: a second backward adds the same
+    torch.testing.assert_close(logits.grad, 2 * want)
+
+
+def test_no_grad_forward_matches() -> None:
+    logits, target = make_inputs(2, 4, (5, 6, 11, 13))
+    with torch.no_grad():
+        got = lean_ohem_cross_entropy(logits, target, 0.7, 30)
+        want = naive_ohem(logits, target, 0.7, 30, None, False)[0]
+    torch.testing.assert_close(got, want)
+    assert not got.requires_grad
+
+
+def test_bfloat16_autocast_computes_in_float32() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+    images = torch.randn(2, 3, 9, 11)
+    _, target = make_inputs(2, 6, (9, 11, 36, 44))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(images)
+        assert logits.dtype == torch.bfloat16
+        logits.retain_grad()
+        loss = lean_cross_entropy(logits, target)
+        ohem = lean_ohem_cross_entropy(logits, target, 0.7, 100)
+    assert loss.dtype == ohem.dtype == torch.float32
+    (loss + ohem).backward()
+    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16 and logits.grad.isfinite().all()
+    reference = naive_ce(logits.detach().float(), target, None, False, "mean")
+    torch.testing.assert_close(loss.detach(), reference, rtol=1e-5, atol=1e-5)  # exact given bf16 logits
+    assert conv.weight.grad is not None and conv.weight.grad.isfinite().all()
+
+
+def test_rejects_bad_shapes_and_reduction() -> None:
+    with pytest.raises(ValueError, match="logits"):
+        lean_cross_entropy(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="reduction"):
+        lean_cross_entropy(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), reduction="avg")
