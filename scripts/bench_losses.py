@@ -5,7 +5,8 @@
     python scripts/bench_losses.py --shapes 2x19x64x128:256x512
 
 Timing: for each shape x inputs, one spawned process builds the inputs once and times every row, the rows
-taking turns rep by rep (load changes on a shared machine then hit all rows alike); medians after warm-up.
+taking turns rep by rep after warm-up. The table gives each row's median time and, as "x CE", the median
+over reps of (row time / baseline time in the same rep), so load changes on a shared machine cancel out.
 Peak memory: each (shape, inputs, row) runs in its own fresh spawned process, so on CPU it is the rise of
 the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) above the RSS once the inputs exist; on
 CUDA it is ``torch.cuda.max_memory_allocated`` above the allocation after the inputs. Either way it counts
@@ -116,9 +117,10 @@ def _step(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, target: T
     return time.perf_counter() - start
 
 
-def time_rows(rows: list[str], shape: str, kind: str, device: str, reps: int, warmup: int) -> dict[str, float]:
-    """Median forward+backward seconds per row. The rows take turns rep by rep, so a change of machine
-    load during the run hits all of them alike and the ratios stay meaningful."""
+def time_rows(rows: list[str], shape: str, kind: str, device: str, reps: int,
+              warmup: int) -> dict[str, list[float]]:
+    """Forward+backward seconds per row, one per rep. The rows take turns rep by rep (the baseline first),
+    so each rep's times share the machine's load at that moment and can be compared pairwise."""
     logits, target = make_inputs(shape, kind, device)
     fns = _loss_fns(rows, device)
     for fn in fns.values():
@@ -128,7 +130,7 @@ def time_rows(rows: list[str], shape: str, kind: str, device: str, reps: int, wa
     for _ in range(reps):
         for row, fn in fns.items():
             times[row].append(_step(fn, logits, target))
-    return {row: statistics.median(t) for row, t in times.items()}
+    return times
 
 
 def peak_memory(row: str, shape: str, kind: str, device: str, steps: int = 2) -> float:
@@ -181,13 +183,16 @@ def main(argv: list[str] | None = None) -> None:
     print(header + "\n" + "-" * len(header), flush=True)
     for shape in shapes:
         for kind in kinds:
-            seconds = _in_fresh_process(time_rows, rows, shape, kind, args.device, args.reps, args.warmup)
+            times = _in_fresh_process(time_rows, rows, shape, kind, args.device, args.reps, args.warmup)
             mib = {row: _in_fresh_process(peak_memory, row, shape, kind, args.device) for row in rows}
             for row in rows:
                 # a tiny shape may not raise the peak RSS at all: no memory ratio then
                 mem_ratio = f"{mib[row] / mib[BASELINE]:>6.2f}" if mib[BASELINE] > 0 else f"{'-':>6}"
-                print(f"{SHAPES.get(shape, shape):<24} {kind:<10} {row:<22} {seconds[row] * 1e3:>10.1f} "
-                      f"{seconds[row] / seconds[BASELINE]:>6.2f} {mib[row]:>9.1f} {mem_ratio}", flush=True)
+                # the median of per-rep ratios: a load change between reps cancels out of each ratio
+                ratio = statistics.median(t / b for t, b in zip(times[row], times[BASELINE], strict=True))
+                print(f"{SHAPES.get(shape, shape):<24} {kind:<10} {row:<22} "
+                      f"{statistics.median(times[row]) * 1e3:>10.1f} {ratio:>6.2f} {mib[row]:>9.1f} {mem_ratio}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ GPU run reports them instead of a device-side assert.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -61,8 +62,13 @@ def _read_weight_file(path: Path) -> np.ndarray | list[float]:
     raise ValueError(f"unsupported suffix {path.suffix!r} (use .npy, .json or .txt)")
 
 
-def check_target(logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None) -> Tensor:
-    """Validate shapes, weight length and labels; return the valid-pixel mask (shaped like ``target``)."""
+def check_target(logits: Tensor, target: Tensor, ignore_index: int,
+                 weight: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+    """Validate shapes, weight length and labels before anything indexes with them.
+
+    Returns ``(safe_target, valid, n_valid)``: int64 target with ignored pixels set to class 0 (safe to
+    gather with), the bool valid-pixel mask (both shaped like ``target``) and the number of valid pixels.
+    """
     if target.is_floating_point() or target.is_complex():
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     if logits.dim() < 2 or target.dim() != logits.dim() - 1 or target.shape[0] != logits.shape[0]:
@@ -76,12 +82,14 @@ def check_target(logits: Tensor, target: Tensor, ignore_index: int, weight: Tens
         raise ValueError(f"class weights have {weight.numel()} entries but the logits have {num_classes} "
                          "classes (check data.class_weights / loss.main.weight)")
     valid = target != ignore_index
-    bad = valid & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
-        values = torch.unique(target[bad]).tolist()
+    safe_target = target.long() * valid  # cheaper than torch.where; ignored -> class 0
+    # one host sync for the range check and the count; few, cheap full passes (they add up on a busy CPU)
+    low, high, n_valid = torch.stack((*torch.aminmax(safe_target), torch.count_nonzero(valid))).tolist()
+    if low < 0 or high >= num_classes:
+        values = torch.unique(target[valid & ((target < 0) | (target >= num_classes))]).tolist()
         raise ValueError(f"target has labels {values[:20]} outside [0, {num_classes}) that are not "
                          f"ignore_index={ignore_index}; fix the masks or data.ignore_index / data.num_classes")
-    return valid
+    return safe_target, valid, n_valid
 
 
 def upsampled_nll(logits: Tensor, target: Tensor, ignore_index: int, align_corners: bool) -> Tensor:
@@ -105,14 +113,15 @@ class _PixelCrossEntropy(nn.Module):
         # not persistent: changing data.class_weights must not break loading an older checkpoint
         self.register_buffer("weight", load_class_weights(weight), persistent=False)
 
-    def pixel_losses(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``(weighted nll, unweighted nll, valid mask, per-pixel weight or None)``, each shaped like target."""
-        valid = check_target(logits, target, self.ignore_index, self.weight)
+    def pixel_losses(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None, int]:
+        """``(weighted nll, unweighted nll, per-pixel weight or None, n_valid)``; tensors shaped like target,
+        0 at ignored pixels."""
+        safe_target, valid, n_valid = check_target(logits, target, self.ignore_index, self.weight)
         nll = upsampled_nll(logits, target.long(), self.ignore_index, self.align_corners)
         if self.weight is None:
-            return nll, nll, valid, None
-        pixel_weight = self.weight.to(nll.dtype)[torch.where(valid, target, 0).long()] * valid
-        return pixel_weight * nll, nll, valid, pixel_weight
+            return nll, nll, None, n_valid
+        pixel_weight = self.weight.to(nll.dtype)[safe_target] * valid
+        return pixel_weight * nll, nll, pixel_weight, n_valid
 
     def extra_repr(self) -> str:
         weighted = "none" if self.weight is None else f"[{self.weight.numel()}]"
@@ -135,15 +144,17 @@ class CrossEntropy(_PixelCrossEntropy):
         self.reduction = reduction
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        losses, _, valid, pixel_weight = self.pixel_losses(logits, target)
+        losses, _, pixel_weight, n_valid = self.pixel_losses(logits, target)
         if self.reduction == "none":
             return losses
         total = losses.sum()
         if self.reduction == "sum":
             return total
-        denom = valid.sum() if pixel_weight is None else pixel_weight.sum()
         # all ignored: total is an exact 0 that depends on logits, so 0 / 1 keeps the graph and avoids NaN
-        return total / torch.where(denom > 0, denom, 1).to(total.dtype)
+        if pixel_weight is None:
+            return total / max(n_valid, 1)
+        denom = pixel_weight.sum()
+        return total / torch.where(denom > 0, denom, 1)
 
 
 def weighted_cross_entropy(weight: WeightSpec = None, **kwargs) -> CrossEntropy:
@@ -179,26 +190,30 @@ class OhemCrossEntropy(_PixelCrossEntropy):
         self.min_kept = int(min_kept)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        losses, nll, valid, _ = self.pixel_losses(logits, target)
-        kept = self.hard_pixels(nll.detach(), valid)
-        # the count goes in a tensor (no sync); an empty kept set gives 0 / 1 with the graph intact
-        return torch.where(kept, losses, 0).sum() / kept.sum().clamp_min(1)
+        losses, nll, _, n_valid = self.pixel_losses(logits, target)
+        kept, n_kept = self.hard_pixels(nll.detach(), n_valid)
+        # for finite losses the mask product equals torch.where(kept, losses, 0) and is cheaper;
+        # an empty kept set gives 0 / 1 with the graph intact
+        return (losses * kept).sum() / max(n_kept, 1)
 
-    def hard_pixels(self, nll: Tensor, valid: Tensor) -> Tensor:
-        """Mask of the kept pixels, from the unweighted nll and the valid mask (both shaped like target).
+    def hard_pixels(self, nll: Tensor, n_valid: int) -> tuple[Tensor, int]:
+        """Mask of the kept pixels (shaped like ``nll``) and their number, without sorting.
 
-        p = exp(-nll) is the softmax probability of the target class. Ignored pixels have nll == 0, so
-        p == 1 >= every valid p: they are never below a threshold <= 1, and they sort after every valid
-        pixel, so ranks among all pixels equal ranks among the valid ones and no masked copy is needed.
+        The selection runs on nll = -log p, which orders pixels opposite to p: p < thresh is
+        nll > -ln(thresh), p_k is exp(-nll) at the (k+1)-th largest nll. Ignored pixels have nll == 0, the
+        smallest possible value: never above a threshold >= 0 and ranked after every valid pixel, so
+        ranks over all pixels are the ranks among the valid ones and no masked copy is needed.
         """
-        prob = torch.exp(-nll)
-        below = prob < self.thresh
-        n_valid, n_below = torch.stack((valid.sum(), below.sum())).tolist()
-        k = min(self.min_kept, n_valid - 1)  # 0-based rank of p_k among the valid probabilities
+        below = nll > -math.log(self.thresh)  # p < thresh
+        n_below = int(torch.count_nonzero(below))
+        k = min(self.min_kept, n_valid - 1)  # 0-based rank of p_k among the valid pixels
         if n_valid == 0 or n_below > k:
-            return below  # more than k pixels under thresh, so p_k < thresh and the threshold is thresh
-        p_k = torch.kthvalue(prob.flatten(), k + 1).values  # here p_k >= thresh, so it is the threshold
-        return prob < p_k
+            return below, n_below  # more than k pixels under thresh: p_k < thresh, the threshold is thresh
+        # p_k >= thresh, so it is the threshold; kthvalue on -nll (= log p) is faster than on nll's
+        # mostly-zero low end
+        log_p_k = torch.kthvalue(-nll.flatten(), k + 1).values
+        kept = nll > -log_p_k
+        return kept, int(torch.count_nonzero(kept))
 
     def extra_repr(self) -> str:
         return f"thresh={self.thresh}, min_kept={self.min_kept}, {super().extra_repr()}"

@@ -273,7 +273,7 @@ def test_cuda_label_error_and_parity():
 
 
 def test_upsampled_nll_is_zero_at_ignored_and_never_negative():
-    """OHEM relies on this (ignored pixels get p = exp(-0) = 1); a replacement kernel must keep it."""
+    """OHEM ranks all pixels by nll, relying on ignored ones being exactly 0; a replacement kernel must too."""
     logits, target = make_batch(dtype=torch.float32, scale=20.0)
     nll = losses.upsampled_nll(logits, target, IGNORE, align_corners=False)
     assert nll.shape == target.shape
