@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from hydra.utils import to_absolute_path
 from torch import Tensor, nn
 
+from seg_template.lean_ce import lean_cross_entropy, lean_ohem_cross_entropy
+
 WeightSpec = Sequence[float] | str | Path | Tensor | np.ndarray | None
 
 
@@ -106,10 +108,13 @@ def upsampled_nll(logits: Tensor, target: Tensor, ignore_index: int, align_corne
 class _PixelCrossEntropy(nn.Module):
     """What CE and OHEM share: ignore index, class-weight buffer, upsampling, label checks."""
 
-    def __init__(self, ignore_index: int, weight: WeightSpec, align_corners: bool) -> None:
+    def __init__(self, ignore_index: int, weight: WeightSpec, align_corners: bool,
+                 memory_efficient: bool = False) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.align_corners = bool(align_corners)
+        # 4-D logits then go through seg_template.lean_ce: same values and gradients, no [N, C, H, W] tensors
+        self.memory_efficient = bool(memory_efficient)
         # not persistent: changing data.class_weights must not break loading an older checkpoint
         self.register_buffer("weight", load_class_weights(weight), persistent=False)
 
@@ -125,7 +130,8 @@ class _PixelCrossEntropy(nn.Module):
 
     def extra_repr(self) -> str:
         weighted = "none" if self.weight is None else f"[{self.weight.numel()}]"
-        return f"ignore_index={self.ignore_index}, weight={weighted}, align_corners={self.align_corners}"
+        return (f"ignore_index={self.ignore_index}, weight={weighted}, align_corners={self.align_corners}, "
+                f"memory_efficient={self.memory_efficient}")
 
 
 class CrossEntropy(_PixelCrossEntropy):
@@ -137,13 +143,17 @@ class CrossEntropy(_PixelCrossEntropy):
     """
 
     def __init__(self, ignore_index: int = 255, weight: WeightSpec = None, align_corners: bool = False,
-                 reduction: str = "mean") -> None:
-        super().__init__(ignore_index, weight, align_corners)
+                 reduction: str = "mean", memory_efficient: bool = False) -> None:
+        super().__init__(ignore_index, weight, align_corners, memory_efficient)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         self.reduction = reduction
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.memory_efficient and logits.dim() == 4:
+            check_target(logits, target, self.ignore_index, self.weight)
+            return lean_cross_entropy(logits, target, self.weight, self.ignore_index, self.align_corners,
+                                      self.reduction)
         losses, _, pixel_weight, n_valid = self.pixel_losses(logits, target)
         if self.reduction == "none":
             return losses
@@ -180,8 +190,8 @@ class OhemCrossEntropy(_PixelCrossEntropy):
     """
 
     def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
-                 weight: WeightSpec = None, align_corners: bool = False) -> None:
-        super().__init__(ignore_index, weight, align_corners)
+                 weight: WeightSpec = None, align_corners: bool = False, memory_efficient: bool = False) -> None:
+        super().__init__(ignore_index, weight, align_corners, memory_efficient)
         if not 0.0 < thresh <= 1.0:
             raise ValueError(f"OHEM thresh must be in (0, 1], got {thresh}")
         if int(min_kept) != min_kept or min_kept < 1:
@@ -190,6 +200,10 @@ class OhemCrossEntropy(_PixelCrossEntropy):
         self.min_kept = int(min_kept)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.memory_efficient and logits.dim() == 4:
+            check_target(logits, target, self.ignore_index, self.weight)
+            return lean_ohem_cross_entropy(logits, target, self.thresh, self.min_kept, self.weight,
+                                           self.ignore_index, self.align_corners)
         losses, nll, _, n_valid = self.pixel_losses(logits, target)
         kept, n_kept = self.hard_pixels(nll.detach(), n_valid)
         # for finite losses the mask product equals torch.where(kept, losses, 0) and is cheaper;
@@ -225,10 +239,11 @@ class SegmentationLoss(nn.Module):
     ``outputs`` is what the model returns: logits ``[N, C, h, w]`` or ``{"out": ..., "aux": ...}``
     (``aux`` may be missing or None). The aux term is a ``CrossEntropy`` with the main loss's ignore index,
     class weights and ``align_corners``, averaged over the valid pixels only. Typical ``aux_weight``:
-    HRNet-OCR 0.4, torchvision 0.5.
+    HRNet-OCR 0.4, torchvision 0.5. ``memory_efficient`` selects the lean kernels for the aux term (the
+    main loss has its own flag; the loss configs set both from one key).
     """
 
-    def __init__(self, main: nn.Module, aux_weight: float = 0.4) -> None:
+    def __init__(self, main: nn.Module, aux_weight: float = 0.4, memory_efficient: bool = False) -> None:
         super().__init__()
         if not hasattr(main, "ignore_index"):
             raise TypeError(f"main loss {type(main).__name__} needs an ignore_index attribute")
@@ -237,7 +252,8 @@ class SegmentationLoss(nn.Module):
         self.main = main
         self.aux_weight = float(aux_weight)
         self.aux = CrossEntropy(ignore_index=main.ignore_index, weight=getattr(main, "weight", None),
-                                align_corners=getattr(main, "align_corners", False))
+                                align_corners=getattr(main, "align_corners", False),
+                                memory_efficient=memory_efficient)
 
     def parts(self, outputs: Tensor | Mapping[str, Tensor], target: Tensor) -> dict[str, Tensor]:
         """``{"loss", "loss_main"}`` plus ``"loss_aux"`` (unweighted) when the outputs carry aux logits."""
