@@ -63,6 +63,10 @@ ROWS: dict[str, Callable[[], Callable[[Tensor, Tensor], Tensor]]] = {
     "CrossEntropy": lambda: CrossEntropy(ignore_index=IGNORE),
     "OhemCrossEntropy": lambda: OhemCrossEntropy(thresh=0.7, min_kept=100000, ignore_index=IGNORE),
     "OHEM sort reference": lambda: sort_ohem,
+    # the memory-lean kernels (seg_template/lean_ce.py), what the loss configs use by default
+    "CrossEntropy (lean)": lambda: CrossEntropy(ignore_index=IGNORE, memory_efficient=True),
+    "OHEM (lean)": lambda: OhemCrossEntropy(thresh=0.7, min_kept=100000, ignore_index=IGNORE,
+                                            memory_efficient=True),
 }
 BASELINE = "plain CE (torch)"
 
