@@ -33,7 +33,13 @@ class SplitReport:
 
 def count_labels(mask: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, int, list[int]]:
     """``(pixels per class int64[C], ignored pixels, sorted bad values)`` for a label map ``[H, W]``."""
-    values, counts = np.unique(mask, return_counts=True)
+    flat = mask.ravel()
+    if flat.size and flat.min() >= 0 and flat.max() < 65536:  # a histogram beats sorting 2-Mpx Cityscapes masks
+        hist = np.bincount(flat)
+        values = np.flatnonzero(hist)
+        counts = hist[values]
+    else:
+        values, counts = np.unique(flat, return_counts=True)
     per_class = np.zeros(num_classes, dtype=np.int64)
     inside = (values >= 0) & (values < num_classes)
     per_class[values[inside]] = counts[inside]
