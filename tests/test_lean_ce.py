@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from seg_template import lean_ce
 from seg_template.lean_ce import lean_cross_entropy, lean_ohem_cross_entropy, source_index
+from seg_template.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss
 
 IGNORE = 255
 # (h, w, H, W): non-integer up-scaling with odd sizes, integer x4, same size, downsampling, 1-pixel sources
@@ -235,3 +240,80 @@ def test_rejects_bad_shapes_and_reduction() -> None:
         lean_cross_entropy(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
         lean_cross_entropy(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), reduction="avg")
+
+
+# ---- integration with seg_template.losses (the memory_efficient switch) ----
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("main", ["ce", "wce", "ohem"])
+def test_segmentation_loss_parts_match_with_aux(main: str, align_corners: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out, target = make_inputs(2, 5, (7, 9, 31, 45), torch.float32, margin=3.0)
+    aux = (0.5 * out.detach()).requires_grad_()
+    weight = [0.5, 1.0, 2.0, 1.5, 0.7] if main == "wce" else None
+
+    def make(lean: bool) -> SegmentationLoss:
+        if main == "ohem":
+            crit = OhemCrossEntropy(0.7, 1000, IGNORE, weight, align_corners, memory_efficient=lean)
+        else:
+            crit = CrossEntropy(IGNORE, weight, align_corners, memory_efficient=lean)
+        return SegmentationLoss(crit, aux_weight=0.4, memory_efficient=lean)
+
+    calls = count_sweeps(monkeypatch)
+    results = []
+    for loss_fn in (make(False), make(True)):
+        calls.clear()
+        parts = loss_fn.parts({"out": out, "aux": aux}, target)
+        grads = torch.autograd.grad(parts["loss"], (out, aux))
+        results.append((parts, grads, len(calls)))
+    (naive, naive_grads, naive_sweeps), (lean, lean_grads, lean_sweeps) = results
+    assert naive_sweeps == 0 and lean_sweeps >= 2  # the switch reaches both the main and the aux term
+    assert set(lean) == {"loss", "loss_main", "loss_aux"}
+    for key in lean:
+        torch.testing.assert_close(lean[key].detach(), naive[key].detach(), rtol=1e-5, atol=1e-5)
+    for got, want in zip(lean_grads, naive_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_lean_path_still_validates_labels() -> None:
+    logits, target = make_inputs(1, 3, (4, 4, 8, 8))
+    target[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        CrossEntropy(memory_efficient=True)(logits, target)
+
+
+@pytest.mark.parametrize("name", ["ce", "wce", "ohem"])
+def test_loss_configs_switch_both_terms(name: str) -> None:
+    raw = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "loss" / f"{name}.yaml")
+    cfg = OmegaConf.create({"data": {"ignore_index": IGNORE, "class_weights": [1.0, 2.0, 0.5]}, "loss": raw})
+    for flag in (True, False):
+        cfg.loss.memory_efficient = flag
+        loss_fn = instantiate(cfg.loss)
+        assert loss_fn.main.memory_efficient is flag and loss_fn.aux.memory_efficient is flag
+
+
+def test_training_step_same_with_and_without_lean() -> None:
+    """Two SGD steps of a small stride-4 conv net: the same losses and weights with the switch on and off."""
+    images = torch.randn(2, 3, 30, 38, generator=torch.Generator().manual_seed(4))
+    _, target = make_inputs(2, 4, (8, 10, 30, 38))
+    runs = []
+    for lean in (False, True):
+        torch.manual_seed(5)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 4, 1))
+        loss_fn = SegmentationLoss(OhemCrossEntropy(0.7, 500, memory_efficient=lean), memory_efficient=lean)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+        losses = []
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss = loss_fn(net(images), target)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        runs.append((losses, torch.cat([p.detach().flatten() for p in net.parameters()])))
+    (naive_losses, naive_params), (lean_losses, lean_params) = runs
+    assert naive_losses[1] != naive_losses[0]  # the step changed the model
+    assert lean_losses == pytest.approx(naive_losses, rel=1e-5)
+    torch.testing.assert_close(lean_params, naive_params, rtol=1e-5, atol=1e-6)
