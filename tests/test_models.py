@@ -1,0 +1,171 @@
+"""Model zoo: every configs/model/*.yaml builds, returns logits at its stated stride, aux where expected.
+
+Shapes of the big models are checked on the meta device (no memory, no compute); the light ones run for
+real on CPU, forward and backward.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+#: config name -> (stride of "out", stride of "aux" or None when the model returns a plain tensor)
+STRIDES = {
+    "fcn_resnet50": (8, 8),
+    "fcn_resnet101": (8, 8),
+    "deeplabv3_resnet50": (8, 8),
+    "deeplabv3_resnet101": (8, 8),
+    "deeplabv3_mobilenet_v3": (16, 8),
+    "lraspp_mobilenet_v3": (8, None),
+    "hrnet_w18_small": (4, None),
+    "hrnet_w18": (4, None),
+    "hrnet_w48": (4, None),
+}
+LIGHT = ["lraspp_mobilenet_v3", "deeplabv3_mobilenet_v3", "hrnet_w18_small"]
+NUM_CLASSES = 5
+
+
+def model_cfg(name: str, **overrides):
+    """The model node of configs/model/<name>.yaml, with a stand-in data node for the interpolations."""
+    cfg = OmegaConf.merge({"data": {"num_classes": NUM_CLASSES}},
+                          {"model": OmegaConf.load(CONFIG_DIR / f"{name}.yaml")}, {"model": overrides})
+    return cfg.model
+
+
+def build(name: str, **overrides) -> nn.Module:
+    return instantiate(model_cfg(name, **overrides))
+
+
+def split(outputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(outputs, dict):
+        assert set(outputs) == {"out", "aux"}
+        return outputs["out"], outputs["aux"]
+    return outputs, None
+
+
+def test_every_model_config_is_covered():
+    # 'small' belongs to the CPU default (SYNTH); every other config here must be in the stride table
+    names = {p.stem for p in CONFIG_DIR.glob("*.yaml")} - {"small"}
+    assert names == set(STRIDES)
+
+
+@pytest.mark.parametrize("name", sorted(STRIDES))
+def test_config_keys(name):
+    raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"), resolve=False)
+    assert raw["num_classes"] == "${data.num_classes}"
+    assert raw["pretrained"] is None and raw["compile"] is False
+    assert ("aux" in raw) == name.startswith(("fcn", "deeplab", "lraspp"))
+
+
+@pytest.mark.parametrize("name", sorted(STRIDES))
+def test_output_stride_and_aux(name):
+    out_stride, aux_stride = STRIDES[name]
+    with torch.device("meta"):
+        model = build(name).train()
+        outputs = model(torch.empty(2, 3, 64, 96))
+    out, aux = split(outputs)
+    assert out.shape == (2, NUM_CLASSES, 64 // out_stride, 96 // out_stride)
+    if aux_stride is None:
+        assert aux is None
+    else:
+        assert aux.shape == (2, NUM_CLASSES, 64 // aux_stride, 96 // aux_stride)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, a) in STRIDES.items() if a is not None])
+def test_aux_toggle(name):
+    with torch.device("meta"):
+        model = build(name, aux=False)
+        outputs = model(torch.empty(2, 3, 64, 64))  # >1 image: ASPP's image-pool BN needs 2 values in train
+    assert isinstance(outputs, torch.Tensor)
+    assert model.aux_classifier is None
+
+
+def test_lraspp_rejects_aux():
+    from seg_template.models.torchvision_zoo import torchvision_model
+
+    with pytest.raises(ValueError, match="no auxiliary head"):
+        torchvision_model("lraspp_mobilenet_v3", 3, aux=True)
+
+
+def test_unknown_arch_and_variant_are_named():
+    from seg_template.models.hrnet import hrnet
+    from seg_template.models.torchvision_zoo import torchvision_model
+
+    with pytest.raises(ValueError, match="deeplabv4"):
+        torchvision_model("deeplabv4", 3)
+    with pytest.raises(ValueError, match="hrnet_w17"):
+        hrnet("hrnet_w17", 3)
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_models_train_step_on_cpu(name):
+    """Real forward + backward: every parameter gets a gradient (no unused parameters to upset DDP)."""
+    torch.manual_seed(0)
+    model = build(name).train()
+    out, aux = split(model(torch.randn(2, 3, 64, 64)))
+    stride = STRIDES[name][0]
+    assert out.shape == (2, NUM_CLASSES, 64 // stride, 64 // stride)
+    loss = out.float().mean() + (aux.float().mean() if aux is not None else 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"parameters without gradient: {unused[:5]}"
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_sides_not_multiple_of_32(name):
+    """ADE20K validation images have arbitrary sizes; HRNet pads internally, the others round up."""
+    stride = STRIDES[name][0]
+    with torch.device("meta"):
+        out, _ = split(build(name).eval()(torch.empty(1, 3, 61, 99)))
+    assert out.shape[-2:] == (-(-61 // stride), -(-99 // stride))
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_sync_batchnorm_conversion(name):
+    """trainer=ddp converts BN layers; our models use plain nn.BatchNorm2d, so all of them convert."""
+    model = build(name)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
+    assert n_bn > 0
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == n_bn
+    assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+    with torch.no_grad():  # eval-mode SyncBN needs no process group
+        out, _ = split(converted(torch.randn(1, 3, 64, 64)))
+    assert out.shape[1] == NUM_CLASSES
+
+
+def test_compile_flag_compiles_in_place_and_keeps_parameter_names():
+    plain = build("hrnet_w18_small")
+    compiled = build("hrnet_w18_small", compile=True)
+    assert compiled._compiled_call_impl is not None and plain._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STRIDES))
+def test_every_model_runs_on_cpu(name):
+    torch.manual_seed(0)
+    model = build(name).train()
+    out, aux = split(model(torch.randn(2, 3, 64, 64)))
+    (out.mean() + (aux.mean() if aux is not None else 0)).backward()
+    assert out.shape == (2, NUM_CLASSES, 64 // STRIDES[name][0], 64 // STRIDES[name][0])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager():
+    torch.manual_seed(0)
+    model = build("lraspp_mobilenet_v3").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        eager = model._call_impl(x)  # bypasses the compiled wrapper
+        model.compile()
+        compiled = model(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
