@@ -14,6 +14,15 @@ from seg_template.models.torchvision_zoo import resolve_weights, torchvision_mod
 from seg_template.models.weights import load_pretrained, read_state_dict
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on the shared 2-core box, OpenMP spin-waiting under contention is ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def source():
     """A small HRNet with non-default weights (and BN statistics) to save and reload."""

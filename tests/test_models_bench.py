@@ -1,0 +1,45 @@
+"""scripts/bench_models.py produces a markdown row per model with the measured stride and aux head."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_models.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on the shared 2-core box, OpenMP spin-waiting under contention is ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_table_rows():
+    bench = load_script()
+    table = bench.main(["--models", "lraspp_mobilenet_v3", "hrnet_w18_small", "--size", "64", "--reps", "1",
+                        "--warmup", "0", "--num-classes", "3"])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ") and "params" not in line}
+    assert rows["lraspp_mobilenet_v3"][1:3] == ["8", "no"]
+    assert rows["hrnet_w18_small"][1:3] == ["4", "no"]
+    assert float(rows["hrnet_w18_small"][0]) == pytest.approx(1.5, abs=0.1)  # HRNetV2-W18-Small-v1: 1.5M
+    assert float(rows["lraspp_mobilenet_v3"][3]) > 0
+
+
+def test_bench_unknown_model_is_named():
+    bench = load_script()
+    with pytest.raises(SystemExit, match="no_such_net"):
+        bench.main(["--models", "no_such_net", "--size", "64"])
