@@ -1,0 +1,163 @@
+"""SegmentationModule: model + loss + confusion-matrix metrics + optimiser/scheduler from config.
+
+Logs ``train/loss``, ``train/loss_main`` (+ ``train/loss_aux`` for models with an auxiliary head),
+``val/loss``, ``val/mIoU``, ``val/aAcc`` and ``val/IoU/<class>`` (``test/...`` likewise). Metrics come
+from a torchmetrics confusion matrix, which sums itself across processes under DDP before the scores are
+computed, so every rank logs the same global mIoU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from seg_template.metrics import format_table, segmentation_scores
+from seg_template.optim import param_groups
+
+log = logging.getLogger(__name__)
+
+
+@rank_zero_only
+def print_table(text: str) -> None:
+    """Print on global rank 0 only (under DDP every rank holds the same, already reduced scores)."""
+    print(text, flush=True)
+
+
+def main_logits(outputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """The logits that metrics and inference use: ``outputs["out"]`` or the tensor itself."""
+    return outputs["out"] if isinstance(outputs, Mapping) else outputs
+
+
+class SegmentationModule(pl.LightningModule):
+    """``net(images[N, 3, H, W]) -> logits[N, C, h, w]`` (or ``{"out", "aux"}``), trained with ``loss``.
+
+    ``optimizer`` is a partial taking the parameter groups; ``scheduler`` (or None) a partial taking the
+    optimiser and ``total_steps``; it is stepped every optimisation step.
+    """
+
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., Optimizer],
+                 scheduler: Callable[..., Any] | None = None, num_classes: int = 0, ignore_index: int = 255,
+                 class_names: Sequence[str] = (), compile: bool = False) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"SegmentationModule needs num_classes >= 1 (data.num_classes), got {num_classes}")
+        if class_names and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names (data.class_names) for {num_classes} classes")
+        # the net and loss are modules (saved in the state dict); the partials are not picklable hparams
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self.class_names = tuple(class_names) or tuple(str(i) for i in range(num_classes))
+        self.align_corners = bool(getattr(getattr(loss, "main", loss), "align_corners", False))
+        self.compile_net = compile
+        # validate_args=False: labels were range-checked by the loss, and the check costs a device sync
+        self.val_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        self.last_val: dict[str, Any] | None = None
+        self.best_val: dict[str, Any] | None = None
+        self._checked_output = False
+
+    # ----------------------------------------------------------------- setup and checks
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm_classes = getattr(datamodule, "num_classes", None)
+        if dm_classes is not None and dm_classes != self.num_classes:
+            raise ValueError(f"the model is built for {self.num_classes} classes but the data has {dm_classes} "
+                             f"(data.num_classes); set model.num_classes=${{data.num_classes}}")
+        if self.compile_net and stage == "fit":
+            self.net.compile()
+
+    def _check_output(self, logits: Tensor) -> None:
+        if not self._checked_output:
+            if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+                raise ValueError(f"the model outputs {tuple(logits.shape)} logits, i.e. {logits.shape[1]} classes, "
+                                 f"but data.num_classes is {self.num_classes}")
+            self._checked_output = True
+
+    def forward(self, images: Tensor) -> Tensor | Mapping[str, Tensor]:
+        return self.net(images)
+
+    # ----------------------------------------------------------------- steps
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        images, masks = batch["image"], batch["mask"]
+        outputs = self.net(images)
+        self._check_output(main_logits(outputs))
+        parts = self.loss.parts(outputs, masks) if hasattr(self.loss, "parts") else {"loss": self.loss(outputs, masks)}
+        for name, value in parts.items():
+            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "loss",
+                     batch_size=images.shape[0])
+        return parts["loss"]
+
+    def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        images, masks = batch["image"], batch["mask"]
+        outputs = self.net(images)
+        logits = main_logits(outputs)
+        self._check_output(logits)
+        loss = self.loss(outputs, masks)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        # upsample once to the label size; argmax of upsampled logits, as inference does
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        confmat = self.val_confmat if stage == "val" else self.test_confmat
+        confmat.update(logits.argmax(1), masks)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # ----------------------------------------------------------------- epoch ends: scores and tables
+    def _log_scores(self, stage: str) -> dict[str, Any]:
+        confmat = self.val_confmat if stage == "val" else self.test_confmat
+        cm = confmat.compute()  # summed over processes by torchmetrics
+        confmat.reset()
+        scores = segmentation_scores(cm)
+        # already global: sync_dist would only add an all-reduce of identical numbers
+        self.log(f"{stage}/mIoU", scores["mIoU"], prog_bar=True)
+        self.log(f"{stage}/aAcc", scores["aAcc"])
+        for name, iou in zip(self.class_names, scores["IoU"], strict=True):
+            self.log(f"{stage}/IoU/{name}", iou)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self._log_scores("val")
+        if self.trainer.sanity_checking:
+            return
+        self.last_val = {**scores, "epoch": self.current_epoch}
+        if self.best_val is None or scores["mIoU"] > self.best_val["mIoU"]:
+            self.best_val = self.last_val
+
+    def on_test_epoch_end(self) -> None:
+        scores = self._log_scores("test")
+        print_table(format_table(self.class_names, {"IoU %": scores["IoU"], "Acc %": scores["Acc"]},
+                                           title=f"test: mIoU {100 * scores['mIoU']:.2f}  "
+                                                 f"aAcc {100 * scores['aAcc']:.2f}"))
+
+    def on_fit_end(self) -> None:
+        if self.last_val is None:
+            return
+        last, best = self.last_val, self.best_val or self.last_val
+        columns = {f"last (ep {last['epoch']})": last["IoU"]}
+        if best is not last:
+            columns[f"best (ep {best['epoch']})"] = best["IoU"]
+        title = f"validation: last mIoU {100 * last['mIoU']:.2f}, best {100 * best['mIoU']:.2f} (IoU %)"
+        print_table(format_table(self.class_names, columns, title=title))
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=param_groups(self.net))
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
