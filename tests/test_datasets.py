@@ -17,6 +17,7 @@ from seg_template.data.cityscapes import (
     label_id_lut,
 )
 from seg_template.data.folder import FolderDataset
+from seg_template.data.transforms import train_transform
 from seg_template.data.voc import VOC_CLASSES, VOC_PALETTE, VOCDataset
 from tests.fixtures import (
     FOLDER_COLORS,
@@ -193,11 +194,12 @@ def test_folder_reduce_zero_label(tmp_path) -> None:
     assert (mask[stored == 0] == 255).all() and (mask[stored == 3] == 2).all()
 
 
-def test_transform_output_is_the_crop(tmp_path) -> None:
-    transforms = pytest.importorskip("seg_template.data.transforms")
+def test_recipe_transform_pads_masks_with_ignore(tmp_path) -> None:
     root = make_cityscapes(tmp_path, size=(32, 64))
-    ds = CityscapesDataset(root, "train", transform=transforms.train_transform(crop_size=[48, 80]))
+    ds = CityscapesDataset(root, "train", transform=train_transform(crop_size=[48, 80], scale_range=(1.0, 1.0)))
     sample = ds[0]
     assert tuple(sample["image"].shape) == (3, 48, 80) and tuple(sample["mask"].shape) == (48, 80)
-    values = set(sample["mask"].unique().tolist())
-    assert values <= set(range(19)) | {255}
+    mask = sample["mask"]
+    assert set(mask.unique().tolist()) <= set(range(19)) | {255}
+    # the 32x64 fixture fills at most 32x64 of the 48x80 crop: the rest must be ignore, never class 0
+    assert int((mask == 255).sum()) >= 48 * 80 - 32 * 64

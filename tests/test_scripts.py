@@ -75,8 +75,8 @@ def test_doctor_finds_planted_faults(tmp_path) -> None:
     culprits = plant_faults(root)
     cfg = data_cfg("folder", root, *folder_overrides(3), "data.train_set.mask_format=rgb",
                    f"data.train_set.colors={[list(c) for c in FOLDER_COLORS[:3]]}".replace(" ", ""))
-    train, val = check_dataset(cfg)
-    assert not val.errors
+    train, val, test = check_dataset(cfg)
+    assert not val.errors and not test.errors
     assert (train.num_images, train.num_masks, train.num_pairs) == (5, 5, 4)
     errors = "\n".join(train.errors)
     assert f"image without mask: {culprits['orphan_image']}" in errors

@@ -6,10 +6,12 @@ the datasets but neither a model nor a trainer.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -27,8 +29,13 @@ def compose_data_config(overrides: Sequence[str] = (), config_name: str | None =
     ``config_name=None`` composes no primary config: the overrides must then add the data group
     (``+data=voc``) and anything it interpolates (``+paths.data_dir=...``).
     """
+    # configs/paths/default.yaml roots everything at $PROJECT_ROOT (seg_template.utils sets it the same way;
+    # not imported here to keep the data tools free of Lightning)
+    os.environ.setdefault("PROJECT_ROOT", str(config_dir.parent))
+    GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
     # `${hydra:...}` interpolations (e.g. paths.root_dir from hydra.runtime.cwd) need the global HydraConfig
     HydraConfig.instance().set_config(cfg)
     data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
