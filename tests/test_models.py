@@ -178,3 +178,14 @@ def test_compiled_model_matches_eager():
         model.compile()
         compiled = model(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(STRIDES))
+def test_model_composes_with_the_real_configs(name, tmp_path):
+    """`python train.py model=<name> data=cityscapes`: num_classes comes from the data config."""
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(overrides=[f"model={name}", "data=cityscapes"], output_dir=tmp_path)
+    with torch.device("meta"):
+        out, _ = split(instantiate(cfg.model).eval()(torch.empty(1, 3, 64, 64)))
+    assert out.shape[1] == 19

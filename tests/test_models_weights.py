@@ -181,3 +181,23 @@ def test_unknown_weight_names_list_the_choices():
         torchvision_model("fcn_resnet50", num_classes=3, pretrained="IMAGENET_V9")
     with pytest.raises(ValueError, match="ms_in1k"):
         hrnet("hrnet_w48", num_classes=3, pretrained="in22k")
+
+
+@pytest.mark.slow
+def test_checkpoint_of_our_own_training_run_is_a_pretrained_file(tmp_path):
+    """A .ckpt written by train() (LightningModule with .net, hyper-parameters) loads with weights_only=True,
+    here into a model for another number of classes: backbone in, head skipped."""
+    from seg_template.train import train
+    from tests.conftest import compose_cfg
+
+    tiny = ["model=hrnet_w18_small", "data.train_set.length=4", "data.val_set.length=2", "data.batch_size=2",
+            "data.train_set.image_size=[64,64]", "trainer.max_epochs=1", "test=false"]
+    cfg = compose_cfg(overrides=tiny, output_dir=tmp_path / "run")
+    _, objects = train(cfg)
+    ckpt = objects["trainer"].checkpoint_callback.best_model_path
+    assert ckpt.endswith(".ckpt")
+    trained = objects["module"].net.state_dict()
+    model = hrnet("hrnet_w18_small", num_classes=3, pretrained=ckpt)
+    backbone = [k for k in trained if k.startswith("backbone.")]
+    assert_same(trained, model.state_dict(), backbone)
+    assert model.head.classifier.weight.shape[0] == 3
