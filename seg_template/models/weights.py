@@ -80,9 +80,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         try:
             obj = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors come in many types; all mean "not a plain weights file"
-            raise ValueError(f"model.pretrained: '{file}' is not loadable with torch.load(weights_only=True) "
-                             f"({type(err).__name__}: {err}). Save only tensors, e.g. "
-                             f"torch.save(model.state_dict(), path).") from err
+            raise ValueError(
+                f"model.pretrained: '{file}' holds pickled objects besides tensors, which "
+                f"torch.load(weights_only=True) refuses ({type(err).__name__}: {str(err)[:300]}). If you trust "
+                f"the file, extract its weights once: torch.save(torch.load(path, weights_only=False)['model'], "
+                f"'weights.pth') (the key holding the state dict: 'model', 'state_dict', ...).") from err
     # peel containers: Lightning {"state_dict": ...}, torchvision references {"model": ...}
     while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
         inner = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
