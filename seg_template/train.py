@@ -18,6 +18,7 @@ from seg_template.utils import (
     choices_summary,
     instantiate_callbacks,
     instantiate_loggers,
+    isolated_job,
     log_hyperparameters,
     metric_value,
     prepare_ddp_relaunch,
@@ -100,7 +101,8 @@ def best_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry: train, then return ``cfg.optimized_metric`` (for sweepers; None if not set)."""
-    metrics, _ = train(cfg)
+    with isolated_job():
+        metrics, _ = train(cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 # configs/paths/default.yaml reads root_dir from here; a user may point it elsewhere (e.g. on a cluster).
 os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+# The CSV logger writes metrics.csv into the run folder, which Hydra has already filled (.hydra/, *.log):
+# expected, so its "directory exists and is not empty" warning would only alarm users.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
 def instantiate_group(cfg: DictConfig | None, kind: type, group: str) -> list[Any]:
@@ -36,6 +42,8 @@ def instantiate_group(cfg: DictConfig | None, kind: type, group: str) -> list[An
     if not isinstance(cfg, DictConfig):
         raise TypeError(f"config group '{group}' must be a mapping of name -> {{_target_: ...}}, got {cfg!r}")
     for name, entry in cfg.items():
+        if entry is None:  # `callbacks.rich_progress_bar=null` switches one entry off
+            continue
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
             raise TypeError(f"{group}.{name} has no _target_: {entry!r}")
         obj = instantiate(entry)
@@ -87,6 +95,25 @@ def choices_summary() -> str:
         return ""
     choices = HydraConfig.get().runtime.choices
     return " ".join(f"{k}={v}" for k, v in choices.items() if not k.startswith("hydra/") and v is not None)
+
+
+@contextmanager
+def isolated_job() -> Iterator[None]:
+    """Undo what a DDP fit leaves behind in this process, so that the next multirun job starts clean.
+
+    Lightning's launcher sets ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_PORT``... in ``os.environ`` and keeps
+    the process group. The next job would then believe its ranks were started externally and talk to the
+    previous job's finished ranks. Variables set before the job (e.g. by torchrun or SLURM) are kept.
+    """
+    env_before = dict(os.environ)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key in set(os.environ) - set(env_before):
+            del os.environ[key]
+        os.environ.update(env_before)
 
 
 def prepare_ddp_relaunch() -> None:

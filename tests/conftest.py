@@ -24,9 +24,10 @@ ROOT = PROJECT_ROOT
 def compose_cfg(config_name: str = "train", overrides: Sequence[str] = (),
                 output_dir: Path | None = None) -> DictConfig:
     """Compose ``configs/<config_name>.yaml`` with ``overrides``; outputs go to ``output_dir`` (a fresh tmp
-    dir when None). ``trainer=cpu`` unless the overrides pick a trainer."""
+    dir when None). ``trainer=cpu`` unless the overrides pick a trainer (or the config has none)."""
     overrides = list(overrides)
-    if not any(o.split("=", 1)[0].lstrip("+~") == "trainer" for o in overrides):
+    has_trainer = "- trainer:" in (CONFIG_DIR / f"{config_name}.yaml").read_text()
+    if has_trainer and not any(o.split("=", 1)[0].lstrip("+~") == "trainer" for o in overrides):
         overrides.insert(0, "trainer=cpu")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
