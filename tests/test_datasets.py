@@ -114,6 +114,13 @@ def test_voc_palette_masks_keep_indices_and_boundaries(tmp_path) -> None:
     assert 255 in mask and mask[mask != 255].max() < 21
 
 
+@pytest.mark.parametrize("make", [make_voc, make_ade20k])
+def test_varied_image_sizes_are_kept(tmp_path, make) -> None:
+    root = make(tmp_path, splits={"train": 3, "val": 1}, size=(32, 48), varied_sizes=True)
+    ds = VOCDataset(root, "train") if make is make_voc else ADE20KDataset(root, "train")
+    assert [tuple(ds[i]["mask"].shape) for i in range(3)] == [(32, 48), (40, 56), (48, 48)]
+
+
 def test_voc_root_may_be_the_voc2012_folder(tmp_path) -> None:
     root = make_voc(tmp_path)
     assert len(VOCDataset(root / "VOCdevkit" / "VOC2012", "train")) == 2
