@@ -75,7 +75,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
 
-    if cfg.get("test", False):
+    if cfg.get("test", False) and cfg.data.get("test_set") is None:
+        log.info("data.test_set is null: no test split to test on")
+    elif cfg.get("test", False):
         ckpt_path = best_checkpoint(trainer, cfg)
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(trainer.callback_metrics)

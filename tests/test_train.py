@@ -1,0 +1,112 @@
+"""The training entry point on tiny synthetic data: every loss, bad input, resume, multirun, DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, compose_cfg
+
+from seg_template.train import train
+from seg_template.utils import metric_value
+
+# A few 32x32 images: enough to run every code path in seconds.
+TINY = ["data.train_set.length=8", "data.val_set.length=4", "data.test_set.length=4",
+        "data.train_set.image_size=[32,32]", "data.batch_size=4", "callbacks.rich_progress_bar=null"]
+WEIGHTS = "data.class_weights=[0.5,1,1,1,1,3]"  # loss=wce insists on class weights
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("loss", ["ce", "wce", "ohem"])
+def test_fast_dev_run_each_loss(loss: str, tmp_path: Path) -> None:
+    cfg = compose_cfg(overrides=[f"loss={loss}", WEIGHTS, "debug=fdr", *TINY], output_dir=tmp_path)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 1
+    for name in ("train/loss", "val/loss", "val/mIoU", "test/mIoU"):
+        assert torch.isfinite(torch.as_tensor(metrics[name])), name
+    assert 0.0 <= metric_value(metrics, "val/mIoU") <= 1.0
+
+
+def test_optimized_metric_must_be_logged() -> None:
+    assert metric_value({"val/mIoU": torch.tensor(0.5)}, "val/mIoU") == 0.5
+    assert metric_value({}, None) is None
+    with pytest.raises(KeyError, match="val/nope"):
+        metric_value({"val/mIoU": 0.5}, "val/nope")
+
+
+def test_model_classes_must_match_data(tmp_path: Path) -> None:
+    cfg = compose_cfg(overrides=["model.num_classes=7", "debug=fdr", *TINY], output_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"model.num_classes=7 .*data.num_classes=6"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_resume_continues_the_step_count(tmp_path: Path) -> None:
+    first = compose_cfg(overrides=["trainer.max_epochs=1", "test=false", *TINY], output_dir=tmp_path / "a")
+    _, objects = train(first)
+    steps = objects["trainer"].global_step
+    assert steps == 2  # 8 images / batch 4
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+
+    resumed = compose_cfg(overrides=["trainer.max_epochs=2", "test=false", f"ckpt_path={last}", *TINY],
+                          output_dir=tmp_path / "b")
+    _, objects = train(resumed)
+    assert objects["trainer"].global_step == 2 * steps
+    assert objects["trainer"].current_epoch == 2
+    rows = [r for r in read_metrics(tmp_path / "b" / "metrics.csv") if r.get("val/mIoU")]
+    assert [int(r["epoch"]) for r in rows] == [1]  # only the new epoch ran
+
+
+@pytest.mark.slow
+def test_multirun_over_the_three_losses(tmp_path: Path) -> None:
+    result = run_script("train.py", "-m", "loss=ce,wce,ohem", WEIGHTS, "trainer.max_epochs=1", *TINY,
+                        f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2"]
+    for job, loss in zip(jobs, ["ce", "wce", "ohem"], strict=True):
+        assert f"loss={loss}" in (job / ".hydra" / "overrides.yaml").read_text()
+        rows = read_metrics(job / "metrics.csv")
+        assert any(r.get("val/mIoU") for r in rows) and any(r.get("test/mIoU") for r in rows)
+        assert (job / "checkpoints" / "best.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_cpu_one_folder_one_set_of_checkpoints(tmp_path: Path) -> None:
+    result = run_script("train.py", "trainer=ddp_cpu", "trainer.max_epochs=1", *TINY, f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # rank 1 wrote into rank 0's folder, not a new one
+    (run,) = runs
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert (run / "train_ddp_process_1.log").is_file()  # rank 1's Hydra log sits beside rank 0's
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    rows = read_metrics(run / "metrics.csv")
+    assert any(r.get("val/mIoU") for r in rows)
+    # 8 images / (2 processes x batch 4) = 1 step per epoch: the sampler split the data between ranks
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 1
+
+
+@pytest.mark.slow
+def test_unknown_option_lists_valid_choices() -> None:
+    result = run_script("train.py", "loss=foo", timeout=120)
+    assert result.returncode != 0
+    assert "Could not find 'loss/foo'" in result.stderr
+    assert all(f"\t{name}\n" in result.stderr for name in ("ce", "wce", "ohem")), result.stderr
