@@ -22,7 +22,8 @@ from seg_template.utils import CONFIG_DIR, instantiate_callbacks, instantiate_lo
 GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths",
           "debug", "experiment", "hparams_search", "launcher")
 OPTIONAL_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-                     "many": ("tensorboard", "tensorboardX")}
+                     "many": ("tensorboard", "tensorboardX"),
+                     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher",)}
 
 
 def options(group: str) -> list[str]:
@@ -49,12 +50,12 @@ def test_every_group_has_options() -> None:
 def _needs(option: str) -> None:
     packages = OPTIONAL_PACKAGES.get(option)
     if packages and not any(importlib.util.find_spec(p) for p in packages):
-        pytest.skip(f"logger={option} needs the optional package {' or '.join(packages)}")
+        pytest.skip(f"{option} needs the optional package {' or '.join(packages)}")
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path) -> None:
-    if group == "logger":
+    if group in ("logger", "launcher"):
         _needs(option)
     cfg = compose_cfg(overrides=[f"{group}={option}"], output_dir=tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves (paths, ${data.*})
