@@ -1,0 +1,109 @@
+"""SegDataModule: batches (shapes, dtypes), loader options, and the errors a wrong data config gets."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from seg_template.data.datamodule import SegDataModule
+from seg_template.data.synthetic import CLASS_NAMES, SyntheticShapes
+from seg_template.data.transforms import eval_transform, train_transform
+
+
+def _dm(**overrides) -> SegDataModule:
+    kwargs = dict(
+        train_set=functools.partial(SyntheticShapes, split="train", length=6, image_size=40),
+        val_set=functools.partial(SyntheticShapes, split="val", length=3, image_size=[40, 48]),
+        test_set=None,
+        train_transform=train_transform([32, 32], scale_range=(0.75, 1.25)),
+        val_transform=eval_transform(),
+        num_classes=6, ignore_index=255, class_names=list(CLASS_NAMES), batch_size=4, num_workers=0,
+        pin_memory=False, persistent_workers=True,
+    )
+    kwargs.update(overrides)
+    return SegDataModule(**kwargs)
+
+
+def test_train_and_val_batches() -> None:
+    dm = _dm()
+    dm.setup("fit")
+    assert dm.num_classes == 6 and dm.ignore_index == 255 and dm.class_names == CLASS_NAMES
+    train = list(dm.train_dataloader())
+    assert len(train) == 1  # 6 samples, batch 4, drop_last
+    batch = train[0]
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 32, 32) and batch["mask"].dtype == torch.int64
+    assert len(batch["name"]) == 4
+    val = list(dm.val_dataloader())
+    assert [b["image"].shape[0] for b in val] == [3]  # no drop_last: every val image counts
+    assert val[0]["image"].shape == (3, 3, 40, 48)
+    assert set(val[0]["mask"].unique().tolist()) <= {0, 1, 2, 3, 4, 5, 255}
+
+
+def test_persistent_workers_only_with_workers() -> None:
+    assert _dm(num_workers=0, persistent_workers=True).persistent_workers is False
+    dm = _dm(num_workers=1, persistent_workers=True)
+    dm.setup("fit")
+    loader = dm.val_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 1
+
+
+def test_class_count_mismatch_names_both_numbers() -> None:
+    dm = _dm(num_classes=7, class_names=[])
+    with pytest.raises(ValueError, match=r"6 classes.*data.num_classes is 7"):
+        dm.setup("fit")
+
+
+def test_class_names_length_must_match() -> None:
+    with pytest.raises(ValueError, match="3 names.*6"):
+        _dm(class_names=["a", "b", "c"])
+
+
+def test_dataset_instead_of_partial_is_explained() -> None:
+    dm = _dm(train_set=SyntheticShapes("train", 4, image_size=32))
+    with pytest.raises(TypeError, match=r"data.train_set.*_partial_: true"):
+        dm.setup("fit")
+
+
+def test_factory_with_wrong_arguments_names_the_split() -> None:
+    dm = _dm(val_set=functools.partial(SyntheticShapes, split="val", length=3, no_such_option=1))
+    with pytest.raises(TypeError, match=r"data.val_set could not be built.*no_such_option"):
+        dm.setup("fit")
+
+
+def test_dataset_errors_keep_their_type_and_name_the_split() -> None:
+    dm = _dm(val_set=functools.partial(SyntheticShapes, split="val", length=3, image_size=4))
+    with pytest.raises(ValueError, match="image_size") as info:
+        dm.setup("validate")
+    assert "data.val_set" in "".join(getattr(info.value, "__notes__", ["data.val_set"]))
+
+
+def test_missing_test_split_only_fails_when_testing() -> None:
+    dm = _dm()
+    dm.setup(None)  # builds train and val, skips the absent test split
+    with pytest.raises(ValueError, match="data.test_set is null"):
+        dm.setup("test")
+
+
+def test_train_set_smaller_than_batch_is_an_error() -> None:
+    dm = _dm(batch_size=8)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="fewer than data.batch_size=8"):
+        dm.train_dataloader()
+
+
+def test_synthetic_config_instantiates() -> None:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from seg_template.utils import CONFIG_DIR
+
+    cfg = OmegaConf.create({"data": OmegaConf.load(CONFIG_DIR / "data" / "synthetic.yaml")})
+    cfg.data.train_set.length, cfg.data.val_set.length = 4, 2
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    size = tuple(cfg.data.train_set.image_size)
+    assert next(iter(dm.val_dataloader()))["image"].shape[-2:] == size
+    assert dm.class_names == CLASS_NAMES
