@@ -18,7 +18,6 @@ from seg_template.utils import metric_value
 # A few 32x32 images: enough to run every code path in seconds.
 TINY = ["data.train_set.length=8", "data.val_set.length=4", "data.test_set.length=4",
         "data.train_set.image_size=[32,32]", "data.batch_size=4", "callbacks.rich_progress_bar=null"]
-WEIGHTS = "data.class_weights=[0.5,1,1,1,1,3]"  # loss=wce insists on class weights
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -34,7 +33,7 @@ def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("loss", ["ce", "wce", "ohem"])
 def test_fast_dev_run_each_loss(loss: str, tmp_path: Path) -> None:
-    cfg = compose_cfg(overrides=[f"loss={loss}", WEIGHTS, "debug=fdr", *TINY], output_dir=tmp_path)
+    cfg = compose_cfg(overrides=[f"loss={loss}", "debug=fdr", *TINY], output_dir=tmp_path)
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 1
     for name in ("train/loss", "val/loss", "val/mIoU", "test/mIoU"):
@@ -75,7 +74,7 @@ def test_resume_continues_the_step_count(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_multirun_over_the_three_losses(tmp_path: Path) -> None:
-    result = run_script("train.py", "-m", "loss=ce,wce,ohem", WEIGHTS, "trainer.max_epochs=1", *TINY,
+    result = run_script("train.py", "-m", "loss=ce,wce,ohem", "trainer.max_epochs=1", *TINY,
                         f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
