@@ -25,9 +25,10 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from seg_template.lean_resize import ChunkedBilinear
 
 # Bytes of full-resolution logits per chunk: small enough to stay cache-friendly, large enough that the
 # per-chunk Python overhead is negligible (tuned on CPU, where 4-8 MiB was fastest at both bench shapes).
@@ -39,84 +40,7 @@ DEVICE_CHUNK_BYTES = 32 * 2**20
 ChunkFn = Callable[[tuple[slice, slice], Tensor, Tensor, Tensor], Tensor | None]
 
 
-def source_index(in_size: int, out_size: int, align_corners: bool, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """PyTorch's bilinear source positions: output ``r`` = ``(1 - lam[r]) * in[i0[r]] + lam[r] * in[i1[r]]``.
-
-    Same formula (and arithmetic dtype) as ATen's ``area_pixel_compute_source_index`` for a given output
-    size; returns CPU tensors ``i0, i1`` (int64) and ``lam`` (``dtype``), each ``[out_size]``.
-    """
-    dst = torch.arange(out_size, dtype=dtype)
-    if align_corners:
-        scale = (torch.tensor(in_size - 1, dtype=dtype) / (out_size - 1) if out_size > 1
-                 else torch.tensor(0, dtype=dtype))
-        src = dst * scale
-    else:
-        scale = torch.tensor(in_size, dtype=dtype) / out_size
-        src = (scale * (dst + 0.5) - 0.5).clamp_min(0)
-    i0 = src.floor().long().clamp_max(in_size - 1)
-    i1 = (i0 + 1).clamp_max(in_size - 1)
-    lam = (src - i0.to(dtype)).clamp(0, 1)
-    return i0, i1, lam
-
-
-class _Plan:
-    """Chunking and height weights for resizing ``[N, C, h, w]`` logits to ``(H, W)``."""
-
-    def __init__(self, logits: Tensor, out_size: tuple[int, int], align_corners: bool, chunk_bytes: int) -> None:
-        n, c, h, w = logits.shape
-        self.out_h, self.out_w = out_size
-        self.align_corners = align_corners
-        self.resize_w = w != self.out_w
-        i0, i1, lam = source_index(h, self.out_h, align_corners, logits.dtype)
-        self.first, self.last = i0.tolist(), i1.tolist()  # host lists: chunk bounds without device syncs
-        self.mix = None  # h == H is the identity for both align_corners settings
-        if h != self.out_h:
-            rows = torch.arange(self.out_h)
-            mix = torch.zeros(self.out_h, h, dtype=logits.dtype)
-            mix.index_put_((rows, i0), 1 - lam, accumulate=True)
-            mix.index_put_((rows, i1), lam, accumulate=True)
-            self.mix = mix.to(logits.device)
-        per_row = c * self.out_w * logits.element_size()
-        rows = max(1, chunk_bytes // max(1, per_row))
-        if rows >= self.out_h:  # whole images fit: batch several per chunk
-            step = max(1, rows // max(1, self.out_h))
-            self.chunks = [(i, min(i + step, n), 0, self.out_h) for i in range(0, n, step)]
-        else:
-            self.chunks = [(i, i + 1, r, min(r + rows, self.out_h))
-                           for i in range(n) for r in range(0, self.out_h, rows)]
-
-    def source_rows(self, r0: int, r1: int) -> tuple[int, int]:
-        """The input rows ``[s0, s1)`` that output rows ``[r0, r1)`` read."""
-        if self.mix is None:
-            return r0, r1
-        return self.first[r0], self.last[r1 - 1] + 1
-
-    def upsample(self, logits: Tensor, chunk: tuple[int, int, int, int]) -> Tensor:
-        """A fresh ``[n, C, rows, W]`` tensor: the chunk's rows of the bilinearly upsampled logits."""
-        n0, n1, r0, r1 = chunk
-        s0, s1 = self.source_rows(r0, r1)
-        block = logits[n0:n1, :, s0:s1]
-        if self.resize_w:
-            block = F.interpolate(block, size=(s1 - s0, self.out_w), mode="bilinear",
-                                  align_corners=self.align_corners)
-        if self.mix is None:
-            return block if self.resize_w else block.clone()
-        return torch.matmul(self.mix[r0:r1, s0:s1], block)
-
-    def accumulate(self, grad: Tensor, grad_up: Tensor, chunk: tuple[int, int, int, int]) -> None:
-        """Add the adjoint of ``upsample`` applied to ``grad_up`` [n, C, rows, W] into ``grad`` [N, C, h, w]."""
-        n0, n1, r0, r1 = chunk
-        s0, s1 = self.source_rows(r0, r1)
-        if self.mix is not None:
-            grad_up = torch.matmul(self.mix[r0:r1, s0:s1].T, grad_up)
-        if self.resize_w:
-            grad_up = torch.ops.aten.upsample_bilinear2d_backward(
-                grad_up, [s1 - s0, self.out_w], [n1 - n0, grad.shape[1], s1 - s0, grad.shape[3]],
-                self.align_corners)
-        grad[n0:n1, :, s0:s1] += grad_up
-
-
-def _sweep(plan: _Plan, logits: Tensor, target: Tensor, ignore_index: int, chunk_fn: ChunkFn,
+def _sweep(plan: ChunkedBilinear, logits: Tensor, target: Tensor, ignore_index: int, chunk_fn: ChunkFn,
            grad: Tensor | None, chunks: list[tuple[int, int, int, int]] | None = None) -> None:
     """One pass over the chunks: per-pixel nll handed to ``chunk_fn``; if ``grad`` is given, the gradient of
     ``sum(coef * nll)`` w.r.t. ``logits`` (``coef`` returned by ``chunk_fn``) is added into it."""
@@ -142,7 +66,7 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _chunk_step(plan: _Plan, logits: Tensor, target: Tensor, ignore_index: int, chunk_fn: ChunkFn,
+def _chunk_step(plan: ChunkedBilinear, logits: Tensor, target: Tensor, ignore_index: int, chunk_fn: ChunkFn,
                 grad: Tensor | None, chunk: tuple[int, int, int, int]) -> None:
     n0, n1, r0, r1 = chunk
     x = plan.upsample(logits, chunk)  # [n, C, rows, W], ours to overwrite in place
@@ -195,7 +119,7 @@ class _LeanCrossEntropy(torch.autograd.Function):
         with _no_autocast(logits.device):
             x = logits.detach().to(dtype)
             w = None if weight is None else weight.to(device=x.device, dtype=dtype)
-            plan = _Plan(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
+            plan = ChunkedBilinear(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
             # "none" needs the per-pixel map; the reductions keep only per-chunk sums
             losses = x.new_zeros(target.shape) if reduction == "none" else None
             grad = torch.zeros_like(x) if ctx.needs_input_grad[0] and reduction != "none" else None
@@ -244,7 +168,7 @@ class _LeanCrossEntropy(torch.autograd.Function):
             def chunk_fn(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
                 return _pixel_weight(w, index, valid, dtype) * upstream[rows]
 
-            plan = _Plan(x, tuple(target.shape[-2:]), ctx.align_corners, ctx.chunk_bytes)
+            plan = ChunkedBilinear(x, tuple(target.shape[-2:]), ctx.align_corners, ctx.chunk_bytes)
             _sweep(plan, x, target, ctx.ignore_index, chunk_fn, grad)
         return grad.to(logits.dtype), None, None, None, None, None, None
 
@@ -257,7 +181,7 @@ class _LeanOhemCrossEntropy(torch.autograd.Function):
         with _no_autocast(logits.device):
             x = logits.detach().to(dtype)
             w = None if weight is None else weight.to(device=x.device, dtype=dtype)
-            plan = _Plan(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
+            plan = ChunkedBilinear(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
             weighted_nll = x.new_zeros(target.shape)
             prob = x.new_ones(target.shape)  # ignored pixels keep p = 1: never below a threshold <= 1
             grad = torch.zeros_like(x) if ctx.needs_input_grad[0] else None

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from seg_template import lean_ce
-from seg_template.lean_ce import lean_cross_entropy, lean_ohem_cross_entropy, source_index
+from seg_template.lean_ce import lean_cross_entropy, lean_ohem_cross_entropy
+from seg_template.lean_resize import ChunkedBilinear, source_index
 from seg_template.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss
 
 IGNORE = 255
@@ -85,6 +86,24 @@ def test_source_index_matches_interpolate(size: tuple[int, int, int, int], align
     i0, i1, lam = source_index(h, big_h, align_corners, torch.float64)
     mixed = x[:, :, i0] * (1 - lam[:, None]) + x[:, :, i1] * lam[:, None]
     torch.testing.assert_close(mixed, upsample(x, (big_h, 5), align_corners), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", SIZES)
+def test_chunked_bilinear_and_its_adjoint(size: tuple[int, int, int, int], align_corners: bool) -> None:
+    h, w, big_h, big_w = size
+    x = torch.randn(3, 2, h, w, dtype=torch.float64)
+    resize = ChunkedBilinear(x, (big_h, big_w), align_corners, chunk_bytes=2 * big_w * 8 * 2)  # 2 rows
+    assert len(resize.chunks) > 1
+    full = torch.zeros(3, 2, big_h, big_w, dtype=torch.float64)
+    for n0, n1, r0, r1 in resize.chunks:
+        full[n0:n1, :, r0:r1] = resize.upsample(x, (n0, n1, r0, r1))
+    torch.testing.assert_close(full, upsample(x, (big_h, big_w), align_corners), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(full)
+    adjoint = torch.zeros_like(x)
+    for n0, n1, r0, r1 in resize.chunks:
+        resize.accumulate(adjoint, g[n0:n1, :, r0:r1].clone(), (n0, n1, r0, r1))
+    torch.testing.assert_close((full * g).sum(), (x * adjoint).sum())  # <A x, g> == <x, A^T g>
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
