@@ -28,13 +28,17 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from seg_template.lean_resize import ChunkedBilinear
+from seg_template.lean_resize import ChunkedBilinear, bilinear_taps
 
 # Bytes of full-resolution logits per chunk: small enough to stay cache-friendly, large enough that the
 # per-chunk Python overhead is negligible (tuned on CPU, where 4-8 MiB was fastest at both bench shapes).
 CHUNK_BYTES = 4 * 2**20
 # On accelerators each chunk costs ~20 kernel launches, so chunks are larger there (not yet tuned on a GPU).
 DEVICE_CHUNK_BYTES = 32 * 2**20
+
+# OHEM's second pass goes pixel by pixel (4 bilinear taps each) while its pixels are at most this share of
+# all pixels; beyond, recomputing whole chunks is cheaper.
+SPARSE_MAX_FRACTION = 0.25
 
 # chunk_fn(rows, nll, target_index, valid) -> per-pixel loss coefficient [n, rows, W] (None: no gradient).
 ChunkFn = Callable[[tuple[slice, slice], Tensor, Tensor, Tensor], Tensor | None]
@@ -200,14 +204,8 @@ class _LeanOhemCrossEntropy(torch.autograd.Function):
             kept = below
             if n_valid > 0 and n_below <= k:  # then p_k >= thresh is the threshold: add thresh <= p < p_k
                 kept = prob < torch.kthvalue(prob.flatten(), k + 1).values
-                extra = kept & ~below
-                hits = torch.stack([extra[n0:n1, r0:r1].any() for n0, n1, r0, r1 in plan.chunks]).tolist()
-                chunks = [chunk for chunk, hit in zip(plan.chunks, hits, strict=True) if hit]
-                if grad is not None and chunks:
-                    def in_extra(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
-                        return _pixel_weight(w, index, extra[rows], dtype)
-
-                    _sweep(plan, x, target, ignore_index, in_extra, grad, chunks)
+                if grad is not None:
+                    _add_extra_grad(plan, x, target, ignore_index, kept & ~below, w, grad, chunk_bytes)
             count = kept.sum().clamp_min(1)  # empty kept set: 0 / 1 with a zero gradient
             loss = torch.where(kept, weighted_nll, 0).sum() / count
             if grad is not None:
@@ -224,6 +222,42 @@ class _LeanOhemCrossEntropy(torch.autograd.Function):
 
 def _default_chunk_bytes(logits: Tensor) -> int:
     return CHUNK_BYTES if logits.device.type == "cpu" else DEVICE_CHUNK_BYTES
+
+
+def _add_extra_grad(plan: ChunkedBilinear, x: Tensor, target: Tensor, ignore_index: int, extra: Tensor,
+                    weight: Tensor | None, grad: Tensor, chunk_bytes: int) -> None:
+    """OHEM's second pass: add the gradient of the ``extra`` pixels' weighted nll (thresh <= p < p_k) to
+    ``grad``. Usually they are a small share of the pixels (at most min_kept) spread over every chunk, so
+    they are computed pixel by pixel from their 4 bilinear taps; when they are many, chunk by chunk."""
+    positions = extra.flatten().nonzero().squeeze(1)
+    if positions.numel() > SPARSE_MAX_FRACTION * extra.numel():
+        hits = torch.stack([extra[n0:n1, r0:r1].any() for n0, n1, r0, r1 in plan.chunks]).tolist()
+
+        def in_extra(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+            return _pixel_weight(weight, index, extra[rows], x.dtype)
+
+        chunks = [chunk for chunk, hit in zip(plan.chunks, hits, strict=True) if hit]
+        _sweep(plan, x, target, ignore_index, in_extra, grad, chunks)
+        return
+    n, c, h, w = x.shape
+    big_h, big_w = target.shape[-2:]
+    x_rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # [N*h*w, C]: each low-res pixel's logits contiguous
+    grad_rows = torch.zeros_like(x_rows)
+    labels = target.flatten()
+    batch = max(1, chunk_bytes // (4 * c * x.element_size()))
+    with _one_cpu_thread(x.device):
+        for start in range(0, positions.numel(), batch):
+            pos = positions[start:start + batch]
+            image, pixel = pos // (big_h * big_w), pos % (big_h * big_w)
+            taps, tap_weight = bilinear_taps((h, w), (big_h, big_w), plan.align_corners, pixel // big_w,
+                                             pixel % big_w, x.dtype)
+            taps = (taps + (image * h * w)[:, None]).flatten()
+            logits = (x_rows.index_select(0, taps).view(-1, 4, c) * tap_weight[..., None]).sum(1)  # [b, C]
+            label = labels[pos].long().unsqueeze(1)
+            coef = _pixel_weight(weight, label, torch.ones_like(label, dtype=torch.bool), x.dtype)
+            g = torch.softmax(logits, 1).mul_(coef).scatter_add_(1, label, -coef)  # coef * (softmax - 1hot)
+            grad_rows.index_add_(0, taps, (tap_weight[..., None] * g[:, None]).reshape(-1, c))
+    grad += grad_rows.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def _check(logits: Tensor, target: Tensor) -> None:

@@ -88,3 +88,15 @@ class ChunkedBilinear:
                 grad_up, [s1 - s0, self.out_w], [n1 - n0, grad.shape[1], s1 - s0, grad.shape[3]],
                 self.align_corners)
         grad[n0:n1, :, s0:s1] += grad_up
+
+
+def bilinear_taps(in_size: tuple[int, int], out_size: tuple[int, int], align_corners: bool, rows: Tensor,
+                  cols: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The 4 source pixels (flat ``y * w + x``) and weights of output pixels ``(rows[k], cols[k])``: ``[K, 4]``
+    each, so that ``out[k] = sum_j weight[k, j] * in_flat[index[k, j]]`` (PyTorch's bilinear, same formula)."""
+    (h, w), (big_h, big_w) = in_size, out_size
+    y0, y1, ly = (t.to(rows.device)[rows] for t in source_index(h, big_h, align_corners, dtype))
+    x0, x1, lx = (t.to(cols.device)[cols] for t in source_index(w, big_w, align_corners, dtype))
+    index = torch.stack((y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1), 1)
+    weight = torch.stack(((1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx), 1)
+    return index, weight

@@ -150,20 +150,22 @@ OHEM_CASES = [(0.7, 10, 0.0), (0.7, 100000, 0.0), (0.7, 300, 6.0), (0.7, 1000, 6
               (0.3, 1, 3.0)]
 
 
+@pytest.mark.parametrize("second_pass", ["pixels", "chunks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize(("thresh", "min_kept", "margin"), OHEM_CASES)
 def test_ohem_matches_reference(thresh: float, min_kept: int, margin: float, align_corners: bool,
-                                dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+                                dtype: torch.dtype, second_pass: str, monkeypatch: pytest.MonkeyPatch) -> None:
     logits, target = make_inputs(2, 5, (7, 9, 31, 45), dtype, margin=margin)
     weight = torch.rand(5, generator=torch.Generator().manual_seed(3), dtype=dtype) + 0.1
+    monkeypatch.setattr(lean_ce, "SPARSE_MAX_FRACTION", 1.0 if second_pass == "pixels" else 0.0)
     calls = count_sweeps(monkeypatch)
     for w in (None, weight):
         want, used_pk = naive_ohem(logits, target, thresh, min_kept, w, align_corners)
         calls.clear()
         got = lean_ohem_cross_entropy(logits, target, thresh, min_kept, w, IGNORE, align_corners, chunk_bytes=200)
         assert_match(value_and_grad(got, logits), value_and_grad(want, logits), dtype)
-        assert len(calls) == 1 + used_pk and want > 0
+        assert len(calls) == 1 + (used_pk and second_pass == "chunks") and want > 0
 
 
 def test_ohem_cases_cover_both_thresholds() -> None:
@@ -172,7 +174,12 @@ def test_ohem_cases_cover_both_thresholds() -> None:
     assert used == {True, False}
 
 
-def test_ohem_second_sweep_visits_only_chunks_with_extra_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("sparse_fraction", [0.0, lean_ce.SPARSE_MAX_FRACTION])
+def test_ohem_second_pass_touches_only_extra_pixels(sparse_fraction: float,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few extra pixels: by default they go pixel by pixel (no second sweep); forced to chunks, only the
+    chunks holding them are swept again."""
+    monkeypatch.setattr(lean_ce, "SPARSE_MAX_FRACTION", sparse_fraction)
     logits = torch.zeros(2, 5, 8, 8, dtype=torch.float64).index_fill(1, torch.tensor([1]), 8.0)
     logits[0, :, :2] = 0.0  # one hard band at the top of image 0; everything else is confidently class 1
     logits.requires_grad_()
@@ -182,7 +189,10 @@ def test_ohem_second_sweep_visits_only_chunks_with_extra_pixels(monkeypatch: pyt
     assert want[1]  # fewer than min_kept pixels below thresh: p_k is the threshold
     got = lean_ohem_cross_entropy(logits, target, 0.7, 400, chunk_bytes=5 * 32 * 8 * 4)  # 4 rows per chunk
     assert_match(value_and_grad(got, logits), value_and_grad(want[0], logits), torch.float64)
-    assert len(calls) == 2 and 0 < calls[1] <= 2 < calls[0]
+    if sparse_fraction:
+        assert len(calls) == 1
+    else:
+        assert len(calls) == 2 and 0 < calls[1] <= 2 < calls[0]
 
 
 def test_ohem_empty_kept_set_gives_zero() -> None:
