@@ -244,7 +244,7 @@ def _add_extra_grad(plan: ChunkedBilinear, x: Tensor, target: Tensor, ignore_ind
     x_rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # [N*h*w, C]: each low-res pixel's logits contiguous
     grad_rows = torch.zeros_like(x_rows)
     labels = target.flatten()
-    batch = max(1, chunk_bytes // (4 * c * x.element_size()))
+    batch = max(1, chunk_bytes // (16 * c * x.element_size()))  # ~4 temporaries of [4 * batch, C]
     with _one_cpu_thread(x.device):
         for start in range(0, positions.numel(), batch):
             pos = positions[start:start + batch]
