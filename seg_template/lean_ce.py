@@ -15,6 +15,9 @@ low-resolution gradient and a few ``[N, H, W]`` per-pixel maps.
 ``reduction="none"`` needs a per-pixel ``grad_output``, known only in backward: its forward stores nothing
 large and its backward recomputes the sweep with those coefficients (one extra pass, same memory bound).
 
+On CPU the sweeps run single-threaded (see ``_one_cpu_thread``): robust on a loaded machine, and still
+faster than the naive path on all threads at the bench shapes.
+
 Inputs are assumed validated by ``seg_template.losses`` (labels in ``[0, C)`` or ``ignore_index``). Half or
 bfloat16 logits (e.g. under autocast) are computed in float32; the gradient comes back in the input dtype.
 """
@@ -31,7 +34,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from seg_template.lean_resize import ChunkedBilinear, bilinear_taps
 
 # Bytes of full-resolution logits per chunk: small enough to stay cache-friendly, large enough that the
-# per-chunk Python overhead is negligible (tuned on CPU, where 4-8 MiB was fastest at both bench shapes).
+# per-chunk Python overhead is negligible (tuned on CPU: 2-8 MiB were about equally fast at both bench shapes).
 CHUNK_BYTES = 4 * 2**20
 # On accelerators each chunk costs ~20 kernel launches, so chunks are larger there (not yet tuned on a GPU).
 DEVICE_CHUNK_BYTES = 32 * 2**20
@@ -292,8 +295,8 @@ def lean_ohem_cross_entropy(logits: Tensor, target: Tensor, thresh: float, min_k
     Shapes as in ``lean_cross_entropy``. p = the softmax probability of the target class (unweighted);
     p_k = the (min_kept+1)-th smallest valid p (the largest if fewer); the pixels with p < max(p_k, thresh)
     are kept and the result is the plain mean of their class-weighted nll (0.0 if none is kept). One sweep
-    when more than min_kept pixels are below ``thresh``; otherwise a second sweep over the chunks holding
-    pixels with thresh <= p < p_k.
+    when more than min_kept pixels are below ``thresh``; otherwise p_k comes from ``kthvalue`` and the
+    gradient of the pixels with thresh <= p < p_k is added in a second, pixel-wise pass.
     """
     _check(logits, target)
     return _LeanOhemCrossEntropy.apply(logits, target, float(thresh), int(min_kept), weight, int(ignore_index),
