@@ -139,9 +139,9 @@ class SegmentationModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         scores = self._log_scores("test")
-        print_table(format_table(self.class_names, {"IoU %": scores["IoU"], "Acc %": scores["Acc"]},
-                                           title=f"test: mIoU {100 * scores['mIoU']:.2f}  "
-                                                 f"aAcc {100 * scores['aAcc']:.2f}"))
+        summary = f"test mIoU {100 * scores['mIoU']:.2f}, aAcc {100 * scores['aAcc']:.2f}"
+        print_table(summary + "\n" + format_table(self.class_names, {"IoU %": scores["IoU"], "Acc %": scores["Acc"]},
+                                                  title="test"))
 
     def on_fit_end(self) -> None:
         if self.last_val is None:
@@ -150,8 +150,8 @@ class SegmentationModule(pl.LightningModule):
         columns = {f"last (ep {last['epoch']})": last["IoU"]}
         if best is not last:
             columns[f"best (ep {best['epoch']})"] = best["IoU"]
-        title = f"validation: last mIoU {100 * last['mIoU']:.2f}, best {100 * best['mIoU']:.2f} (IoU %)"
-        print_table(format_table(self.class_names, columns, title=title))
+        summary = f"validation mIoU: last {100 * last['mIoU']:.2f}, best {100 * best['mIoU']:.2f} (ep {best['epoch']})"
+        print_table(summary + "\n" + format_table(self.class_names, columns, title="validation IoU %"))
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:

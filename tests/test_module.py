@@ -108,10 +108,10 @@ def test_fit_and_test_log_the_contract_keys_and_print_tables(tmp_path, capsys) -
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert module.best_val is not None and module.last_val["epoch"] == 1
     printed = capsys.readouterr().out
-    assert "validation: last mIoU" in printed and "circle" in printed
+    assert "validation mIoU: last" in printed and "circle" in printed
     trainer.test(module, datamodule=dm)
     assert {"test/mIoU", "test/aAcc", "test/IoU/cross", "test/loss"} <= set(trainer.callback_metrics)
-    assert "test: mIoU" in capsys.readouterr().out
+    assert "test mIoU" in capsys.readouterr().out
 
 
 def test_mean_iou_excludes_classes_absent_from_gt_and_prediction(tmp_path) -> None:

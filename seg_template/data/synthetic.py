@@ -3,7 +3,7 @@
 Each image holds a few filled shapes on a noisy, textured background crossed by distractor strokes. The
 class of an object is its *shape* (circle, rectangle, triangle, ring, cross); its colour is drawn at
 random per instance, so a model cannot shortcut through colour. ``cross`` is rare (drawn less often and
-smaller: about 2-3% of the labelled pixels), so class weights and OHEM have something to do. As in
+smaller: about 2% of the labelled pixels), so class weights and OHEM have something to do. As in
 Pascal VOC, a band of ``ignore_index`` runs along every object boundary.
 
 A sample depends only on ``(seed, split, index)``: the same call gives the same pixels in every process,
@@ -100,7 +100,7 @@ class SyntheticShapes(SegmentationDataset):
     palette = PALETTE
 
     def __init__(self, split: str = "train", length: int = 1000, image_size: int | Sequence[int] = 96,
-                 objects: Sequence[int] = (2, 4), radius: Sequence[float] = (0.12, 0.24),
+                 objects: Sequence[int] = (2, 4), radius: Sequence[float] = (0.15, 0.3),
                  boundary_width: int = 1, noise: float = 12.0, seed: int = 0, cache: bool = True,
                  transform: Callable[..., dict[str, Any]] | None = None, ignore_index: int = 255) -> None:
         super().__init__(transform=transform, ignore_index=ignore_index)
