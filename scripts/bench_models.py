@@ -63,7 +63,7 @@ def markdown(rows: list[dict[str, object]], size: int, batch: int) -> str:
              "|---|---:|---:|---|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']:.1f} | {r['stride']} | {r['aux']} | {r['seconds']:.2f} |")
-    lines.append(f"\nCPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    lines.append(f"\nCPU: {platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}, "
                  f"torch {torch.__version__}; batch {batch}, times per image.")
     return "\n".join(lines)
 
