@@ -159,3 +159,16 @@ def test_bad_constructor_arguments() -> None:
     with pytest.raises(ValueError, match="class names"):
         SegmentationModule(net=small_segnet(3), loss=SegmentationLoss(CrossEntropy()),
                            optimizer=functools.partial(torch.optim.SGD, lr=0.1), num_classes=3, class_names=["a"])
+
+
+def test_small_model_loads_local_weights_and_skips_other_heads(tmp_path) -> None:
+    source = small_segnet(5, width=4)
+    path = tmp_path / "small.pth"
+    torch.save(source.state_dict(), path)
+    same = small_segnet(5, width=4, pretrained=str(path))
+    assert torch.equal(same.stem[0][0].weight, source.stem[0][0].weight)
+    other = small_segnet(6, width=4, pretrained=str(path))  # classifier shape differs: skipped, rest loaded
+    assert torch.equal(other.fuse[0].weight, source.fuse[0].weight)
+    assert other.classifier.weight.shape[0] == 6
+    with pytest.raises(ValueError, match="no named weights"):
+        small_segnet(6, pretrained="imagenet")
