@@ -166,7 +166,7 @@ class SyntheticShapes(SegmentationDataset):
             else:
                 continue
             colour = rng.uniform(0, 255, 3).astype(np.float32)
-            # a gentle intensity gradient across the object: flat colour would make edges the only cue
+            # shading across the object: real objects are not flat patches of one colour
             ramp = np.linspace(-0.25, 0.25, w, dtype=np.float32) * rng.uniform(-1, 1)
             shade = np.broadcast_to(1 + ramp[None, :], (h, w))[inside]
             image[inside] = np.clip(colour[None, :] * shade[:, None], 0, 255)
