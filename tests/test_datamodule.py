@@ -107,3 +107,28 @@ def test_synthetic_config_instantiates() -> None:
     size = tuple(cfg.data.train_set.image_size)
     assert next(iter(dm.val_dataloader()))["image"].shape[-2:] == size
     assert dm.class_names == CLASS_NAMES
+
+
+def test_eval_batch_size_applies_to_val_only() -> None:
+    dm = _dm(eval_batch_size=1)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["image"].shape[0] == 4
+    assert [b["image"].shape[0] for b in dm.val_dataloader()] == [1, 1, 1]
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        _dm(eval_batch_size=0)
+
+
+@pytest.mark.parametrize("data", ["voc", "ade20k"])
+def test_varied_size_val_images_load_with_the_dataset_config(tmp_path, compose_tmp, data) -> None:
+    """VOC / ADE20K val images differ in size: their configs evaluate them one by one (no stack error)."""
+    from hydra.utils import instantiate
+
+    from tests.fixtures import make_ade20k, make_voc
+
+    root = (make_voc if data == "voc" else make_ade20k)(tmp_path / "data", splits={"train": 2, "val": 3},
+                                                        varied_sizes=True)
+    cfg = compose_tmp(f"data={data}", f"data.root={root}")
+    dm = instantiate(cfg.data)
+    dm.setup("validate")
+    sizes = {tuple(b["image"].shape[-2:]) for b in dm.val_dataloader()}
+    assert len(sizes) == 3

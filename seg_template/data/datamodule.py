@@ -1,7 +1,9 @@
 """SegDataModule: builds the split datasets from Hydra partials and serves them through DataLoaders.
 
 ``batch_size`` is per device: under DDP each process loads ``batch_size`` images per step, so the global
-batch is ``batch_size * world_size`` (Lightning adds the DistributedSampler itself).
+batch is ``batch_size * world_size`` (Lightning adds the DistributedSampler itself). Validation and test
+use ``eval_batch_size`` (default: ``batch_size``); datasets whose images differ in size (VOC, ADE20K) are
+evaluated whole, so their configs set it to 1, as MMSegmentation does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from seg_template.data.base import SegmentationDataset
-from seg_template.losses import load_class_weights
 
 DatasetFactory = Callable[..., SegmentationDataset]
 
@@ -24,6 +25,8 @@ class SegDataModule(pl.LightningDataModule):
     ``train_set`` / ``val_set`` / ``test_set`` are dataset factories (Hydra ``_partial_: true`` configs)
     called as ``factory(transform=..., ignore_index=...)``; ``test_set=None`` means no test split.
     Batches are ``{"image": float32[B, 3, H, W], "mask": int64[B, H, W], "name": list[str]}``.
+    ``class_weights`` and ``root`` are read by the loss and dataset configs through interpolation
+    (``${data.class_weights}``, ``${data.root}``); they live in the data node so each is set once.
     """
 
     def __init__(self, train_set: DatasetFactory, val_set: DatasetFactory, test_set: DatasetFactory | None = None,
@@ -31,7 +34,8 @@ class SegDataModule(pl.LightningDataModule):
                  val_transform: Callable[..., dict[str, Any]] | None = None, num_classes: int = 0,
                  ignore_index: int = 255, class_names: Sequence[str] = (),
                  class_weights: Sequence[float] | str | None = None, root: str | None = None, batch_size: int = 8,
-                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False) -> None:
+                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
+                 eval_batch_size: int | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"data.num_classes must be >= 1, got {num_classes}")
@@ -39,14 +43,16 @@ class SegDataModule(pl.LightningDataModule):
             raise ValueError(f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be >= 1 (or null), got {eval_batch_size}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.factories = {"train": train_set, "val": val_set, "test": test_set}
         self.train_transform, self.val_transform = train_transform, val_transform
         self._num_classes, self._ignore_index = int(num_classes), int(ignore_index)
         self._class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
-        self.class_weights_spec, self.root = class_weights, root
         self.batch_size, self.num_workers, self.pin_memory = int(batch_size), int(num_workers), bool(pin_memory)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
         # persistent workers only exist when there are workers: DataLoader raises otherwise
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -62,11 +68,6 @@ class SegDataModule(pl.LightningDataModule):
     @property
     def class_names(self) -> tuple[str, ...]:
         return self._class_names
-
-    @property
-    def class_weights(self):
-        """Class weights as a float tensor ``[num_classes]`` (or None), read from ``data.class_weights``."""
-        return load_class_weights(self.class_weights_spec)
 
     def build(self, split: str) -> SegmentationDataset:
         """Instantiate ``data.<split>_set`` with its transform, checking it against the data config."""
@@ -112,7 +113,7 @@ class SegDataModule(pl.LightningDataModule):
         if train and len(dataset) < self.batch_size:
             raise ValueError(f"data.train_set has {len(dataset)} samples, fewer than data.batch_size="
                              f"{self.batch_size}: with drop_last every epoch would be empty")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, drop_last=train,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers)
 
