@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from seg_template.data.ade20k import ADE20K_CLASSES, ADE20K_PALETTE, ADE20KDataset
 from seg_template.data.cityscapes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
-    HRNET_CLASS_WEIGHTS,
     LABEL_ID_TO_TRAIN_ID,
     CityscapesDataset,
     label_id_lut,
@@ -47,7 +49,9 @@ def test_cityscapes_table_spot_checks() -> None:
     assert [lut[i] for i in (7, 8, 11, 24, 26, 33)] == [0, 1, 2, 11, 13, 18]
     assert all(lut[i] == 255 for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, 34, 255))
     assert sorted(LABEL_ID_TO_TRAIN_ID.values()) == list(range(19))
-    assert len(CITYSCAPES_CLASSES) == len(CITYSCAPES_PALETTE) == len(HRNET_CLASS_WEIGHTS) == 19
+    assert len(CITYSCAPES_CLASSES) == len(CITYSCAPES_PALETTE) == 19
+    preset = OmegaConf.load(Path(__file__).parents[1] / "configs/data/class_weights/cityscapes_hrnet.yaml")
+    assert len(preset.class_weights) == 19 and min(preset.class_weights) > 0
 
 
 def test_cityscapes_table_matches_cityscapesscripts() -> None:

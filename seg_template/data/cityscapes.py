@@ -40,12 +40,8 @@ LABEL_ID_TO_TRAIN_ID = {
     24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
 
-# HRNet's published Cityscapes class weights (train-id order), from HRNet/HRNet-Semantic-Segmentation
-# lib/datasets/cityscapes.py (`self.class_weights`); select with `data.class_weights=${data.hrnet_class_weights}`.
-HRNET_CLASS_WEIGHTS = (
-    0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
-    0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
-)
+# HRNet's published Cityscapes class weights live in configs/data/class_weights/cityscapes_hrnet.yaml
+# (select with `data/class_weights=cityscapes_hrnet loss=wce`).
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 TRAIN_ID_SUFFIX = "_gtFine_labelTrainIds.png"
