@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N masks")
     args = parser.parse_intermixed_args(argv)
     data_cfg = compose_data_config(args.overrides)
-    dataset = build_split(data_cfg, args.split)
+    dataset = build_split(data_cfg, args.split, files_only=False)
     counts, present = pixel_statistics(dataset, args.limit)
     table = {m: class_weights(counts, present, m) for m in METHODS}
     names = list(data_cfg.get("class_names") or dataset.class_names)

@@ -201,3 +201,16 @@ def test_prepare_cityscapes_without_the_package(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "cityscapesscripts.preparation.json2labelImg", None)
     with pytest.raises(SystemExit, match="pip install cityscapesscripts"):
         prepare.main([str(make_cityscapes(tmp_path, label_type="polygons"))])
+
+
+def test_compute_class_weights_on_generated_data(tmp_path) -> None:
+    """Datasets without files (the synthetic one) are counted from their generated masks."""
+    from seg_template.data.synthetic import SyntheticShapes
+
+    weights_script = load_script("compute_class_weights")
+    out_file = tmp_path / "w.json"
+    assert weights_script.main(["data=synthetic", "--limit", "20", "--method", "inverse", "--out", str(out_file)]) == 0
+    masks = [SyntheticShapes(split="train", length=20, image_size=[64, 64]).load(i)[1] for i in range(20)]
+    labelled = np.concatenate([m[m != 255] for m in masks])
+    counts = np.bincount(labelled, minlength=6)
+    np.testing.assert_allclose(json.loads(out_file.read_text()), labelled.size / (6 * counts), rtol=1e-6)

@@ -15,29 +15,41 @@ formula has no value) and the formula's ceiling ``1 / ln(1.02)`` under ``enet``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from seg_template.data.base import SegmentationDataset
 from seg_template.data.io import check_labels
 from seg_template.data.paired import PairedFilesDataset
 
 METHODS = ("inverse", "median", "enet")
 
 
-def pixel_statistics(dataset: PairedFilesDataset, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _masks(dataset: SegmentationDataset, limit: int | None) -> Iterator[tuple[np.ndarray, str]]:
+    """``(mask, where)`` pairs: file-backed datasets read only their mask files, others generate samples."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if isinstance(dataset, PairedFilesDataset):
+        for _, mask_path in dataset.samples[:count]:
+            yield dataset.read_mask(mask_path), str(mask_path)
+    else:
+        for index in range(count):
+            _, mask, name = dataset.load(index)
+            yield mask, f"{type(dataset).__name__}[{index}] ({name})"
+
+
+def pixel_statistics(dataset: SegmentationDataset, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(counts int64[C], present_pixels int64[C])`` over the dataset's masks.
 
     ``counts[c]``: pixels of class ``c``; ``present_pixels[c]``: valid pixels of the images containing ``c``.
-    Only masks are read. A label out of range raises naming the value and the file.
+    A label out of range raises naming the value and the file (or sample).
     """
     num_classes = dataset.num_classes
     counts = np.zeros(num_classes, dtype=np.int64)
     present = np.zeros(num_classes, dtype=np.int64)
-    samples = dataset.samples if limit is None else dataset.samples[:limit]
-    for _, mask_path in samples:
-        mask = check_labels(dataset.read_mask(mask_path), num_classes, dataset.ignore_index, mask_path)
+    for raw, where in _masks(dataset, limit):
+        mask = check_labels(raw, num_classes, dataset.ignore_index, where)
         per_image = np.bincount(mask[mask != dataset.ignore_index].ravel(), minlength=num_classes)[:num_classes]
         counts += per_image
         present[per_image > 0] += int(per_image.sum())

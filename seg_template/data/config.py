@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from seg_template.data.base import SegmentationDataset
 from seg_template.data.paired import PairedFilesDataset
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -49,10 +50,12 @@ def split_config(data_cfg: DictConfig, split: str) -> DictConfig | None:
     return node if node is not None else None
 
 
-def build_split(data_cfg: DictConfig, split: str, strict: bool = True) -> PairedFilesDataset:
+def build_split(data_cfg: DictConfig, split: str, strict: bool = True,
+                files_only: bool = True) -> SegmentationDataset:
     """Instantiate ``data.<split>_set`` without transforms (raw images and masks).
 
-    Only file-backed datasets (``PairedFilesDataset``) qualify: the tools read files on disk.
+    ``files_only``: only file-backed datasets (``PairedFilesDataset``) qualify (the dataset doctor reads
+    files on disk); otherwise any ``SegmentationDataset`` (e.g. the synthetic one, for class weights).
     ``strict=False`` records unpaired files on the dataset instead of raising.
     """
     node = split_config(data_cfg, split)
@@ -60,6 +63,10 @@ def build_split(data_cfg: DictConfig, split: str, strict: bool = True) -> Paired
         raise KeyError(f"the data config has no {split}_set")
     target = node.get("_target_")
     cls = get_class(target) if target else None
+    if not files_only and cls is not None and issubclass(cls, SegmentationDataset) \
+            and not issubclass(cls, PairedFilesDataset):
+        kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+        return cls(**kwargs, transform=None, ignore_index=data_cfg.get("ignore_index", 255))
     if cls is None or not issubclass(cls, PairedFilesDataset):
         raise TypeError(f"data.{split}_set ({target}) is not a file-backed dataset (images + masks on disk); "
                         "the dataset tools need one such as data=cityscapes|voc|ade20k|folder")
