@@ -40,12 +40,13 @@ class SegmentationModule(pl.LightningModule):
     """``net(images[N, 3, H, W]) -> logits[N, C, h, w]`` (or ``{"out", "aux"}``), trained with ``loss``.
 
     ``optimizer`` is a partial taking the parameter groups; ``scheduler`` (or None) a partial taking the
-    optimiser and ``total_steps``; it is stepped every optimisation step.
+    optimiser and ``total_steps``; it is stepped every optimisation step. ``torch.compile`` is the model
+    config's job (``model.compile=true``), so the module never wraps ``net``.
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., Optimizer],
                  scheduler: Callable[..., Any] | None = None, num_classes: int = 0, ignore_index: int = 255,
-                 class_names: Sequence[str] = (), compile: bool = False) -> None:
+                 class_names: Sequence[str] = ()) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"SegmentationModule needs num_classes >= 1 (data.num_classes), got {num_classes}")
@@ -58,7 +59,6 @@ class SegmentationModule(pl.LightningModule):
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.class_names = tuple(class_names) or tuple(str(i) for i in range(num_classes))
         self.align_corners = bool(getattr(getattr(loss, "main", loss), "align_corners", False))
-        self.compile_net = compile
         # validate_args=False: labels were range-checked by the loss, and the check costs a device sync
         self.val_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
         self.test_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
@@ -73,8 +73,6 @@ class SegmentationModule(pl.LightningModule):
         if dm_classes is not None and dm_classes != self.num_classes:
             raise ValueError(f"the model is built for {self.num_classes} classes but the data has {dm_classes} "
                              f"(data.num_classes); set model.num_classes=${{data.num_classes}}")
-        if self.compile_net and stage == "fit":
-            self.net.compile()
 
     def _check_output(self, logits: Tensor) -> None:
         if not self._checked_output:
