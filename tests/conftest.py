@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -49,3 +50,13 @@ def compose_tmp(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_cfg(config_name, overrides, output_dir=tmp_path)
 
     return _compose
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: model tests on a busy 2-core machine spend most of their time
+    in OpenMP spin-waits with two threads (measured ~100x slower under contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

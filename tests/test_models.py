@@ -31,13 +31,7 @@ LIGHT = ["lraspp_mobilenet_v3", "deeplabv3_mobilenet_v3", "hrnet_w18_small"]
 NUM_CLASSES = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core box, OpenMP spin-waiting under contention is ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def model_cfg(name: str, **overrides):

@@ -13,14 +13,7 @@ from seg_template.models.hrnet import hrnet, timm_pretrained_tag
 from seg_template.models.torchvision_zoo import resolve_weights, torchvision_model
 from seg_template.models.weights import load_pretrained, read_state_dict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core box, OpenMP spin-waiting under contention is ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
