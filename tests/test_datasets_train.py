@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import compose_cfg
 
 from seg_template.data.class_weights import class_weights, pixel_statistics, save_weights
 from seg_template.data.config import build_split, compose_data_config
@@ -24,9 +23,15 @@ FAST = ["data.train_transform.crop_size=[32,32]", "data.batch_size=2", "data.num
         "data.persistent_workers=false", "data.pin_memory=false", "++trainer.fast_dev_run=true"]
 
 
-def run(tmp_path, overrides: list[str]) -> dict:
-    metrics, _ = train(compose_cfg(overrides=[*overrides, *FAST], output_dir=tmp_path / "out"))
-    return metrics
+@pytest.fixture
+def run(compose_cfg):
+    """``run(tmp_path, overrides)``: the metrics of a fast_dev_run training with ``overrides``."""
+
+    def _run(tmp_path, overrides: list[str]) -> dict:
+        metrics, _ = train(compose_cfg(overrides=[*overrides, *FAST], output_dir=tmp_path / "out"))
+        return metrics
+
+    return _run
 
 
 def assert_trained(metrics: dict) -> None:
@@ -35,26 +40,26 @@ def assert_trained(metrics: dict) -> None:
 
 
 @pytest.mark.slow
-def test_train_cityscapes_label_ids_with_hrnet_weights(tmp_path) -> None:
+def test_train_cityscapes_label_ids_with_hrnet_weights(run, tmp_path) -> None:
     root = make_cityscapes(tmp_path / "cs", label_type="labelIds")
     assert_trained(run(tmp_path, ["data=cityscapes", f"data.root={root}", "loss=wce",
                                   "data/class_weights=cityscapes_hrnet"]))
 
 
 @pytest.mark.slow
-def test_train_voc_with_sbd(tmp_path) -> None:
+def test_train_voc_with_sbd(run, tmp_path) -> None:
     root = make_voc(tmp_path / "voc", sbd_extra=2)
     assert_trained(run(tmp_path, ["data=voc", f"data.root={root}", "data.train_set.use_aug=true"]))
 
 
 @pytest.mark.slow
-def test_train_ade20k(tmp_path) -> None:
+def test_train_ade20k(run, tmp_path) -> None:
     root = make_ade20k(tmp_path / "ade")
     assert_trained(run(tmp_path, ["data=ade20k", f"data.root={root}"]))
 
 
 @pytest.mark.slow
-def test_train_folder_rgb_masks_with_computed_weights(tmp_path) -> None:
+def test_train_folder_rgb_masks_with_computed_weights(run, tmp_path) -> None:
     root = make_folder(tmp_path / "mine", num_classes=3, mask_format="rgb", split_mode="lists")
     data = [f"data.root={root}", "data.num_classes=3", f"data.class_names=[{','.join(folder_class_names(3))}]",
             "data.train_set.mask_format=rgb", "data.train_set.colors=[[0,0,0],[255,0,0],[0,255,0]]"]

@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg
 from hydra.utils import instantiate
 from PIL import Image
-from test_train import TINY, run_script
 
 from seg_template.eval import evaluate
 from seg_template.predict import dataset_palette, default_palette, run_predict
 from seg_template.train import build_module
+from tests.helpers import TINY, run_script
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
+def checkpoint(compose_cfg, tmp_path):
     """A checkpoint of the default (untrained) module, saved the way Lightning stores its weights."""
     cfg = compose_cfg(overrides=TINY, output_dir=tmp_path / "train")
     torch.manual_seed(0)
@@ -30,27 +29,27 @@ def checkpoint(tmp_path):
                                             "inference.stride=[16,16]"],
                                        ["inference.scales=[0.75,1.0]", "inference.flip=true"]],
                          ids=["whole", "slide", "multiscale_flip"])
-def test_eval_scores_a_checkpoint(checkpoint, tmp_path, inference) -> None:
+def test_eval_scores_a_checkpoint(checkpoint, compose_cfg, tmp_path, inference) -> None:
     cfg = compose_cfg("eval", [f"ckpt_path={checkpoint}", *TINY, *inference], output_dir=tmp_path / "eval")
     metrics, _ = evaluate(cfg)
     assert 0.0 <= float(metrics["val/mIoU"]) <= 1.0 and torch.isfinite(metrics["val/loss"])
     assert (tmp_path / "eval" / "metrics.csv").is_file()
 
 
-def test_eval_test_split(checkpoint, tmp_path) -> None:
+def test_eval_test_split(checkpoint, compose_cfg, tmp_path) -> None:
     metrics, _ = evaluate(compose_cfg("eval", [f"ckpt_path={checkpoint}", "split=test", *TINY],
                                       output_dir=tmp_path / "eval"))
     assert "test/mIoU" in metrics
 
 
-def test_eval_without_checkpoint_says_how(tmp_path) -> None:
+def test_eval_without_checkpoint_says_how(compose_cfg, tmp_path) -> None:
     with pytest.raises(ValueError, match="ckpt_path is required: python eval.py ckpt_path="):
         evaluate(compose_cfg("eval", TINY, output_dir=tmp_path))
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         evaluate(compose_cfg("eval", ["ckpt_path=nowhere.ckpt", *TINY], output_dir=tmp_path))
 
 
-def test_eval_with_the_wrong_model_names_the_checkpoint(checkpoint, tmp_path) -> None:
+def test_eval_with_the_wrong_model_names_the_checkpoint(checkpoint, compose_cfg, tmp_path) -> None:
     cfg = compose_cfg("eval", [f"ckpt_path={checkpoint}", "model.width=8", *TINY], output_dir=tmp_path / "e")
     with pytest.raises(RuntimeError, match="does not fit model"):
         evaluate(cfg)
@@ -63,7 +62,7 @@ def _write_images(folder, sizes):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
 
 
-def test_predict_writes_index_and_colour_masks(checkpoint, tmp_path) -> None:
+def test_predict_writes_index_and_colour_masks(checkpoint, compose_cfg, tmp_path) -> None:
     _write_images(tmp_path / "in", [(40, 56), (33, 47)])
     cfg = compose_cfg("predict", [f"ckpt_path={checkpoint}", f"input={tmp_path / 'in'}", "device=cpu",
                                   "inference.flip=true"], output_dir=tmp_path / "out")
@@ -77,7 +76,7 @@ def test_predict_writes_index_and_colour_masks(checkpoint, tmp_path) -> None:
         assert colour.shape == (*size, 3) and np.array_equal(colour, palette[labels])
 
 
-def test_predict_bad_input(checkpoint, tmp_path) -> None:
+def test_predict_bad_input(checkpoint, compose_cfg, tmp_path) -> None:
     cfg = compose_cfg("predict", [f"ckpt_path={checkpoint}", f"input={tmp_path / 'missing'}"], output_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="missing"):
         run_predict(cfg)

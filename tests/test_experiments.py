@@ -9,7 +9,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import compose_cfg
 from tests.fixtures import make_ade20k, make_cityscapes, make_voc
 
 CITYSCAPES_HRNET_WEIGHTS = [0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
@@ -51,7 +50,7 @@ def select(cfg, dotted: str):
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe_values(name, tmp_path):
+def test_recipe_values(name, compose_cfg, tmp_path):
     cfg = compose_cfg(overrides=[f"experiment={name}"], output_dir=tmp_path)
     for key, expected in RECIPES[name][1].items():
         value = select(cfg, key)
@@ -60,7 +59,7 @@ def test_recipe_values(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe_model_builds_for_its_dataset(name, tmp_path):
+def test_recipe_model_builds_for_its_dataset(name, compose_cfg, tmp_path):
     cfg = compose_cfg(overrides=[f"experiment={name}", "model.pretrained=null"], output_dir=tmp_path)
     with torch.device("meta"):
         outputs = instantiate(cfg.model).train()(torch.empty(2, 3, 64, 64))
@@ -70,7 +69,7 @@ def test_recipe_model_builds_for_its_dataset(name, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe_fast_dev_run_on_fixture(name, tmp_path):
+def test_recipe_fast_dev_run_on_fixture(name, compose_cfg, tmp_path):
     from seg_template.train import train
 
     root = RECIPES[name][0](tmp_path / "data")

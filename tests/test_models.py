@@ -175,10 +175,8 @@ def test_compiled_model_matches_eager():
 
 
 @pytest.mark.parametrize("name", sorted(STRIDES))
-def test_model_composes_with_the_real_configs(name, tmp_path):
+def test_model_composes_with_the_real_configs(name, compose_cfg, tmp_path):
     """`python train.py model=<name> data=cityscapes`: num_classes comes from the data config."""
-    from tests.conftest import compose_cfg
-
     cfg = compose_cfg(overrides=[f"model={name}", "data=cityscapes"], output_dir=tmp_path)
     with torch.device("meta"):
         out, _ = split(instantiate(cfg.model).eval()(torch.empty(1, 3, 64, 64)))

@@ -177,11 +177,10 @@ def test_unknown_weight_names_list_the_choices():
 
 
 @pytest.mark.slow
-def test_checkpoint_of_our_own_training_run_is_a_pretrained_file(tmp_path):
+def test_checkpoint_of_our_own_training_run_is_a_pretrained_file(compose_cfg, tmp_path):
     """A .ckpt written by train() (LightningModule with .net, hyper-parameters) loads with weights_only=True,
     here into a model for another number of classes: backbone in, head skipped."""
     from seg_template.train import train
-    from tests.conftest import compose_cfg
 
     tiny = ["model=hrnet_w18_small", "data.train_set.length=4", "data.val_set.length=2", "data.batch_size=2",
             "data.train_set.image_size=[64,64]", "trainer.max_epochs=1", "test=false"]

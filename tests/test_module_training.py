@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_cfg
 
 from seg_template.train import train
 
 
 @pytest.mark.slow
-def test_short_training_beats_chance_by_far(tmp_path) -> None:
+def test_short_training_beats_chance_by_far(compose_cfg, tmp_path) -> None:
     # chance level: all-background scores ~0.7 / 6 classes ~ 0.12 mIoU; the full recipe (15 epochs of 2000)
     # reaches ~0.85, this 40% of it ~0.45
     cfg = compose_cfg(overrides=[

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_cfg
 
 from seg_template.train import train
 from seg_template.utils import metric_value
-
-# A few 32x32 images: enough to run every code path in seconds.
-TINY = ["data.train_set.length=8", "data.val_set.length=4", "data.test_set.length=4",
-        "data.train_set.image_size=[32,32]", "data.batch_size=4", "callbacks.rich_progress_bar=null"]
+from tests.helpers import TINY, run_script
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -25,14 +18,8 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.mark.parametrize("loss", ["ce", "wce", "ohem"])
-def test_fast_dev_run_each_loss(loss: str, tmp_path: Path) -> None:
+def test_fast_dev_run_each_loss(loss: str, compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg(overrides=[f"loss={loss}", "debug=fdr", *TINY], output_dir=tmp_path)
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 1
@@ -48,14 +35,14 @@ def test_optimized_metric_must_be_logged() -> None:
         metric_value({"val/mIoU": 0.5}, "val/nope")
 
 
-def test_model_classes_must_match_data(tmp_path: Path) -> None:
+def test_model_classes_must_match_data(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg(overrides=["model.num_classes=7", "debug=fdr", *TINY], output_dir=tmp_path)
     with pytest.raises(ValueError, match=r"model.num_classes=7 .*data.num_classes=6"):
         train(cfg)
 
 
 @pytest.mark.slow
-def test_resume_continues_the_step_count(tmp_path: Path) -> None:
+def test_resume_continues_the_step_count(compose_cfg, tmp_path: Path) -> None:
     first = compose_cfg(overrides=["trainer.max_epochs=1", "test=false", *TINY], output_dir=tmp_path / "a")
     _, objects = train(first)
     steps = objects["trainer"].global_step

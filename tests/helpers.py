@@ -1,0 +1,44 @@
+"""Constants and plain helpers shared by several test files (fixtures live in ``tests/conftest.py``).
+
+    from tests.helpers import TINY, run_script, skip_unless_importable
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seg_template.paths import PROJECT_ROOT
+
+#: A few 32x32 synthetic images: enough to run every code path of train / eval / predict in seconds.
+TINY = ["data.train_set.length=8", "data.val_set.length=4", "data.test_set.length=4",
+        "data.train_set.image_size=[32,32]", "data.batch_size=4", "callbacks.rich_progress_bar=null"]
+
+
+def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the repository root with this interpreter, as a user would; output captured
+    as text."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def importable(name: str) -> bool:
+    """Whether ``import <name>`` would find a module. False, not an error, when a parent package of a dotted
+    name is missing: ``importlib.util.find_spec("a.b")`` imports ``a`` first and raises if it is absent (as
+    ``hydra_plugins`` is where no Hydra plugin is installed)."""
+    parent = name.rpartition(".")[0]
+    if parent and not importable(parent):
+        return False
+    return importlib.util.find_spec(name) is not None
+
+
+def skip_unless_importable(*names: str) -> None:
+    """Skip the calling test unless one of ``names`` (alternatives, e.g. tensorboard or tensorboardX) can be
+    imported; no names: nothing is needed."""
+    if names and not any(importable(n) for n in names):
+        pytest.skip(f"needs the optional package {' or '.join(names)}")
