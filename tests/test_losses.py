@@ -1,4 +1,4 @@
-"""Cross-entropy and OHEM: parity with torch.nn.CrossEntropyLoss and a sort-based HRNet-style reference."""
+"""Cross-entropy and OHEM (eager path): parity with torch.nn.CrossEntropyLoss and the sort-based reference."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_template import losses
-from seg_template.losses import CrossEntropy, OhemCrossEntropy
+from seg_template.losses import CrossEntropy, OhemCrossEntropy, upsampled_nll
+from seg_template.losses.reference import ohem_reference, upsample
 
 IGNORE = 255
 
@@ -21,27 +21,6 @@ def make_batch(shape=(2, 5, 6, 7), size=(12, 14), ignore_frac=0.2, scale=3.0, se
     target = torch.randint(0, shape[1], (shape[0], *size), generator=gen)
     target[torch.rand(target.shape, generator=gen) < ignore_frac] = ignore
     return logits, target
-
-
-def upsample(logits, size, align_corners=False):
-    if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(size):
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
-    return logits
-
-
-def ohem_reference(logits, target, thresh, min_kept, ignore=IGNORE, weight=None, align_corners=False):
-    """HRNet's algorithm, sort-based: softmax, gather the target prob, sort the valid ones, threshold."""
-    logits = upsample(logits, target.shape[-2:], align_corners)
-    prob = F.softmax(logits, dim=1)
-    pixel_losses = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore, reduction="none").view(-1)
-    valid = target.view(-1) != ignore
-    safe_target = target.clone()
-    safe_target[safe_target == ignore] = 0
-    target_prob = prob.gather(1, safe_target.unsqueeze(1)).view(-1)[valid]
-    sorted_prob, order = target_prob.sort()
-    p_k = sorted_prob[min(min_kept, sorted_prob.numel() - 1)]
-    threshold = max(p_k.item(), thresh)
-    return pixel_losses[valid][order][sorted_prob < threshold].mean()
 
 
 # ----------------------------------------------------------------------------- CrossEntropy parity
@@ -275,6 +254,6 @@ def test_cuda_label_error_and_parity():
 def test_upsampled_nll_is_zero_at_ignored_and_never_negative():
     """OHEM ranks all pixels by nll, relying on ignored ones being exactly 0; a replacement kernel must too."""
     logits, target = make_batch(dtype=torch.float32, scale=20.0)
-    nll = losses.upsampled_nll(logits, target, IGNORE, align_corners=False)
+    nll = upsampled_nll(logits, target, IGNORE, align_corners=False)
     assert nll.shape == target.shape
     assert bool((nll[target == IGNORE] == 0).all()) and bool((nll >= 0).all())

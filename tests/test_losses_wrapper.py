@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import hydra
 import numpy as np
@@ -15,7 +14,6 @@ from omegaconf import OmegaConf
 
 from seg_template.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss, load_class_weights
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "loss"
 IGNORE = 255
 
 
@@ -139,42 +137,39 @@ def test_weights_follow_the_module_to_another_dtype_and_stay_out_of_state_dict()
 
 # ----------------------------------------------------------------------------- configs/loss/*.yaml
 
-def instantiate(name, class_weights=None, overrides=()):
-    """Compose configs/loss/<name>.yaml under a stand-in data node, as Hydra does with data=..."""
-    data = {"num_classes": 4, "ignore_index": IGNORE, "class_weights": class_weights}
-    cfg = OmegaConf.merge({"data": data}, {"loss": OmegaConf.load(CONFIGS / f"{name}.yaml")},
-                          OmegaConf.from_dotlist(list(overrides)))
-    return hydra.utils.instantiate(cfg.loss)
+def build(compose_tmp, *overrides):
+    """The loss of ``python train.py <overrides>`` (data=synthetic unless overridden)."""
+    return hydra.utils.instantiate(compose_tmp(*overrides).loss)
 
 
-def test_config_ce():
-    loss = instantiate("ce")
+def test_config_ce(compose_tmp):
+    loss = build(compose_tmp, "loss=ce")
     assert isinstance(loss, SegmentationLoss) and type(loss.main) is CrossEntropy
     assert loss.aux_weight == 0.4 and loss.main.ignore_index == IGNORE and loss.main.weight is None
-    assert not loss.main.align_corners
+    assert not loss.main.align_corners and loss.main.reduction == "mean"
     out, aux, target = make_batch()
     torch.testing.assert_close(loss(out, target), CrossEntropy()(out, target))
 
 
-def test_config_ohem_defaults_and_overrides():
-    loss = instantiate("ohem")
+def test_config_ohem_defaults_and_overrides(compose_tmp):
+    loss = build(compose_tmp, "loss=ohem")
     assert type(loss.main) is OhemCrossEntropy
     assert (loss.main.thresh, loss.main.min_kept, loss.aux_weight) == (0.7, 100000, 0.4)
-    hrnet = instantiate("ohem", overrides=["loss.main.thresh=0.9", "loss.main.min_kept=131072",
-                                           "loss.aux_weight=0.5", "loss.main.align_corners=true"])
+    hrnet = build(compose_tmp, "loss=ohem", "loss.main.thresh=0.9", "loss.main.min_kept=131072",
+                  "loss.aux_weight=0.5", "loss.main.align_corners=true")
     assert (hrnet.main.thresh, hrnet.main.min_kept, hrnet.aux_weight) == (0.9, 131072, 0.5)
     assert hrnet.main.align_corners and hrnet.aux.align_corners
 
 
-def test_config_wce_reads_data_class_weights(tmp_path):
-    loss = instantiate("wce", class_weights=[1.0, 2.0, 3.0, 4.0])
+def test_config_wce_reads_data_class_weights(compose_tmp, tmp_path):
+    loss = build(compose_tmp, "loss=wce", "data.class_weights=[1.0,2.0,3.0,4.0]")
     torch.testing.assert_close(loss.main.weight, torch.tensor([1.0, 2.0, 3.0, 4.0]))
     torch.testing.assert_close(loss.aux.weight, loss.main.weight)
     (tmp_path / "w.json").write_text("[0.5, 0.5, 1, 1]")
-    from_file = instantiate("wce", overrides=[f"loss.main.weight={tmp_path / 'w.json'}"])
+    from_file = build(compose_tmp, "loss=wce", f"loss.main.weight={tmp_path / 'w.json'}")
     torch.testing.assert_close(from_file.main.weight, torch.tensor([0.5, 0.5, 1.0, 1.0]))
 
 
-def test_config_wce_without_weights_says_what_to_set():
+def test_config_wce_without_weights_says_what_to_set(compose_tmp):
     with pytest.raises(InstantiationException, match=r"data\.class_weights.*loss\.main\.weight=<file>"):
-        instantiate("wce")
+        build(compose_tmp, "loss=wce", "data.class_weights=null")

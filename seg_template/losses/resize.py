@@ -1,4 +1,5 @@
-"""Separable bilinear resizing in row chunks, with its adjoint: the resampling half of ``lean_ce``."""
+"""Separable bilinear resizing in row chunks, with its adjoint: the resampling half of the kernels in
+``memory_efficient.py``."""
 
 from __future__ import annotations
 

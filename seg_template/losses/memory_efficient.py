@@ -1,0 +1,252 @@
+"""Memory-efficient upsampling cross-entropy and OHEM: loss and gradient without the batch's full-resolution
+logits (``loss.memory_efficient=true``).
+
+The eager path ``F.cross_entropy(F.interpolate(logits, (H, W)), target)`` holds ``[N, C, H, W]`` logits,
+their log-softmax and, in backward, their gradient: several times ``N*C*H*W`` floats (3.6 GB at ADE20K
+scale). Here bilinear upsampling is split into its two separable 1-D passes (``resize.ChunkedBilinear``).
+For a chunk of output rows we width-upsample only the few source rows the chunk needs, mix them into the
+chunk's full-resolution rows with the height weights, and compute the per-pixel loss (``sweep.chunk_step``).
+The gradient w.r.t. the upsampled logits is known in closed form, ``coef * (softmax - one_hot)``, so it is
+pushed straight back through the upsampling's adjoint into a low-resolution gradient accumulated during the
+forward pass; ``backward`` then only scales it by ``grad_output``. Peak extra memory: a few chunks of
+``sweep.CHUNK_BYTES``, the low-resolution gradient and a few ``[N, H, W]`` per-pixel maps.
+
+``reduction="none"`` needs a per-pixel ``grad_output``, known only in backward: its forward stores nothing
+large and its backward recomputes the sweep with those coefficients (one extra pass, same memory bound).
+
+Inputs are assumed validated (``rules.check_target``). Half or bfloat16 logits (e.g. under autocast) are
+computed in float32; the gradient comes back in the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from seg_template.losses.resize import ChunkedBilinear, bilinear_taps
+from seg_template.losses.rules import (
+    below_thresh,
+    mean_divisor,
+    mean_or_zero,
+    pixel_weight,
+    select_hard_pixels,
+)
+from seg_template.losses.sweep import (
+    compute_dtype,
+    default_chunk_bytes,
+    no_autocast,
+    one_cpu_thread,
+    sweep_chunks,
+)
+
+# OHEM's second pass goes pixel by pixel (4 bilinear taps each) while its pixels are at most this share of
+# all pixels; beyond, recomputing whole chunks is cheaper.
+SPARSE_MAX_FRACTION = 0.25
+
+
+class _GradientFromForward(torch.autograd.Function):
+    """A loss whose forward already computed ``d loss / d logits`` (logits are the first input) and saved it;
+    backward only scales it by ``grad_output``."""
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        # For a plain loss.backward() (grad_output == 1, one sync) the saved gradient itself is returned: once
+        # autograd frees the graph it holds the only reference, so AccumulateGrad adopts it instead of
+        # copying (with retain_graph it copies; nothing is modified).
+        scaled = grad if bool(grad_output == 1) else grad * grad_output.to(grad.dtype)
+        return (scaled, *(None,) * (len(ctx.needs_input_grad) - 1))
+
+
+class _ReducedCrossEntropy(_GradientFromForward):
+    """Cross-entropy with reduction "mean" or "sum"; the gradient is accumulated during the sweep."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                align_corners: bool, reduction: str, chunk_bytes: int) -> Tensor:
+        dtype = compute_dtype(logits)
+        with no_autocast(logits.device):
+            x = logits.detach().to(dtype)
+            w = None if weight is None else weight.to(device=x.device, dtype=dtype)
+            plan = ChunkedBilinear(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
+            grad = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+            loss_sums: list[Tensor] = []
+            weight_sums: list[Tensor] = []
+
+            def chunk_fn(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+                coef = pixel_weight(w, index, valid, dtype)
+                loss_sums.append((coef * nll).sum())
+                weight_sums.append(coef.sum())
+                return coef
+
+            sweep_chunks(plan, x, target, ignore_index, chunk_fn, grad)
+            loss = torch.stack(loss_sums).sum() if loss_sums else x.new_zeros(())  # no chunks: empty batch
+            if reduction == "mean":
+                denom = torch.stack(weight_sums).sum() if weight_sums else x.new_zeros(())
+                loss = mean_or_zero(loss, denom)
+                if grad is not None:
+                    grad /= mean_divisor(denom)
+        ctx.save_for_backward(None if grad is None else grad.to(logits.dtype))
+        return loss
+
+
+class _PerPixelCrossEntropy(torch.autograd.Function):
+    """Cross-entropy with reduction "none": the map ``[N, H, W]``; backward sweeps again with the per-pixel
+    ``grad_output`` as coefficients."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                align_corners: bool, chunk_bytes: int) -> Tensor:
+        dtype = compute_dtype(logits)
+        with no_autocast(logits.device):
+            x = logits.detach().to(dtype)
+            w = None if weight is None else weight.to(device=x.device, dtype=dtype)
+            losses = x.new_zeros(target.shape)
+
+            def chunk_fn(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> None:
+                losses[rows] = pixel_weight(w, index, valid, dtype) * nll
+
+            plan = ChunkedBilinear(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
+            sweep_chunks(plan, x, target, ignore_index, chunk_fn, None)
+        ctx.ignore_index, ctx.align_corners, ctx.chunk_bytes = ignore_index, align_corners, chunk_bytes
+        ctx.save_for_backward(logits, target, weight)
+        return losses
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        logits, target, weight = ctx.saved_tensors
+        dtype = compute_dtype(logits)
+        with no_autocast(logits.device):
+            x = logits.detach().to(dtype)
+            w = None if weight is None else weight.to(device=x.device, dtype=dtype)
+            upstream = grad_output.to(dtype)
+            grad = torch.zeros_like(x)
+
+            def chunk_fn(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+                return pixel_weight(w, index, valid, dtype) * upstream[rows]
+
+            plan = ChunkedBilinear(x, tuple(target.shape[-2:]), ctx.align_corners, ctx.chunk_bytes)
+            sweep_chunks(plan, x, target, ctx.ignore_index, chunk_fn, grad)
+        return grad.to(logits.dtype), None, None, None, None, None
+
+
+class _OhemCrossEntropy(_GradientFromForward):
+    """OHEM: pass 1 sweeps every chunk, storing the per-pixel nll and accumulating the gradient of the pixels
+    below thresh (the final kept set in the common case); then ``rules.select_hard_pixels`` decides, and
+    the gradient of any further kept pixels (thresh <= p < p_k) is added by ``_add_extra_grad``."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, thresh: float, min_kept: int,
+                weight: Tensor | None, ignore_index: int, align_corners: bool, chunk_bytes: int,
+                n_valid: int) -> Tensor:
+        dtype = compute_dtype(logits)
+        with no_autocast(logits.device):
+            x = logits.detach().to(dtype)
+            w = None if weight is None else weight.to(device=x.device, dtype=dtype)
+            plan = ChunkedBilinear(x, tuple(target.shape[-2:]), align_corners, chunk_bytes)
+            nll_map = x.new_zeros(target.shape)  # unweighted, 0 at ignored pixels: what the selection ranks
+            weighted_nll = nll_map if w is None else x.new_zeros(target.shape)
+            grad = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+
+            def below_first(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+                coef = pixel_weight(w, index, valid, dtype)
+                nll_map[rows] = nll
+                if w is not None:
+                    weighted_nll[rows] = coef * nll
+                return coef * below_thresh(nll, thresh)
+
+            sweep_chunks(plan, x, target, ignore_index, below_first, grad)
+            kept, below, n_kept = select_hard_pixels(nll_map, n_valid, thresh, min_kept)
+            if kept is not below and grad is not None:
+                _add_extra_grad(plan, x, target, ignore_index, kept & ~below, w, grad, chunk_bytes)
+            loss = mean_or_zero(torch.where(kept, weighted_nll, 0).sum(), n_kept)
+            if grad is not None:
+                grad /= mean_divisor(n_kept)
+        ctx.save_for_backward(None if grad is None else grad.to(logits.dtype))
+        return loss
+
+
+def _add_extra_grad(plan: ChunkedBilinear, x: Tensor, target: Tensor, ignore_index: int, extra: Tensor,
+                    weight: Tensor | None, grad: Tensor, chunk_bytes: int) -> None:
+    """OHEM's second pass: add the gradient of the ``extra`` pixels' weighted nll (thresh <= p < p_k) to
+    ``grad``. Usually they are a small share of the pixels (at most min_kept) spread over every chunk, so
+    they are computed pixel by pixel from their 4 bilinear taps; when they are many, chunk by chunk."""
+    positions = extra.flatten().nonzero().squeeze(1)
+    if positions.numel() > SPARSE_MAX_FRACTION * extra.numel():
+        hits = torch.stack([extra[n0:n1, r0:r1].any() for n0, n1, r0, r1 in plan.chunks]).tolist()
+
+        def in_extra(rows: tuple[slice, slice], nll: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+            return pixel_weight(weight, index, extra[rows], x.dtype)
+
+        chunks = [chunk for chunk, hit in zip(plan.chunks, hits, strict=True) if hit]
+        sweep_chunks(plan, x, target, ignore_index, in_extra, grad, chunks)
+        return
+    n, c, h, w = x.shape
+    big_h, big_w = target.shape[-2:]
+    x_rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # [N*h*w, C]: each low-res pixel's logits contiguous
+    grad_rows = torch.zeros_like(x_rows)
+    labels = target.flatten()
+    batch = max(1, chunk_bytes // (16 * c * x.element_size()))  # ~4 temporaries of [4 * batch, C]
+    with one_cpu_thread(x.device):
+        for start in range(0, positions.numel(), batch):
+            pos = positions[start:start + batch]
+            image, pixel = pos // (big_h * big_w), pos % (big_h * big_w)
+            taps, tap_weight = bilinear_taps((h, w), (big_h, big_w), plan.align_corners, pixel // big_w,
+                                             pixel % big_w, x.dtype)
+            taps = (taps + (image * h * w)[:, None]).flatten()
+            logits = (x_rows.index_select(0, taps).view(-1, 4, c) * tap_weight[..., None]).sum(1)  # [b, C]
+            label = labels[pos].long().unsqueeze(1)
+            coef = pixel_weight(weight, label, torch.ones_like(label, dtype=torch.bool), x.dtype)
+            g = torch.softmax(logits, 1).mul_(coef).scatter_add_(1, label, -coef)  # coef * (softmax - 1hot)
+            grad_rows.index_add_(0, taps, (tap_weight[..., None] * g[:, None]).reshape(-1, c))
+    grad += grad_rows.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _check_shapes(logits: Tensor, target: Tensor) -> None:
+    if logits.dim() != 4 or target.dim() != 3 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"memory-efficient cross-entropy needs logits [N, C, h, w] and target [N, H, W], got "
+                         f"{tuple(logits.shape)} and {tuple(target.shape)}")
+
+
+def memory_efficient_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None,
+                                   ignore_index: int = 255, align_corners: bool = False, reduction: str = "mean",
+                                   chunk_bytes: int | None = None) -> Tensor:
+    """``F.cross_entropy(F.interpolate(logits, (H, W), mode="bilinear"), target, weight, ...)`` without the
+    full-resolution logits of the batch.
+
+    ``logits [N, C, h, w]`` (any float dtype; half precision is computed in float32), ``target`` int64
+    ``[N, H, W]`` in ``[0, C)`` or ``ignore_index``, ``weight [C]`` or None. Returns a scalar (``"mean"``,
+    ``"sum"``) or ``[N, H, W]`` (``"none"``, 0 at ignored pixels). ``"mean"`` divides by the summed weight
+    of the valid targets and gives 0.0 (zero gradient) when that is 0. Differentiable w.r.t. ``logits``.
+    """
+    _check_shapes(logits, target)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    chunk_bytes = chunk_bytes or default_chunk_bytes(logits)
+    if reduction == "none":
+        return _PerPixelCrossEntropy.apply(logits, target, weight, int(ignore_index), bool(align_corners),
+                                           chunk_bytes)
+    return _ReducedCrossEntropy.apply(logits, target, weight, int(ignore_index), bool(align_corners), reduction,
+                                      chunk_bytes)
+
+
+def memory_efficient_ohem_cross_entropy(logits: Tensor, target: Tensor, thresh: float, min_kept: int,
+                                        weight: Tensor | None = None, ignore_index: int = 255,
+                                        align_corners: bool = False, chunk_bytes: int | None = None,
+                                        n_valid: int | None = None) -> Tensor:
+    """HRNet-style OHEM cross-entropy after bilinear upsampling, without full-resolution logits.
+
+    Shapes as in ``memory_efficient_cross_entropy``; the selection is ``rules.select_hard_pixels`` (the
+    ``OhemCrossEntropy`` docstring states it). One sweep when more than min_kept pixels are below
+    ``thresh``; otherwise p_k comes from ``kthvalue`` and the gradient of the pixels with
+    thresh <= p < p_k is added in a second, pixel-wise pass. ``n_valid`` (the number of non-ignored
+    pixels) saves a host sync when the caller already knows it.
+    """
+    _check_shapes(logits, target)
+    if n_valid is None:
+        n_valid = int(torch.count_nonzero(target != ignore_index))
+    return _OhemCrossEntropy.apply(logits, target, float(thresh), int(min_kept), weight, int(ignore_index),
+                                   bool(align_corners), chunk_bytes or default_chunk_bytes(logits), int(n_valid))

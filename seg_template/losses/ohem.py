@@ -1,0 +1,52 @@
+"""Online hard example mining cross-entropy with HRNet's semantics (``lib/core/criterion.py``)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from seg_template.losses.class_weights import WeightSpec
+from seg_template.losses.cross_entropy import PixelCrossEntropy, upsampled_nll
+from seg_template.losses.memory_efficient import memory_efficient_ohem_cross_entropy
+from seg_template.losses.rules import mean_or_zero, select_hard_pixels
+
+
+class OhemCrossEntropy(PixelCrossEntropy):
+    """Cross-entropy over the hard pixels of the batch only.
+
+    ``forward(logits [N, C, h, w], target [N, H, W]) -> scalar``. After upsampling, p is the softmax
+    probability of the target class (unweighted). Over the valid pixels of the batch, p_k is the
+    (min_kept+1)-th smallest p (the largest when fewer pixels are valid); the pixels with
+    p < max(p_k, thresh) are kept, and the loss is the plain mean of their class-weighted cross-entropy
+    (``rules.select_hard_pixels``; ``reference.ohem_reference`` spells it out with a sort).
+
+    ``min_kept`` counts pixels per process batch, as in HRNet: under DDP every process selects on its own
+    batch, so a global budget is ``min_kept * world_size``. Where HRNet returns NaN or crashes we return
+    0.0 with a zero gradient that still flows: when every pixel is ignored, and when nothing is strictly
+    below the threshold (e.g. saturated probabilities all equal to p_k: every remaining pixel is easy).
+    """
+
+    def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
+                 weight: WeightSpec = None, align_corners: bool = False, memory_efficient: bool = False) -> None:
+        super().__init__(ignore_index, weight, align_corners, memory_efficient)
+        if not 0.0 < thresh <= 1.0:
+            raise ValueError(f"OHEM thresh must be in (0, 1], got {thresh}")
+        if int(min_kept) != min_kept or min_kept < 1:
+            raise ValueError(f"OHEM min_kept must be an integer >= 1, got {min_kept}")
+        self.thresh = float(thresh)
+        self.min_kept = int(min_kept)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        checked = self.check(logits, target)
+        if self.uses_kernels(logits):
+            return memory_efficient_ohem_cross_entropy(logits, target, self.thresh, self.min_kept, self.weight,
+                                                       self.ignore_index, self.align_corners,
+                                                       n_valid=checked.n_valid)
+        nll = upsampled_nll(logits, target.long(), self.ignore_index, self.align_corners)
+        weights = self.pixel_weight(checked, nll)
+        losses = nll if weights is None else weights * nll
+        kept, _, n_kept = select_hard_pixels(nll.detach(), checked.n_valid, self.thresh, self.min_kept)
+        # for finite losses the mask product equals torch.where(kept, losses, 0) and is cheaper
+        return mean_or_zero((losses * kept).sum(), n_kept)
+
+    def extra_repr(self) -> str:
+        return f"thresh={self.thresh}, min_kept={self.min_kept}, {super().extra_repr()}"

@@ -1,0 +1,122 @@
+"""The rules every loss path follows, each written once: the input checks, "nothing to average -> 0",
+OHEM's pixel selection and "non-finite logits -> NaN".
+
+The eager losses (``cross_entropy.py``, ``ohem.py``) and the memory-efficient kernels
+(``memory_efficient.py``) all call these, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from seg_template.errors import ConfigError, DataError
+
+
+class CheckedTarget(NamedTuple):
+    """What ``check_target`` learnt, from one host sync."""
+
+    safe: Tensor  # int64 like target, ignored pixels set to class 0: safe to gather or index with
+    valid: Tensor  # bool like target: not ignore_index
+    n_valid: int  # number of valid pixels
+    finite: bool  # every logit is finite
+
+
+def check_target(logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None) -> CheckedTarget:
+    """Validate shapes, weight length and labels before anything indexes with them; note non-finite logits.
+
+    ``logits [N, C, ...]``, ``target [N, ...]`` integer. Labels outside ``[0, C)`` that are not
+    ``ignore_index`` raise ``DataError`` here, so a GPU run reports them instead of a device-side assert.
+    """
+    if target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if logits.dim() < 2 or target.dim() != logits.dim() - 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} do not match: "
+                         "expected logits [N, C, ...] and target [N, ...]")
+    if logits.dim() != 4 and target.shape[1:] != logits.shape[2:]:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)}: spatial sizes differ "
+                         "and only 4-D logits [N, C, h, w] are resized")
+    num_classes = logits.shape[1]
+    if weight is not None and weight.numel() != num_classes:
+        raise ConfigError(f"class weights have {weight.numel()} entries but the logits have {num_classes} "
+                          "classes (check data.class_weights / loss.main.weight)")
+    valid = target != ignore_index
+    safe = target.long() * valid  # cheaper than torch.where; ignored -> class 0
+    # NaN propagates through min/max and an infinity shows in one of them: one pass, no [N, C, ...] mask
+    finite = torch.isfinite(torch.stack(torch.aminmax(logits.detach()))).all()
+    # one host sync for the range check, the count and finiteness; few, cheap full passes (they add up on a
+    # busy CPU)
+    low, high, n_valid, all_finite = torch.stack(
+        (*torch.aminmax(safe), torch.count_nonzero(valid), finite.long())).tolist()
+    if low < 0 or high >= num_classes:
+        values = torch.unique(target[valid & ((target < 0) | (target >= num_classes))]).tolist()
+        raise DataError(f"target has labels {values[:20]} outside [0, {num_classes}) that are not "
+                        f"ignore_index={ignore_index}; fix the masks or data.ignore_index / data.num_classes")
+    return CheckedTarget(safe, valid, n_valid, bool(all_finite))
+
+
+def report_nonfinite(loss: Tensor, finite: bool) -> Tensor:
+    """The loss, made NaN when any logit was NaN or infinite.
+
+    Masks, thresholds and the "nothing kept -> 0" rule can otherwise turn garbage logits into a finite (or
+    0.0) loss while the gradient is NaN. Adding a NaN constant changes the value only: the gradient is
+    whatever the computation gave.
+    """
+    return loss if finite else loss + math.nan
+
+
+def mean_or_zero(total: Tensor, count: Tensor | int) -> Tensor:
+    """``total / count``, or exactly 0.0 when there is nothing to average (every pixel ignored, of weight 0,
+    or not kept by OHEM). ``total`` is then an exact 0 that depends on the logits, so dividing by 1 keeps the
+    graph: a zero gradient still flows (PyTorch's mean gives NaN there)."""
+    return total / mean_divisor(count)
+
+
+def mean_divisor(count: Tensor | int) -> Tensor | int:
+    """``count``, or 1 when it is 0: what ``mean_or_zero`` divides by (the kernels divide their gradient by
+    it in place). ``count`` is a pixel count or a summed class weight, on the host or the device."""
+    if isinstance(count, Tensor):
+        return torch.where(count > 0, count, 1)
+    return max(count, 1)
+
+
+def pixel_weight(weight: Tensor | None, safe: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """Class weight of each pixel's target (1 without weights), 0 at ignored pixels; shaped like ``safe``."""
+    return valid.to(dtype) if weight is None else weight.to(dtype)[safe] * valid
+
+
+def below_thresh(nll: Tensor, thresh: float) -> Tensor:
+    """OHEM's ``p < thresh`` for the target-class probability ``p = exp(-nll)``, written on nll.
+
+    Ignored pixels carry nll 0 (p = 1): never below a threshold <= 1.
+    """
+    return nll > -math.log(thresh)
+
+
+def select_hard_pixels(nll: Tensor, n_valid: int, thresh: float, min_kept: int) -> tuple[Tensor, Tensor, Tensor | int]:
+    """OHEM's selection (HRNet): keep the pixels with ``p < max(p_k, thresh)``.
+
+    ``nll`` is the unweighted per-pixel nll, 0 at ignored pixels (any shape, no gradient needed); p_k is the
+    (min_kept+1)-th smallest valid p (the largest when fewer pixels are valid). Returns
+    ``(kept, below, n_kept)``: the kept mask, the ``p < thresh`` mask (both shaped like ``nll``) and the
+    number kept. The kept set is ``below`` itself unless at most ``min_kept`` pixels are below thresh.
+
+    No sort: one count decides whether p_k can matter (more than k pixels below thresh means
+    p_k < thresh), and only then ``kthvalue`` finds it. Ignored pixels have the smallest nll of all, so
+    ranks over all pixels are the ranks among the valid ones and no masked copy is needed.
+    """
+    below = below_thresh(nll, thresh)
+    if n_valid == 0:
+        return below, below, 0
+    k = min(min_kept, n_valid - 1)  # 0-based rank of p_k among the valid pixels
+    n_below = int(torch.count_nonzero(below))
+    if n_below > k:
+        return below, below, n_below
+    # p_k >= thresh, so it is the threshold; kthvalue on -nll (= log p) is faster than on nll's
+    # mostly-zero low end
+    log_p_k = torch.kthvalue(-nll.flatten(), k + 1).values
+    kept = nll > -log_p_k
+    return kept, below, kept.sum()
