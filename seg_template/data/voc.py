@@ -22,6 +22,7 @@ import numpy as np
 
 from seg_template.data.io import DatasetLayoutError, read_label_png, require_dir
 from seg_template.data.paired import PairedFilesDataset
+from seg_template.data.palette import default_palette
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -29,22 +30,8 @@ VOC_CLASSES = (
 )
 
 
-def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
-    """The VOC colour map: the bits of the class index spread over R, G, B from the high bit down."""
-    palette = []
-    for index in range(n):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
-
-
-VOC_PALETTE = tuple(voc_palette(len(VOC_CLASSES)))
+# the VOC colour map (its palette PNGs use it): one (R, G, B) tuple per class
+VOC_PALETTE = tuple(tuple(int(v) for v in rgb) for rgb in default_palette(len(VOC_CLASSES)))
 
 LAYOUT = """\
   VOCdevkit/VOC2012/JPEGImages/<id>.jpg
