@@ -18,6 +18,7 @@ import numpy as np
 
 from seg_template.data.io import list_images, read_label_png, require_dir
 from seg_template.data.paired import PairedFilesDataset, keyed, pair_by_key
+from seg_template.errors import ConfigError
 
 # Class names and palette as in the SceneParsing benchmark's objectInfo150 (names) and MMSegmentation's
 # ADE20KDataset (palette), so predictions look like everybody else's.
@@ -80,7 +81,7 @@ class ADE20KDataset(PairedFilesDataset):
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
                  ignore_index: int = 255, reduce_zero_label: bool = True, strict: bool = True) -> None:
         if split not in SPLIT_DIRS:
-            raise ValueError(f"ADE20K split must be one of {sorted(SPLIT_DIRS)}, got {split!r}")
+            raise ConfigError(f"ADE20K split (data.*_set.split) must be one of {sorted(SPLIT_DIRS)}, got {split!r}")
         self.reduce_zero_label = reduce_zero_label
         super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict)
 

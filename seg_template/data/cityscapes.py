@@ -20,6 +20,7 @@ import numpy as np
 
 from seg_template.data.io import read_label_png, require_dir
 from seg_template.data.paired import PairedFilesDataset, keyed, pair_by_key
+from seg_template.errors import ConfigError, DataError
 
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -75,7 +76,7 @@ class CityscapesDataset(PairedFilesDataset):
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
                  ignore_index: int = 255, label_type: str = "auto", strict: bool = True) -> None:
         if label_type not in ("auto", "trainIds", "labelIds"):
-            raise ValueError(f"label_type must be 'auto', 'trainIds' or 'labelIds', got {label_type!r}")
+            raise ConfigError(f"data.train_set.label_type must be 'auto', 'trainIds' or 'labelIds', got {label_type!r}")
         self.label_type = label_type
         self._lut = label_id_lut(ignore_index)
         super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict)
@@ -100,7 +101,7 @@ class CityscapesDataset(PairedFilesDataset):
         mask = read_label_png(path)
         if path.name.endswith(LABEL_ID_SUFFIX):
             if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
-                raise ValueError(f"mask file {path}: label ids must be 0..255, got {mask.min()}..{mask.max()}")
+                raise DataError(f"mask file {path}: label ids must be 0..255, got {mask.min()}..{mask.max()}")
             mask = self._lut[mask]
         return mask
 

@@ -23,6 +23,7 @@ import numpy as np
 from seg_template.data.base import SegmentationDataset
 from seg_template.data.io import check_labels
 from seg_template.data.paired import PairedFilesDataset
+from seg_template.errors import ConfigError, DataError
 
 METHODS = ("inverse", "median", "enet")
 
@@ -60,7 +61,7 @@ def class_weights(counts: np.ndarray, present_pixels: np.ndarray | None = None, 
     """Weights ``float64[C]`` from ``counts[C]`` (and ``present_pixels[C]`` for ``median``)."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or counts.sum() <= 0:
-        raise ValueError(f"need a 1-D array of pixel counts with at least one labelled pixel, got {counts.tolist()}")
+        raise DataError(f"need a 1-D array of pixel counts with at least one labelled pixel, got {counts.tolist()}")
     seen = counts > 0
     weights = np.zeros_like(counts)
     if method == "inverse":
@@ -73,7 +74,7 @@ def class_weights(counts: np.ndarray, present_pixels: np.ndarray | None = None, 
     elif method == "enet":
         weights = 1.0 / np.log(1.02 + counts / counts.sum())
     else:
-        raise ValueError(f"unknown class-weight method {method!r}; choose one of {METHODS}")
+        raise ConfigError(f"unknown class-weight method {method!r}; choose one of {METHODS}")
     return weights
 
 
@@ -91,5 +92,5 @@ def save_weights(weights: Sequence[float], path: Path | str, class_names: Sequen
         lines = (f"{w:.6f}  # {k} {n}".rstrip() + "\n" for k, (w, n) in enumerate(zip(values, names, strict=True)))
         path.write_text("".join(lines))
     else:
-        raise ValueError(f"class weights file {path}: unsupported suffix {path.suffix!r} (use .json, .npy or .txt)")
+        raise ConfigError(f"class weights file {path}: unsupported suffix {path.suffix!r} (use .json, .npy or .txt)")
     return path

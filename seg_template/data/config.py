@@ -6,7 +6,6 @@ the datasets but neither a model nor a trainer.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from seg_template.data.base import SegmentationDataset
 from seg_template.data.paired import PairedFilesDataset
+from seg_template.errors import ConfigError
+from seg_template.paths import CONFIG_DIR, export_project_root, register_resolvers
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SPLITS = ("train", "val", "test")
 
 
@@ -30,9 +30,9 @@ def compose_data_config(overrides: Sequence[str] = (), config_name: str | None =
     ``config_name=None`` composes no primary config: the overrides must then add the data group
     (``+data=voc``) and anything it interpolates (``+paths.data_dir=...``).
     """
-    # configs/paths/default.yaml roots everything at $PROJECT_ROOT (seg_template.utils sets it the same way;
-    # not imported here to keep the data tools free of Lightning)
-    os.environ.setdefault("PROJECT_ROOT", str(config_dir.parent))
+    # configs/paths/default.yaml roots everything at $PROJECT_ROOT
+    export_project_root()
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
@@ -68,8 +68,8 @@ def build_split(data_cfg: DictConfig, split: str, strict: bool = True,
         kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
         return cls(**kwargs, transform=None, ignore_index=data_cfg.get("ignore_index", 255))
     if cls is None or not issubclass(cls, PairedFilesDataset):
-        raise TypeError(f"data.{split}_set ({target}) is not a file-backed dataset (images + masks on disk); "
-                        "the dataset tools need one such as data=cityscapes|voc|ade20k|folder")
+        raise ConfigError(f"data.{split}_set ({target}) is not a file-backed dataset (images + masks on disk); "
+                          "the dataset tools need one such as data=cityscapes|voc|ade20k|folder")
     kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
     kwargs.update(transform=None, ignore_index=data_cfg.get("ignore_index", 255), strict=strict)
     # called directly rather than through hydra.utils.instantiate so that layout errors reach the user

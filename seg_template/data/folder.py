@@ -31,6 +31,7 @@ from seg_template.data.io import (
     require_dir,
 )
 from seg_template.data.paired import PairedFilesDataset, keyed, pair_by_key
+from seg_template.errors import ConfigError
 
 LAYOUT = """\
   images/<split>/<name>.<png|jpg|...>  and  masks/<split>/<name>.png      (split by sub-folders), or
@@ -49,12 +50,12 @@ class FolderDataset(PairedFilesDataset):
                  colors: Sequence[Sequence[int]] | None = None, ignore_colors: Sequence[Sequence[int]] = (),
                  reduce_zero_label: bool = False, strict: bool = True) -> None:
         if not class_names:
-            raise ValueError("FolderDataset needs class names (data.class_names)")
+            raise ConfigError("FolderDataset needs class names (data.class_names)")
         if mask_format not in ("index", "rgb"):
-            raise ValueError(f"mask_format must be 'index' (grey or palette PNG) or 'rgb', got {mask_format!r}")
+            raise ConfigError(f"mask_format must be 'index' (grey or palette PNG) or 'rgb', got {mask_format!r}")
         if mask_format == "rgb" and (not colors or len(colors) != len(class_names)):
-            raise ValueError(f"mask_format=rgb needs one colour per class: got {len(colors or [])} colours "
-                             f"(data.colors) for {len(class_names)} classes (data.class_names)")
+            raise ConfigError(f"mask_format=rgb needs one colour per class: got {len(colors or [])} colours "
+                              f"(data.colors) for {len(class_names)} classes (data.class_names)")
         self.class_names = tuple(class_names)
         self.palette = tuple(tuple(int(v) for v in c) for c in colors) if colors else None
         self.images_dir, self.masks_dir, self.mask_suffix = images_dir, masks_dir, mask_suffix

@@ -12,11 +12,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from seg_template.errors import ConfigError, DataError, MissingFileError
+
+#: the image files the datasets, the dataset tools and predict.py accept (compared lower-case)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(MissingFileError):
     """The files on disk do not match the layout a dataset expects (missing root, unpaired files...)."""
+
+
+class UnreadableImageError(DataError, OSError):
+    """An image or mask file that cannot be decoded (truncated, not an image). Still an ``OSError``, which
+    is what PIL raises and what callers reading files have always caught."""
 
 
 def require_dir(path: Path, layout: str, what: str = "dataset root") -> Path:
@@ -34,7 +42,7 @@ def _open(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise OSError(f"cannot read image file {path}: {err}") from err
+        raise UnreadableImageError(f"cannot read image file {path}: {err}") from err
     return img
 
 
@@ -51,8 +59,8 @@ def read_label_png(path: Path) -> np.ndarray:
     """
     img = _open(Path(path))
     if img.mode in ("RGB", "RGBA"):
-        raise ValueError(f"mask file {path} is an {img.mode} colour image; index masks must be single-channel "
-                         "(grey or palette PNG). For colour masks set the colour table (mask_format: rgb)")
+        raise DataError(f"mask file {path} is an {img.mode} colour image; index masks must be single-channel "
+                        "(grey or palette PNG). For colour masks set the colour table (mask_format: rgb)")
     if img.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
         img = img.convert("L")
     return np.asarray(img).astype(np.int64)
@@ -72,14 +80,14 @@ def read_rgb_mask(path: Path, colors: Sequence[Sequence[int]], ignore_colors: It
     unknown = [u for u in uniq.tolist() if u not in table]
     if unknown:
         shown = ", ".join(str(_rgb(u)) for u in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
-        raise ValueError(f"mask file {path}: unknown colour(s) {shown} (RGB) not in the colour table "
-                         f"({len(table)} colours: data.colors / data.ignore_colors)")
+        raise DataError(f"mask file {path}: unknown colour(s) {shown} (RGB) not in the colour table "
+                        f"({len(table)} colours: data.colors / data.ignore_colors)")
     return np.asarray([table[u] for u in uniq.tolist()], dtype=np.int64)[inverse].reshape(codes.shape)
 
 
 def _code(color: Sequence[int]) -> int:
     if len(color) != 3 or not all(0 <= int(v) <= 255 for v in color):
-        raise ValueError(f"colour table entry {list(color)} is not an RGB triple of 0..255 values")
+        raise ConfigError(f"colour table entry {list(color)} is not an RGB triple of 0..255 values")
     r, g, b = (int(v) for v in color)
     return (r << 16) | (g << 8) | b
 
@@ -94,16 +102,16 @@ def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, path: Pa
     if bad.any():
         values = np.unique(mask[bad])
         shown = values[:10].tolist()
-        raise ValueError(f"mask file {path}: label value(s) {shown}{' ...' if values.size > 10 else ''} outside "
-                         f"[0, {num_classes}) and not the ignore index {ignore_index}")
+        raise DataError(f"mask file {path}: label value(s) {shown}{' ...' if values.size > 10 else ''} outside "
+                        f"[0, {num_classes}) and not the ignore index {ignore_index}")
     return mask
 
 
 def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
     """Raise if image ``[H, W, 3]`` and mask ``[H, W]`` differ in size, naming both files."""
     if image.shape[:2] != mask.shape[:2]:
-        raise ValueError(f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but mask "
-                         f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}")
+        raise DataError(f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but mask "
+                        f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}")
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from seg_template.data.base import SegmentationDataset
+from seg_template.errors import ConfigError
 
 CLASS_NAMES = ("background", "circle", "rectangle", "triangle", "ring", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -106,16 +107,17 @@ class SyntheticShapes(SegmentationDataset):
         super().__init__(transform=transform, ignore_index=ignore_index)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if len(size) != 2 or min(size) < 16:
-            raise ValueError(f"SyntheticShapes image_size must be [H, W] with both >= 16, got {image_size!r}")
+            raise ConfigError(f"SyntheticShapes image_size (data.train_set.image_size) must be [H, W] with both "
+                              f">= 16, got {image_size!r}")
         if length < 0:
-            raise ValueError(f"SyntheticShapes length must be >= 0, got {length} (split {split!r})")
+            raise ConfigError(f"SyntheticShapes length (data.{split}_set.length) must be >= 0, got {length}")
         lo, hi = int(objects[0]), int(objects[1])
         if not 1 <= lo <= hi:
-            raise ValueError(f"SyntheticShapes objects must be [min, max] with 1 <= min <= max, got {objects!r}")
+            raise ConfigError(f"SyntheticShapes objects must be [min, max] with 1 <= min <= max, got {objects!r}")
         if not 0 < radius[0] <= radius[1] <= 0.5:
-            raise ValueError(f"SyntheticShapes radius must be [min, max] fractions in (0, 0.5], got {radius!r}")
+            raise ConfigError(f"SyntheticShapes radius must be [min, max] fractions in (0, 0.5], got {radius!r}")
         if not 0 <= ignore_index <= 255 or ignore_index < len(CLASS_NAMES):
-            raise ValueError(f"ignore_index {ignore_index} must be in [{len(CLASS_NAMES)}, 255] (masks are uint8)")
+            raise ConfigError(f"data.ignore_index={ignore_index} must be in [{len(CLASS_NAMES)}, 255] (masks are uint8)")
         self.split, self.length, self.size = split, int(length), size
         self.objects, self.radius = (lo, hi), (float(radius[0]), float(radius[1]))
         self.boundary_width, self.noise, self.seed = int(boundary_width), float(noise), int(seed)

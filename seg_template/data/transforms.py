@@ -13,13 +13,14 @@ import albumentations as A
 import cv2
 
 from seg_template.data.base import IMAGENET_MEAN, IMAGENET_STD
+from seg_template.errors import ConfigError
 
 
 def _crop_hw(crop_size: Sequence[int] | int) -> tuple[int, int]:
     if isinstance(crop_size, int):
         crop_size = (crop_size, crop_size)
     if len(crop_size) != 2 or min(int(v) for v in crop_size) < 1:
-        raise ValueError(f"train_transform crop_size must be [H, W] of positive ints, got {crop_size!r}")
+        raise ConfigError(f"data.train_transform.crop_size must be [H, W] of positive ints, got {crop_size!r}")
     return int(crop_size[0]), int(crop_size[1])
 
 
@@ -35,9 +36,10 @@ def train_transform(crop_size: Sequence[int] | int, scale_range: Sequence[float]
     crop_h, crop_w = _crop_hw(crop_size)
     lo, hi = float(scale_range[0]), float(scale_range[1])
     if not 0 < lo <= hi:
-        raise ValueError(f"train_transform scale_range must be [min, max] with 0 < min <= max, got {scale_range!r}")
+        raise ConfigError(f"data.train_transform.scale_range must be [min, max] with 0 < min <= max, "
+                          f"got {scale_range!r}")
     if color_jitter < 0:
-        raise ValueError(f"train_transform color_jitter must be >= 0, got {color_jitter}")
+        raise ConfigError(f"data.train_transform.color_jitter must be >= 0, got {color_jitter}")
     steps: list[A.BasicTransform] = []
     if (lo, hi) != (1.0, 1.0):
         # RandomScale draws the factor as 1 + uniform(scale_limit)
