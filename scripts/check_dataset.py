@@ -3,7 +3,7 @@
 
     python scripts/check_dataset.py data=cityscapes data.root=/data/cityscapes
     python scripts/check_dataset.py data=folder data.root=/data/mine data.num_classes=3 \
-        'data.class_names=[bg,road,car]' --splits train val --limit 100
+        'data.class_names=[bg,road,car]' --splits train val --limit 100 --workers 4
 
 Walks every split of the composed data config (configs/ at the repo root, any Hydra override works) and
 prints image/mask counts, unpaired files, unreadable files, size mismatches, label values outside
@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=voc data.root=/data/voc")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to check")
     parser.add_argument("--limit", type=int, default=None, help="read only the first N pairs of each split")
+    parser.add_argument("--workers", type=int, default=0, help="read with N worker processes (0: in this one)")
     args = parser.parse_intermixed_args(argv)
     data_cfg = compose_data_config(args.overrides)
-    reports = check_dataset(data_cfg, args.splits, args.limit)
+    reports = check_dataset(data_cfg, args.splits, args.limit, args.workers)
     print(format_report(reports, list(data_cfg.get("class_names") or [])))
     if not reports:
         print(f"no splits to check: the data config defines none of {args.splits}")

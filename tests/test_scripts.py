@@ -85,6 +85,9 @@ def test_doctor_finds_planted_faults(tmp_path) -> None:
     assert "size mismatch" in errors and str(culprits["size"]) in errors
     assert "(1, 2, 3)" in errors and str(culprits["colour"]) in errors
     assert str(culprits["fine"]) not in errors and len(train.errors) == 5
+    # read by two worker processes: the same findings, in the same order
+    parallel = check_dataset(cfg, splits=["train"], workers=2)[0]
+    assert parallel.errors == train.errors and np.array_equal(parallel.class_pixels, train.class_pixels)
 
 
 def test_doctor_flags_out_of_range_labels(tmp_path) -> None:
