@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from seg_template.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss, load_class_weights
+from seg_template.paths import CONFIG_DIR
 
 IGNORE = 255
 
@@ -173,3 +174,23 @@ def test_config_wce_reads_data_class_weights(compose_tmp, tmp_path):
 def test_config_wce_without_weights_says_what_to_set(compose_tmp):
     with pytest.raises(InstantiationException, match=r"data\.class_weights.*loss\.main\.weight=<file>"):
         build(compose_tmp, "loss=wce", "data.class_weights=null")
+
+
+def _leaves(node, prefix=""):
+    """``{"main.weight": value, ...}`` of a raw (unresolved) config node."""
+    out = {}
+    for key, value in node.items_ex(resolve=False):
+        if OmegaConf.is_dict(value):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("name", ["wce", "ohem"])
+def test_loss_options_inherit_ce_and_state_only_what_differs(name):
+    raw = OmegaConf.load(CONFIG_DIR / "loss" / f"{name}.yaml")
+    assert list(raw.pop("defaults")) == ["ce", "_self_"]
+    base = _leaves(OmegaConf.load(CONFIG_DIR / "loss" / "ce.yaml"))
+    repeated = {key for key, value in _leaves(raw).items() if key in base and base[key] == value}
+    assert not repeated, f"loss/{name}.yaml repeats what it inherits from ce.yaml: {sorted(repeated)}"
