@@ -10,6 +10,7 @@ import torch
 from seg_template.data.datamodule import SegDataModule
 from seg_template.data.synthetic import CLASS_NAMES, SyntheticShapes
 from seg_template.data.transforms import eval_transform, train_transform
+from seg_template.errors import ConfigError
 
 
 def _dm(**overrides) -> SegDataModule:
@@ -63,13 +64,13 @@ def test_class_names_length_must_match() -> None:
 
 def test_dataset_instead_of_partial_is_explained() -> None:
     dm = _dm(train_set=SyntheticShapes("train", 4, image_size=32))
-    with pytest.raises(TypeError, match=r"data.train_set.*_partial_: true"):
+    with pytest.raises(ConfigError, match=r"data.train_set.*_partial_: true"):
         dm.setup("fit")
 
 
 def test_factory_with_wrong_arguments_names_the_split() -> None:
     dm = _dm(val_set=functools.partial(SyntheticShapes, split="val", length=3, no_such_option=1))
-    with pytest.raises(TypeError, match=r"data.val_set could not be built.*no_such_option"):
+    with pytest.raises(ConfigError, match=r"data.val_set could not be built.*no_such_option"):
         dm.setup("fit")
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from seg_template.data.samplers import SeededIndex, seed_transform
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,7 +48,12 @@ class SegmentationDataset(Dataset):
         """
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | SeededIndex) -> dict[str, Any]:
+        """Sample ``index``; a ``SeededIndex`` (from ``SeededTrainSampler``) first re-seeds the transform so
+        that the augmentation depends only on (seed, epoch, index)."""
+        if isinstance(index, SeededIndex):
+            seed_transform(self.transform, index)
+            index = index.index
         image, mask, name = self.load(index)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)

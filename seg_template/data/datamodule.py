@@ -1,22 +1,47 @@
 """SegDataModule: builds the split datasets from Hydra partials and serves them through DataLoaders.
 
 ``batch_size`` is per device: under DDP each process loads ``batch_size`` images per step, so the global
-batch is ``batch_size * world_size`` (Lightning adds the DistributedSampler itself). Validation and test
-use ``eval_batch_size`` (default: ``batch_size``); datasets whose images differ in size (VOC, ADE20K) are
-evaluated whole, so their configs set it to 1, as MMSegmentation does.
+batch is ``batch_size * world_size``. Validation and test use ``eval_batch_size`` (default: ``batch_size``);
+datasets whose images differ in size (VOC, ADE20K) are evaluated whole, so their configs set it to 1, as
+MMSegmentation does.
+
+The DataModule picks its own samplers (``samplers.py``), so the trainer configs set
+``use_distributed_sampler: false``: training draws a seeded shuffle whose augmentation depends only on
+(seed, epoch, sample), and under DDP each process evaluates a disjoint share of val/test, every sample once.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from seg_template.data.base import SegmentationDataset
+from seg_template.data.preflight import PREFLIGHT_MODES
+from seg_template.data.preflight import preflight as run_preflight
+from seg_template.data.samplers import SeededTrainSampler, ShardSampler
+from seg_template.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 DatasetFactory = Callable[..., SegmentationDataset]
+SPLITS = ("train", "val", "test")
+
+
+def _int_option(key: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, else a ConfigError naming ``data.<key>`` and the value (a
+    command-line typo such as ``data.batch_size=abc`` arrives here as a string)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"data.{key} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}), "
+                          f"e.g. data.{key}={max(minimum, 1)}")
+    if value < minimum:
+        raise ConfigError(f"data.{key} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -27,6 +52,8 @@ class SegDataModule(pl.LightningDataModule):
     Batches are ``{"image": float32[B, 3, H, W], "mask": int64[B, H, W], "name": list[str]}``.
     ``class_weights`` and ``root`` are read by the loss and dataset configs through interpolation
     (``${data.class_weights}``, ``${data.root}``); they live in the data node so each is set once.
+    ``seed`` seeds the training shuffle and augmentation (None: the seed given to ``seed_everything``).
+    ``preflight``: how much of each split ``preflight()`` reads before fitting (``sample``/``full``/``none``).
     """
 
     def __init__(self, train_set: DatasetFactory, val_set: DatasetFactory, test_set: DatasetFactory | None = None,
@@ -35,24 +62,23 @@ class SegDataModule(pl.LightningDataModule):
                  ignore_index: int = 255, class_names: Sequence[str] = (),
                  class_weights: Sequence[float] | str | None = None, root: str | None = None, batch_size: int = 8,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
-                 eval_batch_size: int | None = None) -> None:
+                 eval_batch_size: int | None = None, seed: int | None = None, preflight: str = "sample") -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"data.num_classes must be >= 1, got {num_classes}")
+        num_classes = _int_option("num_classes", num_classes, 1)
         if class_names and len(class_names) != num_classes:
-            raise ValueError(f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"data.eval_batch_size must be >= 1 (or null), got {eval_batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}")
+        if preflight not in PREFLIGHT_MODES:
+            raise ConfigError(f"data.preflight must be one of {', '.join(PREFLIGHT_MODES)}, got {preflight!r}")
         self.factories = {"train": train_set, "val": val_set, "test": test_set}
         self.train_transform, self.val_transform = train_transform, val_transform
-        self._num_classes, self._ignore_index = int(num_classes), int(ignore_index)
+        self._num_classes, self._ignore_index = num_classes, int(ignore_index)
         self._class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
-        self.batch_size, self.num_workers, self.pin_memory = int(batch_size), int(num_workers), bool(pin_memory)
-        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        self.batch_size = _int_option("batch_size", batch_size, 1)
+        self.eval_batch_size = self.batch_size if eval_batch_size is None else _int_option(
+            "eval_batch_size", eval_batch_size, 1)
+        self.num_workers = _int_option("num_workers", num_workers, 0)
+        self.seed = None if seed is None else _int_option("seed", seed, 0)
+        self.pin_memory, self.preflight_mode = bool(pin_memory), preflight
         # persistent workers only exist when there are workers: DataLoader raises otherwise
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -73,48 +99,97 @@ class SegDataModule(pl.LightningDataModule):
         """Instantiate ``data.<split>_set`` with its transform, checking it against the data config."""
         factory = self.factories.get(split)
         if factory is None:
-            raise ValueError(f"data.{split}_set is null: this data config has no {split} split")
+            raise ConfigError(f"data.{split}_set is null: this data config has no {split} split")
         if isinstance(factory, SegmentationDataset) or not callable(factory):
-            raise TypeError(f"data.{split}_set is a {type(factory).__name__}, not a dataset factory: its config "
-                            f"needs `_partial_: true` so that the DataModule can pass transform= and ignore_index=")
+            raise ConfigError(f"data.{split}_set is a {type(factory).__name__}, not a dataset factory: its config "
+                              f"needs `_partial_: true` so that the DataModule can pass transform= and ignore_index=")
         transform = self.train_transform if split == "train" else self.val_transform
         try:
             dataset = factory(transform=transform, ignore_index=self._ignore_index)
         except TypeError as err:
-            raise TypeError(f"data.{split}_set could not be built: {err}. Its class must accept transform= and "
-                            f"ignore_index= keyword arguments") from err
+            raise ConfigError(f"data.{split}_set could not be built: {err}. Its class must accept transform= and "
+                              f"ignore_index= keyword arguments") from err
         except Exception as err:
             # keep the dataset's own error type (tools and tests match on it); just say which split failed
             if hasattr(err, "add_note"):  # Python >= 3.11
                 err.add_note(f"(while building data.{split}_set)")
             raise
         if not isinstance(dataset, SegmentationDataset):
-            raise TypeError(f"data.{split}_set built a {type(dataset).__name__}, not a SegmentationDataset")
+            raise ConfigError(f"data.{split}_set built a {type(dataset).__name__}, not a SegmentationDataset")
         if dataset.num_classes != self._num_classes:
-            raise ValueError(f"data.{split}_set ({type(dataset).__name__}) has {dataset.num_classes} classes but "
-                             f"data.num_classes is {self._num_classes}")
+            raise ConfigError(f"data.{split}_set ({type(dataset).__name__}) has {dataset.num_classes} classes but "
+                              f"data.num_classes is {self._num_classes}")
         if len(dataset) == 0:
-            raise ValueError(f"data.{split}_set ({type(dataset).__name__}) is empty")
+            raise DataError(f"data.{split}_set ({type(dataset).__name__}) is empty")
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
-            stage or "", ("train", "val", "test"))
+            stage or "", SPLITS)
         for split in splits:
             if split == "test" and self.factories["test"] is None and stage != "test":
                 continue  # a config without a test split is fine until someone tests
             if split not in self.datasets:
                 self.datasets[split] = self.build(split)
 
+    def preflight(self, splits: Sequence[str] | None = None) -> None:
+        """Read a sample of each split (``data.preflight=sample``), all of it (``full``) or nothing (``none``)
+        and raise ``DataError`` naming split, file and cause on unreadable or unpaired files, image/mask size
+        mismatches, labels out of range, or masks without a single labelled pixel. Call before fitting.
+
+        ``splits``: default every split the config defines. Builds the datasets (kept for training).
+        """
+        if self.preflight_mode == "none" or int(os.environ.get("LOCAL_RANK", "0")) != 0:
+            # Lightning's DDP launcher re-runs the script for ranks >= 1 (with LOCAL_RANK set) after rank 0 has
+            # checked the same files: reading them again would only cost time
+            return
+        splits = [s for s in SPLITS if self.factories[s] is not None] if splits is None else list(splits)
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self.build(split)
+        run_preflight({s: self.datasets[s] for s in splits}, self.preflight_mode, self.num_workers)
+
+    # ---- loaders --------------------------------------------------------------------------------------------
+
+    def _world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer; ``(1, 0)`` when there is none or when
+        Lightning will shard the loaders itself (``trainer.use_distributed_sampler=true``)."""
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        if world > 1 and getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
+            log.warning("trainer.use_distributed_sampler=true: Lightning pads val/test with repeated samples under "
+                        "DDP, so metrics are not exact; the trainer configs set it to false")
+            return 1, 0
+        return world, int(trainer.global_rank) if world > 1 else 0
+
+    def _train_seed(self, world: int) -> int:
+        if self.seed is not None:
+            return self.seed
+        if "PL_GLOBAL_SEED" in os.environ:  # set by seed_everything (train.py's `seed`), same in every process
+            return int(os.environ["PL_GLOBAL_SEED"])
+        # unseeded: a fresh seed per run; under DDP every rank must draw the same permutation, hence 0
+        return 0 if world > 1 else int(torch.randint(0, 2**31 - 1, ()).item())
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = self.datasets[split]
-        if train and len(dataset) < self.batch_size:
-            raise ValueError(f"data.train_set has {len(dataset)} samples, fewer than data.batch_size="
-                             f"{self.batch_size}: with drop_last every epoch would be empty")
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, drop_last=train,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+        world, rank = self._world()
+        sampler: Sampler | None = None
+        if train:
+            sampler = SeededTrainSampler(dataset, num_replicas=world, rank=rank, seed=self._train_seed(world))
+            if len(sampler) < self.batch_size:
+                share = f" ({len(sampler)} per process of {world})" if world > 1 else ""
+                raise ConfigError(f"data.train_set has {len(dataset)} samples{share}, fewer than data.batch_size="
+                                  f"{self.batch_size}: with drop_last every epoch would be empty")
+        elif world > 1:
+            if len(dataset) < world:
+                # a process without a single batch skips evaluation and never joins the metric reduction
+                raise ConfigError(f"data.{split}_set has {len(dataset)} sample(s), fewer than the {world} processes: "
+                                  "each process needs at least one (use fewer devices for this split)")
+            sampler = ShardSampler(len(dataset), num_replicas=world, rank=rank)
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          drop_last=train, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers)
 
     def train_dataloader(self) -> DataLoader:
