@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_template.losses import CrossEntropy, OhemCrossEntropy, upsampled_nll
+from seg_template.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss, upsampled_nll
 from seg_template.losses.reference import ohem_reference, upsample
 
 IGNORE = 255
@@ -257,3 +257,58 @@ def test_upsampled_nll_is_zero_at_ignored_and_never_negative():
     nll = upsampled_nll(logits, target, IGNORE, align_corners=False)
     assert nll.shape == target.shape
     assert bool((nll[target == IGNORE] == 0).all()) and bool((nll >= 0).all())
+
+
+# ----------------------------------------------------------------------------- non-finite logits
+
+def _poison(logits, target, case):
+    nan, inf = float("nan"), float("inf")
+    if case == "all NaN":
+        logits.fill_(nan)
+    elif case == "one NaN":
+        logits[0, 1, 2, 3] = nan
+    elif case == "+inf":
+        logits[1, 4, 5, 6] = inf
+    elif case == "-inf":
+        logits[0, 2, 3, 3] = -inf
+    else:  # the one NaN logit is read only by ignored pixels (upsampling x2 reads it up to output row/col 2)
+        logits[0, :, 0, 0] = nan
+        target[0, :4, :4] = IGNORE
+
+
+LOSSES = {"ce": lambda me: CrossEntropy(memory_efficient=me),
+          "wce": lambda me: CrossEntropy(weight=[1.0, 0.2, 3.0, 1.5, 0.7], memory_efficient=me),
+          "ohem": lambda me: OhemCrossEntropy(thresh=0.7, min_kept=50, memory_efficient=me),
+          "ohem p_k": lambda me: OhemCrossEntropy(thresh=0.05, min_kept=150, memory_efficient=me)}
+
+
+@pytest.mark.parametrize("case", ["all NaN", "one NaN", "+inf", "-inf", "NaN seen by ignored pixels only"])
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["eager", "memory_efficient"])
+def test_nonfinite_logits_give_a_nan_loss(memory_efficient, loss, case):
+    """Masks, OHEM's selection and "nothing kept -> 0" must not turn garbage logits into a finite loss."""
+    logits, target = make_batch(dtype=torch.float32)
+    aux = logits.detach().clone()
+    with torch.no_grad():
+        _poison(logits, target, case)
+    assert LOSSES[loss](memory_efficient)(logits, target).isnan()
+    parts = SegmentationLoss(LOSSES[loss](memory_efficient), memory_efficient=memory_efficient).parts(
+        {"out": logits, "aux": aux}, target)
+    assert parts["loss"].isnan() and parts["loss_main"].isnan() and parts["loss_aux"].isfinite()
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["eager", "memory_efficient"])
+def test_nonfinite_aux_logits_give_a_nan_loss(memory_efficient):
+    logits, target = make_batch(dtype=torch.float32)
+    aux = logits.detach().clone()
+    aux[1, 0, 2, 2] = float("nan")
+    parts = SegmentationLoss(OhemCrossEntropy(memory_efficient=memory_efficient), aux_weight=0.0,
+                             memory_efficient=memory_efficient).parts({"out": logits, "aux": aux}, target)
+    assert parts["loss_main"].isfinite() and parts["loss_aux"].isnan() and parts["loss"].isnan()
+
+
+def test_nonfinite_logits_make_every_pixel_of_reduction_none_nan():
+    logits, target = make_batch()
+    with torch.no_grad():
+        logits[0, 1, 2, 3] = float("inf")
+    assert CrossEntropy(reduction="none")(logits, target).isnan().all()

@@ -7,7 +7,13 @@ from torch import Tensor, nn
 
 from seg_template.losses.class_weights import WeightSpec, load_class_weights
 from seg_template.losses.memory_efficient import memory_efficient_cross_entropy
-from seg_template.losses.rules import CheckedTarget, check_target, mean_or_zero, pixel_weight
+from seg_template.losses.rules import (
+    CheckedTarget,
+    check_target,
+    mean_or_zero,
+    pixel_weight,
+    report_nonfinite,
+)
 
 
 def upsampled_nll(logits: Tensor, target: Tensor, ignore_index: int, align_corners: bool) -> Tensor:
@@ -58,7 +64,8 @@ class CrossEntropy(PixelCrossEntropy):
     4-D logits whose ``(h, w) != (H, W)`` are bilinearly upsampled first; ``[N, C]`` / ``[N, C, d1..dK]``
     logits with ``[N]`` / ``[N, d1..dK]`` targets work as in PyTorch (no resizing). ``"mean"`` divides by
     the summed weight of the non-ignored targets; unlike PyTorch it returns 0.0 (with a zero gradient that
-    still flows) when every pixel is ignored or has weight 0, instead of NaN.
+    still flows) when every pixel is ignored or has weight 0, instead of NaN. A NaN or infinite logit makes
+    the result NaN, whatever pixels it reaches (``rules.report_nonfinite``).
     """
 
     def __init__(self, ignore_index: int = 255, weight: WeightSpec = None, align_corners: bool = False,
@@ -70,6 +77,9 @@ class CrossEntropy(PixelCrossEntropy):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = self.check(logits, target)
+        return report_nonfinite(self._loss(logits, target, checked), checked.finite)
+
+    def _loss(self, logits: Tensor, target: Tensor, checked: CheckedTarget) -> Tensor:
         if self.uses_kernels(logits):
             return memory_efficient_cross_entropy(logits, target, self.weight, self.ignore_index,
                                                   self.align_corners, self.reduction)

@@ -14,8 +14,9 @@ forward pass; ``backward`` then only scales it by ``grad_output``. Peak extra me
 ``reduction="none"`` needs a per-pixel ``grad_output``, known only in backward: its forward stores nothing
 large and its backward recomputes the sweep with those coefficients (one extra pass, same memory bound).
 
-Inputs are assumed validated (``rules.check_target``). Half or bfloat16 logits (e.g. under autocast) are
-computed in float32; the gradient comes back in the input dtype.
+Inputs are assumed validated (``rules.check_target``); for non-finite logits the loss classes make the
+result NaN (``rules.report_nonfinite``). Half or bfloat16 logits (e.g. under autocast) are computed in
+float32; the gradient comes back in the input dtype.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from torch import Tensor
 from seg_template.losses.class_weights import WeightSpec
 from seg_template.losses.cross_entropy import PixelCrossEntropy, upsampled_nll
 from seg_template.losses.memory_efficient import memory_efficient_ohem_cross_entropy
-from seg_template.losses.rules import mean_or_zero, select_hard_pixels
+from seg_template.losses.rules import CheckedTarget, mean_or_zero, report_nonfinite, select_hard_pixels
 
 
 class OhemCrossEntropy(PixelCrossEntropy):
@@ -23,6 +23,8 @@ class OhemCrossEntropy(PixelCrossEntropy):
     batch, so a global budget is ``min_kept * world_size``. Where HRNet returns NaN or crashes we return
     0.0 with a zero gradient that still flows: when every pixel is ignored, and when nothing is strictly
     below the threshold (e.g. saturated probabilities all equal to p_k: every remaining pixel is easy).
+    A NaN or infinite logit makes the loss NaN: the selection alone would drop such pixels and report a
+    finite value while the gradient is NaN (``rules.report_nonfinite``).
     """
 
     def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
@@ -37,6 +39,9 @@ class OhemCrossEntropy(PixelCrossEntropy):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = self.check(logits, target)
+        return report_nonfinite(self._loss(logits, target, checked), checked.finite)
+
+    def _loss(self, logits: Tensor, target: Tensor, checked: CheckedTarget) -> Tensor:
         if self.uses_kernels(logits):
             return memory_efficient_ohem_cross_entropy(logits, target, self.thresh, self.min_kept, self.weight,
                                                        self.ignore_index, self.align_corners,
