@@ -1,11 +1,37 @@
 # Quick start on a fresh clone (Python >= 3.10 and pip): `make train`, `make test`.
-# Every target installs what is missing first: `pip install -e ".[dev]"` into the current interpreter,
-# skipped when this interpreter already has it for the current pyproject.toml (a stamp file per interpreter).
+#
+# The interpreter: the active virtual environment's (or conda environment's) when there is one; otherwise a
+# project environment in .venv/, created on first use from $(BASE_PYTHON). PYTHON=/path/to/python picks one.
+# Every target installs what is missing first: `pip install -e ".[dev]"` into that interpreter, skipped when it
+# already has it for the current pyproject.toml (a stamp file per interpreter under build/make/).
 
-PYTHON ?= python
+PROJECT_VENV := .venv
+BASE_PYTHON ?= python3
+ifdef VIRTUAL_ENV
+PYTHON ?= $(VIRTUAL_ENV)/bin/python
+else ifdef CONDA_PREFIX
+PYTHON ?= $(CONDA_PREFIX)/bin/python
+else
+PYTHON ?= $(PROJECT_VENV)/bin/python
+endif
 PYTEST_ARGS ?=
+
+# The stamp is named after the interpreter's absolute path (which need not exist yet).
+PYTHON_PATH := $(abspath $(or $(shell command -v $(PYTHON) 2>/dev/null),$(PYTHON)))
 STAMP_DIR := build/make
-STAMP := $(STAMP_DIR)/install-$(shell $(PYTHON) -c "import hashlib, sys; print(hashlib.md5(sys.executable.encode()).hexdigest()[:10])").stamp
+STAMP := $(STAMP_DIR)/install-$(shell printf '%s' '$(PYTHON_PATH)' | cksum | cut -d' ' -f1).stamp
+
+# A stamp is stale when its interpreter no longer has the package (a recreated venv, a pip uninstall).
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(shell $(PYTHON) -c "import importlib.metadata as m; m.version('seg_template')" 2>/dev/null && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+endif
+
+# Only the project environment is created here; any other interpreter must already exist.
+ifeq ($(PYTHON_PATH),$(abspath $(PROJECT_VENV)/bin/python))
+NEEDS_VENV := $(PROJECT_VENV)/bin/python
+endif
 
 .PHONY: help install train test test-slow test-all lint clean
 
@@ -15,18 +41,20 @@ help:
 	@echo "make test-slow  the slow end-to-end tests (training, multirun, DDP on CPU, entry points)"
 	@echo "make test-all   both"
 	@echo "make lint       ruff check"
-	@echo "make clean      remove logs/ and the install stamp"
+	@echo "make clean      remove logs/ and the install stamps (not .venv/)"
+	@echo "interpreter:    $(PYTHON)"
 
 install: $(STAMP)
 
-# Re-installs when pyproject.toml changes or when the package is not importable from this interpreter
-# (e.g. the stamp was copied from another environment).
-$(STAMP): pyproject.toml
-	@if [ -f $@ ] && $(PYTHON) -c "import importlib.metadata as m; m.version('seg_template')" 2>/dev/null; then \
-		touch $@; \
-	else \
-		$(PYTHON) -m pip install -e ".[dev]" && mkdir -p $(STAMP_DIR) && touch $@; \
-	fi
+$(PROJECT_VENV)/bin/python:
+	$(BASE_PYTHON) -m venv $(PROJECT_VENV)
+
+$(STAMP): pyproject.toml | $(NEEDS_VENV)
+	$(PYTHON) -m pip install -e ".[dev]"
+	@mkdir -p $(STAMP_DIR) && touch $@
+ifdef NEEDS_VENV
+	@echo "Installed into $(PROJECT_VENV)/. To run python train.py ... directly: source $(PROJECT_VENV)/bin/activate"
+endif
 
 train: install
 	$(PYTHON) train.py $(ARGS)
