@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
-from seg_template.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss, load_class_weights
+from seg_template.errors import ConfigError, DataError, MissingFileError
+from seg_template.losses import (
+    CrossEntropy,
+    OhemCrossEntropy,
+    SegmentationLoss,
+    check_weights_cover,
+    load_class_weights,
+    weighted_cross_entropy,
+)
 from seg_template.paths import CONFIG_DIR
 
 IGNORE = 255
@@ -122,6 +130,47 @@ def test_load_class_weights_errors(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2")
     with pytest.raises(ValueError, match="bad.json: "):
         load_class_weights(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("make_loss", [CrossEntropy, OhemCrossEntropy, weighted_cross_entropy])
+def test_all_zero_class_weights_rejected_at_construction(make_loss, tmp_path):
+    with pytest.raises(ConfigError, match=r"class weights: every class weight is 0.*data\.class_weights or "
+                                          r"loss\.main\.weight"):
+        make_loss(weight=[0.0, 0.0, 0.0])
+    np.save(tmp_path / "zeros.npy", np.zeros(4))
+    with pytest.raises(ConfigError, match=rf"class weights file {tmp_path / 'zeros.npy'}: every class weight is 0"):
+        make_loss(weight=tmp_path / "zeros.npy")
+
+
+def test_all_zero_class_weights_stop_a_config_before_training(compose_tmp):
+    with pytest.raises(InstantiationException, match=r"every class weight is 0.*data\.class_weights") as info:
+        build(compose_tmp, "loss=wce", "data.class_weights=[0,0,0,0,0,0]")
+    assert isinstance(info.value.__cause__, ConfigError)
+
+
+def test_check_weights_cover_the_classes_in_the_data():
+    weight = torch.tensor([0.0, 0.0, 1.0])
+    check_weights_cover(weight, [0, 2])  # class 2 counts
+    check_weights_cover(None, [0, 1])
+    check_weights_cover(weight, [])
+    with pytest.raises(ConfigError, match=r"0 for every class in the training data \[0, 1\].*loss\.main\.weight"):
+        check_weights_cover(weight, [1, 0, 1, 255])  # labels beyond the weights (ignore_index) do not count
+
+
+def test_user_mistakes_raise_the_user_error_classes(tmp_path):
+    with pytest.raises(MissingFileError, match="missing.json"):
+        load_class_weights(tmp_path / "missing.json")
+    for bad_config in (lambda: OhemCrossEntropy(min_kept=0), lambda: OhemCrossEntropy(thresh=2.0),
+                       lambda: CrossEntropy(reduction="avg"), lambda: SegmentationLoss(CrossEntropy(), aux_weight=-1),
+                       lambda: weighted_cross_entropy(None), lambda: load_class_weights([1.0, -1.0])):
+        with pytest.raises(ConfigError):
+            bad_config()
+    out, _, target = make_batch()
+    with pytest.raises(ConfigError, match="loss.main.weight"):
+        CrossEntropy(weight=[1.0, 2.0])(out, target)
+    target[0, 0, 0] = 9
+    with pytest.raises(DataError, match=r"\[9\]"):
+        CrossEntropy()(out, target)
 
 
 def test_relative_weight_path_resolves_from_the_launch_directory(tmp_path, monkeypatch):

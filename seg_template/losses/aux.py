@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from seg_template.errors import ConfigError
 from seg_template.losses.cross_entropy import CrossEntropy
 
 
@@ -24,7 +25,7 @@ class SegmentationLoss(nn.Module):
         if not hasattr(main, "ignore_index"):
             raise TypeError(f"main loss {type(main).__name__} needs an ignore_index attribute")
         if aux_weight < 0:
-            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight} (loss.aux_weight)")
         self.main = main
         self.aux_weight = float(aux_weight)
         self.aux = CrossEntropy(ignore_index=main.ignore_index, weight=getattr(main, "weight", None),

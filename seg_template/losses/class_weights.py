@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +11,21 @@ import torch
 from hydra.utils import to_absolute_path
 from torch import Tensor
 
+from seg_template.errors import ConfigError, MissingFileError
+
 WeightSpec = Sequence[float] | str | Path | Tensor | np.ndarray | None
+
+# Where class weights are set, for messages: the loss cannot tell through which key a value came.
+KEYS = "data.class_weights or loss.main.weight"
 
 
 def load_class_weights(spec: WeightSpec) -> Tensor | None:
-    """Class weights as float32 ``[C]`` from a list, a ``.npy`` / ``.json`` / ``.txt`` file, or ``None``."""
+    """Class weights as float32 ``[C]`` from a list, a ``.npy`` / ``.json`` / ``.txt`` file, or ``None``.
+
+    Raises ``ConfigError`` (``MissingFileError`` for a missing file) naming the file or the config keys when
+    the weights cannot be used: unreadable, not a 1-D list of numbers, negative or non-finite, or all zero
+    (every pixel would weigh 0 and the loss would stay 0.0: training would run and learn nothing).
+    """
     if spec is None:
         return None
     source = "class weights"
@@ -24,27 +34,48 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
         path = Path(to_absolute_path(str(spec)))
         source = f"class weights file {path}"
         if not path.is_file():
-            raise FileNotFoundError(f"{source} not found (set data.class_weights or loss.main.weight)")
+            raise MissingFileError(f"{source} not found (set by {KEYS}; scripts/compute_class_weights.py "
+                                   "writes one)")
         try:
             spec = _read_weight_file(path)
         except ValueError as err:  # includes json.JSONDecodeError and a bad number in a .txt
-            raise ValueError(f"{source}: {err}") from err
+            raise _error(source, str(err)) from err
     try:
         values = spec.detach().cpu().numpy() if isinstance(spec, Tensor) else np.asarray(list(spec), dtype=float)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: expected a list of numbers, got {spec!r}") from err
+        raise _error(source, f"expected a list of numbers, got {spec!r}") from err
     values = values.astype(np.float64)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"{source}: expected a non-empty 1-D list of numbers, got shape {values.shape}")
+        raise _error(source, f"expected a non-empty 1-D list of numbers, got shape {values.shape}")
     bad = values[~np.isfinite(values) | (values < 0)]
     if bad.size:
-        raise ValueError(f"{source}: class weights must be finite and >= 0, got {bad.tolist()}")
+        raise _error(source, f"class weights must be finite and >= 0, got {bad.tolist()}")
+    if not values.any():
+        raise _error(source, "every class weight is 0, so every pixel would weigh 0 and the loss would stay 0.0; "
+                             "give the classes to learn positive weights")
     return torch.tensor(values, dtype=torch.float32)
+
+
+def _error(source: str, problem: str) -> ConfigError:
+    return ConfigError(f"{source}: {problem} (set by {KEYS})")
+
+
+def check_weights_cover(weight: Tensor | None, present: Iterable[int]) -> None:
+    """Raise ``ConfigError`` when the class weights are 0 for every class in ``present`` (the labels found in
+    the training data, e.g. by a pre-flight scan): the loss would then be 0.0 on every batch. Nothing to
+    check without weights or without labels."""
+    present = sorted({int(c) for c in present})
+    if weight is None or not present:
+        return
+    known = [c for c in present if 0 <= c < weight.numel()]
+    if known and not weight[known].any():
+        raise _error("class weights", f"0 for every class in the training data {known}, so the loss would stay "
+                                      "0.0; give those classes positive weights")
 
 
 def _read_weight_file(path: Path) -> np.ndarray | list[float]:
     if path.suffix == ".npy":
-        return np.load(path)
+        return np.load(path)  # allow_pickle stays False: reading a user's file runs no code
     if path.suffix == ".json":
         return json.loads(path.read_text())
     if path.suffix == ".txt":  # numbers separated by whitespace or commas; '#' starts a comment

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg_template.errors import ConfigError
 from seg_template.losses.class_weights import WeightSpec, load_class_weights
 from seg_template.losses.memory_efficient import memory_efficient_cross_entropy
 from seg_template.losses.rules import (
@@ -72,7 +73,7 @@ class CrossEntropy(PixelCrossEntropy):
                  reduction: str = "mean", memory_efficient: bool = False) -> None:
         super().__init__(ignore_index, weight, align_corners, memory_efficient)
         if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+            raise ConfigError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r} (loss.main.reduction)")
         self.reduction = reduction
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -96,6 +97,6 @@ class CrossEntropy(PixelCrossEntropy):
 def weighted_cross_entropy(weight: WeightSpec = None, **kwargs) -> CrossEntropy:
     """``CrossEntropy`` that insists on class weights (``loss=wce``): a null weight is a config mistake."""
     if weight is None:
-        raise ValueError("loss=wce needs class weights: set data.class_weights (a list or a .npy/.json/.txt "
+        raise ConfigError("loss=wce needs class weights: set data.class_weights (a list or a .npy/.json/.txt "
                          "path, e.g. from scripts/compute_class_weights.py) or pass loss.main.weight=<file>")
     return CrossEntropy(weight=weight, **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from seg_template.errors import ConfigError
 from seg_template.losses.class_weights import WeightSpec
 from seg_template.losses.cross_entropy import PixelCrossEntropy, upsampled_nll
 from seg_template.losses.memory_efficient import memory_efficient_ohem_cross_entropy
@@ -31,9 +32,9 @@ class OhemCrossEntropy(PixelCrossEntropy):
                  weight: WeightSpec = None, align_corners: bool = False, memory_efficient: bool = False) -> None:
         super().__init__(ignore_index, weight, align_corners, memory_efficient)
         if not 0.0 < thresh <= 1.0:
-            raise ValueError(f"OHEM thresh must be in (0, 1], got {thresh}")
+            raise ConfigError(f"OHEM thresh must be in (0, 1], got {thresh} (loss.main.thresh)")
         if int(min_kept) != min_kept or min_kept < 1:
-            raise ValueError(f"OHEM min_kept must be an integer >= 1, got {min_kept}")
+            raise ConfigError(f"OHEM min_kept must be an integer >= 1, got {min_kept} (loss.main.min_kept)")
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)
 
