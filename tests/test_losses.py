@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -312,3 +314,20 @@ def test_nonfinite_logits_make_every_pixel_of_reduction_none_nan():
     with torch.no_grad():
         logits[0, 1, 2, 3] = float("inf")
     assert CrossEntropy(reduction="none")(logits, target).isnan().all()
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["eager", "memory_efficient"])
+def test_ohem_says_once_when_min_kept_covers_the_batch(memory_efficient, caplog):
+    logits, target = make_batch()
+    n_valid = int((target != IGNORE).sum())
+    covering = OhemCrossEntropy(min_kept=n_valid - 1, memory_efficient=memory_efficient)  # p_k = the largest p
+    with caplog.at_level(logging.INFO, logger="seg_template.losses.ohem"):
+        covering(logits, target)
+        covering(logits, target)
+        OhemCrossEntropy(min_kept=n_valid - 2, memory_efficient=memory_efficient)(logits, target)  # mines
+        OhemCrossEntropy(min_kept=5, memory_efficient=memory_efficient)(logits, torch.full_like(target, IGNORE))
+    (record,) = [r for r in caplog.records if r.name == "seg_template.losses.ohem"]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert f"min_kept={n_valid - 1} reaches the {n_valid} valid pixels" in message
+    assert "plain cross-entropy" in message and "loss.main.min_kept" in message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from torch import Tensor
 
 from seg_template.errors import ConfigError
@@ -9,6 +11,8 @@ from seg_template.losses.class_weights import WeightSpec
 from seg_template.losses.cross_entropy import PixelCrossEntropy, upsampled_nll
 from seg_template.losses.memory_efficient import memory_efficient_ohem_cross_entropy
 from seg_template.losses.rules import CheckedTarget, mean_or_zero, report_nonfinite, select_hard_pixels
+
+log = logging.getLogger(__name__)
 
 
 class OhemCrossEntropy(PixelCrossEntropy):
@@ -37,10 +41,23 @@ class OhemCrossEntropy(PixelCrossEntropy):
             raise ConfigError(f"OHEM min_kept must be an integer >= 1, got {min_kept} (loss.main.min_kept)")
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)
+        self._said_plain_ce = False  # the "min_kept covers the whole batch" note, logged once per instance
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = self.check(logits, target)
+        self._note_plain_ce(checked.n_valid)
         return report_nonfinite(self._loss(logits, target, checked), checked.finite)
+
+    def _note_plain_ce(self, n_valid: int) -> None:
+        """Log once when min_kept reaches the batch's valid pixels: p_k is then the largest probability, so
+        every valid pixel but the easiest is kept and OHEM is plain cross-entropy."""
+        if self._said_plain_ce or n_valid == 0 or self.min_kept + 1 < n_valid:
+            return
+        self._said_plain_ce = True
+        log.warning("OHEM keeps every valid pixel: min_kept=%d reaches the %d valid pixels of this batch "
+                    "(per process), so loss=ohem is plain cross-entropy. Set loss.main.min_kept (default "
+                    "data.ohem_min_kept) well below the pixels of one batch, e.g. 1/8 of them.",
+                    self.min_kept, n_valid)
 
     def _loss(self, logits: Tensor, target: Tensor, checked: CheckedTarget) -> Tensor:
         if self.uses_kernels(logits):
