@@ -137,9 +137,10 @@ def test_all_zero_class_weights_rejected_at_construction(make_loss, tmp_path):
     with pytest.raises(ConfigError, match=r"class weights: every class weight is 0.*data\.class_weights or "
                                           r"loss\.main\.weight"):
         make_loss(weight=[0.0, 0.0, 0.0])
-    np.save(tmp_path / "zeros.npy", np.zeros(4))
-    with pytest.raises(ConfigError, match=rf"class weights file {tmp_path / 'zeros.npy'}: every class weight is 0"):
-        make_loss(weight=tmp_path / "zeros.npy")
+    zeros = tmp_path / "zeros.npy"
+    np.save(zeros, np.zeros(4))
+    with pytest.raises(ConfigError, match=rf"class weights file {zeros}: every class weight is 0"):
+        make_loss(weight=zeros)
 
 
 def test_all_zero_class_weights_stop_a_config_before_training(compose_tmp):
@@ -161,8 +162,9 @@ def test_user_mistakes_raise_the_user_error_classes(tmp_path):
     with pytest.raises(MissingFileError, match="missing.json"):
         load_class_weights(tmp_path / "missing.json")
     for bad_config in (lambda: OhemCrossEntropy(min_kept=0), lambda: OhemCrossEntropy(thresh=2.0),
-                       lambda: CrossEntropy(reduction="avg"), lambda: SegmentationLoss(CrossEntropy(), aux_weight=-1),
-                       lambda: weighted_cross_entropy(None), lambda: load_class_weights([1.0, -1.0])):
+                       lambda: CrossEntropy(reduction="avg"), lambda: weighted_cross_entropy(None),
+                       lambda: SegmentationLoss(CrossEntropy(), aux_weight=-1),
+                       lambda: load_class_weights([1.0, -1.0])):
         with pytest.raises(ConfigError):
             bad_config()
     out, _, target = make_batch()

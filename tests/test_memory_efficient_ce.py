@@ -95,11 +95,13 @@ def test_cross_entropy_matches_reference(size: tuple[int, int, int, int], align_
     weight = torch.rand(5, generator=torch.Generator().manual_seed(2), dtype=dtype) + 0.1
     for w in (None, weight):
         for reduction in ("mean", "sum", "none"):
-            want = value_and_grad(cross_entropy_reference(logits, target, w, IGNORE, align_corners, reduction), logits)
+            want = cross_entropy_reference(logits, target, w, IGNORE, align_corners, reduction)
+            want = value_and_grad(want, logits)
             # 3 output rows per chunk, so chunk seams are exercised; None: one chunk for the batch
             for chunk_bytes in (3 * 5 * size[3] * logits.element_size(), None):
-                got = value_and_grad(memory_efficient_cross_entropy(logits, target, w, IGNORE, align_corners, reduction,
-                                                        chunk_bytes=chunk_bytes), logits)
+                got = memory_efficient_cross_entropy(logits, target, w, IGNORE, align_corners, reduction,
+                                                     chunk_bytes=chunk_bytes)
+                got = value_and_grad(got, logits)
                 assert_match(got, want, dtype)
 
 
@@ -143,7 +145,8 @@ def test_ohem_matches_reference(thresh: float, min_kept: int, margin: float, ali
     for w in (None, weight):
         want, used_pk = reference_ohem(logits, target, thresh, min_kept, w, align_corners)
         calls.clear()
-        got = memory_efficient_ohem_cross_entropy(logits, target, thresh, min_kept, w, IGNORE, align_corners, chunk_bytes=4000)
+        got = memory_efficient_ohem_cross_entropy(logits, target, thresh, min_kept, w, IGNORE, align_corners,
+                                                  chunk_bytes=4000)
         assert_match(value_and_grad(got, logits), value_and_grad(want, logits), dtype)
         assert len(calls) == 1 + (used_pk and second_pass == "chunks") and want > 0
 
@@ -167,7 +170,7 @@ def test_ohem_second_pass_touches_only_extra_pixels(sparse_fraction: float,
     calls = count_sweeps(monkeypatch)
     want = reference_ohem(logits, target, 0.7, 400, None, False)
     assert want[1]  # fewer than min_kept pixels below thresh: p_k is the threshold
-    got = memory_efficient_ohem_cross_entropy(logits, target, 0.7, 400, chunk_bytes=5 * 32 * 8 * 4)  # 4 rows per chunk
+    got = memory_efficient_ohem_cross_entropy(logits, target, 0.7, 400, chunk_bytes=5 * 32 * 8 * 4)  # 4 rows/chunk
     assert_match(value_and_grad(got, logits), value_and_grad(want[0], logits), torch.float64)
     if sparse_fraction:
         assert len(calls) == 1
@@ -189,8 +192,8 @@ def test_ohem_empty_kept_set_gives_zero() -> None:
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_ignored_gives_zero_with_zero_gradient(reduction: str) -> None:
     logits, target = make_inputs(2, 4, (3, 5, 9, 10), ignored=1.0)
-    for loss in (memory_efficient_cross_entropy(logits, target, reduction=reduction), memory_efficient_ohem_cross_entropy(logits, target,
-                                                                                                   0.7, 5)):
+    for loss in (memory_efficient_cross_entropy(logits, target, reduction=reduction),
+                 memory_efficient_ohem_cross_entropy(logits, target, 0.7, 5)):
         assert not loss.isnan().any() and not loss.any()
         loss.sum().backward()
         assert logits.grad is not None and not logits.grad.any()
@@ -202,9 +205,10 @@ def test_gradcheck_float64() -> None:
     weight = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
     for reduction in ("mean", "sum", "none"):
         assert torch.autograd.gradcheck(
-            lambda x, r=reduction: memory_efficient_cross_entropy(x, target, weight, reduction=r, chunk_bytes=64), logits)
-    assert torch.autograd.gradcheck(lambda x: memory_efficient_ohem_cross_entropy(x, target, 0.5, 10, weight, chunk_bytes=64),
-                                    logits)
+            lambda x, r=reduction: memory_efficient_cross_entropy(x, target, weight, reduction=r, chunk_bytes=64),
+            logits)
+    assert torch.autograd.gradcheck(
+        lambda x: memory_efficient_ohem_cross_entropy(x, target, 0.5, 10, weight, chunk_bytes=64), logits)
 
 
 def test_scaled_and_repeated_backward() -> None:
@@ -248,7 +252,8 @@ def test_rejects_bad_shapes_and_reduction() -> None:
     with pytest.raises(ValueError, match="logits"):
         memory_efficient_cross_entropy(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
-        memory_efficient_cross_entropy(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), reduction="avg")
+        memory_efficient_cross_entropy(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long),
+                                       reduction="avg")
 
 
 # ---- integration with seg_template.losses (the memory_efficient switch) ----
@@ -309,7 +314,8 @@ def test_training_step_same_with_and_without_memory_efficient() -> None:
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
                                   torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
                                   torch.nn.Conv2d(8, 4, 1))
-        loss_fn = SegmentationLoss(OhemCrossEntropy(0.7, 500, memory_efficient=efficient), memory_efficient=efficient)
+        loss_fn = SegmentationLoss(OhemCrossEntropy(0.7, 500, memory_efficient=efficient),
+                                   memory_efficient=efficient)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
         losses = []
         for _ in range(2):

@@ -51,8 +51,8 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
     if bad.size:
         raise _error(source, f"class weights must be finite and >= 0, got {bad.tolist()}")
     if not values.any():
-        raise _error(source, "every class weight is 0, so every pixel would weigh 0 and the loss would stay 0.0; "
-                             "give the classes to learn positive weights")
+        raise _error(source, "every class weight is 0, so every pixel would weigh 0 and the loss would stay "
+                             "0.0; give the classes to learn positive weights")
     return torch.tensor(values, dtype=torch.float32)
 
 

@@ -73,7 +73,8 @@ class CrossEntropy(PixelCrossEntropy):
                  reduction: str = "mean", memory_efficient: bool = False) -> None:
         super().__init__(ignore_index, weight, align_corners, memory_efficient)
         if reduction not in ("mean", "sum", "none"):
-            raise ConfigError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r} (loss.main.reduction)")
+            raise ConfigError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r} "
+                              "(loss.main.reduction)")
         self.reduction = reduction
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:

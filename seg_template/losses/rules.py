@@ -25,7 +25,8 @@ class CheckedTarget(NamedTuple):
     finite: bool  # every logit is finite
 
 
-def check_target(logits: Tensor, target: Tensor, ignore_index: int, weight: Tensor | None = None) -> CheckedTarget:
+def check_target(logits: Tensor, target: Tensor, ignore_index: int,
+                 weight: Tensor | None = None) -> CheckedTarget:
     """Validate shapes, weight length and labels before anything indexes with them; note non-finite logits.
 
     ``logits [N, C, ...]``, ``target [N, ...]`` integer. Labels outside ``[0, C)`` that are not
@@ -96,7 +97,8 @@ def below_thresh(nll: Tensor, thresh: float) -> Tensor:
     return nll > -math.log(thresh)
 
 
-def select_hard_pixels(nll: Tensor, n_valid: int, thresh: float, min_kept: int) -> tuple[Tensor, Tensor, Tensor | int]:
+def select_hard_pixels(nll: Tensor, n_valid: int, thresh: float,
+                       min_kept: int) -> tuple[Tensor, Tensor, Tensor | int]:
     """OHEM's selection (HRNet): keep the pixels with ``p < max(p_k, thresh)``.
 
     ``nll`` is the unweighted per-pixel nll, 0 at ignored pixels (any shape, no gradient needed); p_k is the
