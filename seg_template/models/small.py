@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg_template.errors import ConfigError
 from seg_template.models.common import finalize_model, weight_name
 
 
@@ -62,7 +63,7 @@ def small_segnet(num_classes: int, width: int = 16, pretrained: str | None = Non
     if pretrained is not None and not isinstance(pretrained, str):
         raise TypeError(f"model.pretrained must be a local file path or null, got {pretrained!r}")
     if pretrained and weight_name(pretrained) is not None:
-        raise ValueError(f"model.pretrained={pretrained!r}: the small model has no named weights to download; "
+        raise ConfigError(f"model.pretrained={pretrained!r}: the small model has no named weights to download; "
                          f"give a local file path (e.g. a .ckpt or .pth) or null")
     finalize_model(model, pretrained=pretrained, compile=compile)
     return model

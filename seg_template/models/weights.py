@@ -1,25 +1,38 @@
-"""Load local weights into a model: backbone-only or full checkpoints, with a report of what did not fit.
+"""The one weights loader: every file a user names (``ckpt_path``, ``model.pretrained``) is read here.
 
-``model.pretrained=<path>`` ends up in :func:`load_pretrained`. Accepted files: a plain ``state_dict``
-(``torch.save(model.state_dict())``), a dict holding one under ``"state_dict"`` (Lightning ``.ckpt``),
-``"model"`` (torchvision references) or ``"model_state_dict"``, and ``.safetensors``. Keys are matched after
-dropping wrapper prefixes (``net.`` / ``model.`` of a LightningModule, ``module.`` of DDP, ``_orig_mod.`` of
-``torch.compile``); a backbone-only file (an ImageNet ResNet, a timm HRNet) is matched under ``backbone.``.
+Trust policy: files are read with ``torch.load(weights_only=True)`` (or safetensors), which rebuilds tensors
+and plain containers but never runs code stored in the file; anything else is refused with a
+:class:`~seg_template.errors.CheckpointError` naming the file, as is an empty, truncated or foreign file.
 
-Tensors whose shape differs (a classifier trained for another number of classes) are skipped and logged.
-If too little of the model's backbone is covered, the file is for another architecture: we raise with the
-keys that did not match instead of silently training from scratch.
+Two ways to put the weights into a model:
+
+- :func:`load_net_weights` (eval, predict): strict. The file must hold exactly this model's tensors (a
+  Lightning ``.ckpt`` of ours, whose ``net.*`` entries are used, or a plain state dict); anything missing,
+  unexpected or of another shape raises, naming the file, both shapes and the options to pass.
+- :func:`load_pretrained` (``model.pretrained=<file>``, fine-tuning): lenient. Accepts a plain state dict,
+  a dict holding one under ``"state_dict"`` (Lightning), ``"model"`` (torchvision references),
+  ``"model_state_dict"`` or ``"net"``, and ``.safetensors``. Keys are matched after dropping wrapper
+  prefixes (``net.`` / ``model.`` of a LightningModule, ``module.`` of DDP, ``_orig_mod.`` of
+  ``torch.compile``); a backbone-only file (an ImageNet ResNet, a timm HRNet) is matched under ``backbone.``.
+  Tensors of another shape (a head for another class count) are skipped and logged; if too little of the
+  backbone is covered, the file is for another architecture and we raise instead of training from scratch.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from seg_template.errors import CheckpointError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +47,7 @@ KEY_REWRITES = (("", ""), ("", "backbone."), ("features.", "backbone."))
 
 @dataclass
 class LoadReport:
-    """What :func:`load_pretrained` did. ``mismatched`` holds ``(key, file_shape, model_shape)``."""
+    """What a load did. ``mismatched`` holds ``(key, file_shape, model_shape)``."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
@@ -67,24 +80,51 @@ def resolve_path(spec: str | Path) -> Path:
         return Path(spec).expanduser().resolve()
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a weights file, unwrapped from checkpoint containers; never unpickles arbitrary objects."""
+def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any:
+    """The object stored in a ``torch.save`` / safetensors file, read without running any code from it.
+
+    ``option`` names the config key the path came from, for the messages. Raises ``MissingFileError``
+    (no such file) or ``CheckpointError`` (empty, truncated, not a torch file, or pickled Python objects
+    that ``weights_only=True`` refuses - loading those would execute code chosen by the file's author).
+    """
     file = resolve_path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"model.pretrained: no weights file at '{file}' (given as '{path}')")
+        raise MissingFileError(f"{option}: no file at '{file}' (given as '{path}')")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"{option}: '{file}' is empty (0 bytes), e.g. left by an interrupted save or "
+                              f"copy; pass another checkpoint (best.ckpt or last.ckpt of the run)")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj: object = load_file(str(file), device="cpu")
-    else:
         try:
-            obj = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors come in many types; all mean "not a plain weights file"
-            raise ValueError(
-                f"model.pretrained: '{file}' holds pickled objects besides tensors, which "
-                f"torch.load(weights_only=True) refuses ({type(err).__name__}: {str(err)[:300]}). If you trust "
-                f"the file, extract its weights once: torch.save(torch.load(path, weights_only=False)['model'], "
-                f"'weights.pth') (the key holding the state dict: 'model', 'state_dict', ...).") from err
+            return load_file(str(file), device="cpu")
+        except Exception as err:  # safetensors raises its own error type for every kind of bad header
+            raise CheckpointError(f"{option}: '{file}' is not a readable safetensors file "
+                                  f"({type(err).__name__}: {str(err)[:200]})") from err
+    try:
+        with warnings.catch_warnings():
+            # emitted for hand-made pickles, which are refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # e.g. "invalid load key": not a pickle at all
+            raise CheckpointError(f"{option}: '{file}' is not a readable PyTorch file "
+                                  f"(UnpicklingError: {str(err).splitlines()[0][:200]})") from err
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"Python objects besides tensors (first: {found.group(1)})" if found else "pickled Python objects"
+        raise CheckpointError(
+            f"{option}: '{file}' stores {what}; reading them would run code from the file, so it is refused "
+            f"(torch.load weights_only=True). If you trust whoever made it, re-save its tensors once: load it "
+            f"with torch.load's weights_only set to False, then torch.save(ckpt['state_dict'], 'weights.pth') "
+            f"(the key holding the weights may be 'model', 'state_dict', ...)") from err
+    except Exception as err:  # EOFError, zip errors (RuntimeError), KeyError/IndexError from garbage bytes
+        raise CheckpointError(f"{option}: '{file}' is not a readable PyTorch checkpoint - truncated by an "
+                              f"interrupted save or copy, or another format ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from err
+
+
+def unwrap_state_dict(obj: Any, source: str, option: str = "model.pretrained") -> dict[str, Tensor]:
+    """The tensors of ``obj`` (a state dict, or a checkpoint dict holding one under ``NESTED_KEYS``)."""
     # peel containers: Lightning {"state_dict": ...}, torchvision references {"model": ...}
     while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
         inner = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -92,11 +132,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             break
         obj = inner
     if not isinstance(obj, Mapping):
-        raise ValueError(f"model.pretrained: '{file}' holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"{option}: '{source}' holds a {type(obj).__name__}, not a state dict")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
-        raise ValueError(f"model.pretrained: '{file}' holds no tensors (top-level keys: {_preview(list(obj))})")
+        raise CheckpointError(f"{option}: '{source}' holds no tensors (top-level keys: {_preview(list(obj))})")
     return tensors
+
+
+def read_state_dict(path: str | Path, option: str = "model.pretrained") -> dict[str, Tensor]:
+    """Tensors of a weights file, unwrapped from checkpoint containers; never unpickles arbitrary objects."""
+    return unwrap_state_dict(read_weights_file(path, option), str(resolve_path(path)), option)
 
 
 def _strip_wrappers(key: str) -> str:
@@ -131,16 +176,12 @@ def match_keys(state: Mapping[str, Tensor], model_keys: set[str]) -> dict[str, s
     return best
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "<state dict>",
-                    min_coverage: float = 0.5) -> LoadReport:
-    """Copy matching tensors of ``state`` into ``model``; skip shape mismatches; raise on a foreign file.
-
-    ``min_coverage``: the fraction of the model's backbone tensors (all tensors if it has no ``backbone``)
-    that must load, else the file is taken to be for another architecture and a ``ValueError`` lists what
-    did not match.
-    """
-    target = model.state_dict()
-    mapping = match_keys(state, set(target))
+def compare_state(state: Mapping[str, Tensor], target: Mapping[str, Tensor], source: str,
+                  mapping: Mapping[str, str] | None = None) -> tuple[LoadReport, dict[str, Tensor]]:
+    """Which tensors of ``state`` fit ``target`` (a model's ``state_dict()``): the report and the loadable
+    ``{model_key: tensor}``. ``mapping`` (file key -> model key) defaults to identical names."""
+    if mapping is None:
+        mapping = {k: k for k in state if k in target}
     report = LoadReport(source=source)
     to_load: dict[str, Tensor] = {}
     for file_key, model_key in mapping.items():
@@ -152,14 +193,26 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str =
     report.loaded = sorted(to_load)
     report.unexpected = sorted(set(state) - set(mapping))
     report.missing = sorted(set(target) - set(to_load) - {m[0] for m in report.mismatched})
+    return report, to_load
 
+
+def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "<state dict>",
+                    min_coverage: float = 0.5) -> LoadReport:
+    """Copy matching tensors of ``state`` into ``model``; skip shape mismatches; raise on a foreign file.
+
+    ``min_coverage``: the fraction of the model's backbone tensors (all tensors if it has no ``backbone``)
+    that must load, else the file is taken to be for another architecture and a ``CheckpointError`` lists
+    what did not match.
+    """
+    target = model.state_dict()
+    report, to_load = compare_state(state, target, source, match_keys(state, set(target)))
     core = [k for k in target if k.startswith("backbone.")]
     scope = "backbone tensors" if core else "tensors"
     core = core or list(target)
     covered = sum(k in to_load for k in core) / len(core)
     if covered < min_coverage:
         mism = [f"{k} {a}->{b}" for k, a, b in report.mismatched]
-        raise ValueError(
+        raise CheckpointError(
             f"model.pretrained: '{source}' does not fit {type(model).__name__}: only {covered:.0%} of its "
             f"{scope} matched (need {min_coverage:.0%}); "
             f"the file is probably for another architecture. Unmatched file keys ({len(report.unexpected)}): "
@@ -178,5 +231,68 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str =
 
 
 def load_pretrained(model: nn.Module, path: str | Path, min_coverage: float = 0.5) -> LoadReport:
-    """Load a local weights file into ``model`` (see the module docstring); returns the :class:`LoadReport`."""
+    """Load a local weights file into ``model`` leniently (see the module docstring); returns the report."""
     return load_state_into(model, read_state_dict(path), source=str(resolve_path(path)), min_coverage=min_coverage)
+
+
+def training_overrides(file: Path) -> list[str]:
+    """The ``model=`` / ``data=`` options of the run that wrote ``<run>/checkpoints/<file>`` (from
+    ``<run>/.hydra/overrides.yaml``), or ``[]`` when that file is not there."""
+    overrides = file.parent.parent / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return []
+    try:
+        import yaml
+
+        items = yaml.safe_load(overrides.read_text())
+    except Exception:  # unreadable or malformed: we only lose the hint
+        return []
+    if not isinstance(items, list):
+        return []
+    return [str(o) for o in items if str(o).lstrip("+~").split("=", 1)[0].split(".")[0] in ("model", "data")]
+
+
+def mismatch_message(report: LoadReport, option: str, what: str, num_classes: Any = None) -> str:
+    """One message for a checkpoint that does not fit: the file, what differs and the options to pass."""
+    parts = [f"{option}: '{report.source}' does not fit {what}"]
+    if report.mismatched:
+        parts.append(f"{len(report.mismatched)} tensors differ in shape: " + _preview(
+            [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in report.mismatched], 4))
+    if report.missing:
+        parts.append(f"{len(report.missing)} model tensors are not in the checkpoint: {_preview(report.missing, 4)}")
+    if report.unexpected:
+        parts.append(f"{len(report.unexpected)} checkpoint tensors are not in the model: "
+                     f"{_preview(report.unexpected, 4)}")
+    if num_classes is not None:
+        parts.append(f"the checkpoint was trained for num_classes={num_classes}")
+    used = training_overrides(Path(report.source))
+    hint = (f"the run that wrote it used: {' '.join(used)}" if used else
+            "see <run>/.hydra/overrides.yaml of the run that wrote it")
+    return "; ".join(parts) + f". Pass the model= / data= options it was trained with ({hint})."
+
+
+def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path") -> LoadReport:
+    """Load a checkpoint's network weights into ``net`` strictly (eval, predict).
+
+    A Lightning ``.ckpt`` of ours contributes its ``net.*`` tensors; any other file is taken as the
+    network's own state dict (``module.`` / ``_orig_mod.`` wrapper prefixes dropped). Every tensor of
+    ``net`` must be present with its shape, and nothing else, else ``CheckpointError`` names the file,
+    the differing tensors with both shapes, and the options to pass.
+    """
+    source = str(resolve_path(path))
+    obj = read_weights_file(path, option)
+    state = unwrap_state_dict(obj, source, option)
+    if any(k.startswith("net.") for k in state):
+        own = {k[len("net."):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("net.")}
+    else:
+        own = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
+    target = getattr(net, "_orig_mod", net)
+    report, to_load = compare_state(own, target.state_dict(), source)
+    if report.missing or report.unexpected or report.mismatched:
+        hparams = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+        classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
+        raise CheckpointError(mismatch_message(report, option, f"the configured model ({type(target).__name__})",
+                                               classes))
+    target.load_state_dict(to_load)
+    log.info("Loaded %d tensors from %s", len(report.loaded), source)
+    return report
