@@ -1,17 +1,22 @@
-"""model.pretrained=<local file>: round trips, containers, other class counts, backbone-only files, bad input."""
+"""The one weights loader: model.pretrained=<local file> (round trips, containers, other class counts, backbone-only
+files, bad input), the strict loader of eval/predict, and ImageNet weights offline."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
+from seg_template.errors import CheckpointError
 from seg_template.models.hrnet import hrnet, timm_pretrained_tag
+from seg_template.models.small import small_segnet
 from seg_template.models.torchvision_zoo import resolve_weights, torchvision_model
-from seg_template.models.weights import load_pretrained, read_state_dict
+from seg_template.models.weights import load_net_weights, load_pretrained, read_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -193,3 +198,111 @@ def test_checkpoint_of_our_own_training_run_is_a_pretrained_file(compose_cfg, tm
     backbone = [k for k in trained if k.startswith("backbone.")]
     assert_same(trained, model.state_dict(), backbone)
     assert model.head.classifier.weight.shape[0] == 3
+
+
+# ----------------------------------------------------------------- the strict loader (eval, predict)
+def small_checkpoint(path, num_classes: int, prefix: str = "net.") -> dict:
+    """A Lightning-style checkpoint of a width-4 SmallSegNet (as SegmentationModule saves it) at ``path``."""
+    torch.manual_seed(num_classes)
+    state = small_segnet(num_classes, width=4).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 2, "state_dict": {**{prefix + k: v for k, v in state.items()}, "loss.weight": torch.ones(3)},
+                "hyper_parameters": {"num_classes": num_classes}}, path)
+    return state
+
+
+@pytest.mark.parametrize("prefix", ["net.", "net._orig_mod."])
+def test_strict_loader_takes_the_net_of_a_lightning_checkpoint(tmp_path, prefix):
+    state = small_checkpoint(tmp_path / "best.ckpt", 5, prefix)
+    net = small_segnet(5, width=4)
+    report = load_net_weights(net, tmp_path / "best.ckpt")
+    assert len(report.loaded) == len(state)
+    assert_same(state, net.state_dict())
+
+
+def test_strict_loader_takes_a_plain_state_dict(tmp_path):
+    source = small_segnet(5, width=4)
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "weights.pth")
+    net = small_segnet(5, width=4)
+    load_net_weights(net, tmp_path / "weights.pth")
+    assert_same(source.state_dict(), net.state_dict())
+
+
+def test_strict_loader_names_file_shapes_and_the_options_to_pass(tmp_path):
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    small_checkpoint(ckpt, 6)
+    (tmp_path / "run" / ".hydra").mkdir()
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("- model=small\n- data=folder\n- loss=ohem\n")
+    with pytest.raises(CheckpointError) as err:
+        load_net_weights(small_segnet(5, width=4), ckpt)
+    message = str(err.value)
+    assert str(ckpt) in message and "classifier.weight (checkpoint [6, 8, 1, 1], model [5, 8, 1, 1])" in message
+    assert "num_classes=6" in message and "used: model=small data=folder)" in message
+
+
+def test_strict_loader_refuses_another_architecture(tmp_path):
+    small_checkpoint(tmp_path / "best.ckpt", 5)
+    with pytest.raises(CheckpointError, match="not in the checkpoint.*not in the model"):
+        load_net_weights(hrnet("hrnet_w18_small", num_classes=5), tmp_path / "best.ckpt")
+
+
+# ----------------------------------------------------------------- ImageNet weights, offline
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No network (every connection fails), empty torch.hub and Hugging Face caches."""
+    import socket
+
+    import huggingface_hub.constants
+
+    def no_network(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("build", [lambda: torchvision_model("lraspp_mobilenet_v3", num_classes=3, pretrained=True),
+                                   lambda: hrnet("hrnet_w18_small", num_classes=3, pretrained=True)],
+                         ids=["torchvision", "timm"])
+def test_imagenet_true_offline_trains_from_scratch_with_one_line(offline, caplog, build):
+    with caplog.at_level(logging.WARNING):
+        model = build()
+    assert isinstance(model, nn.Module)
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "cannot be reached" in record.message and "training from scratch" in record.message
+    assert "pass model.pretrained=<that file>" in record.message and "https://" in record.message
+
+
+def test_a_named_weight_offline_is_an_error(offline):
+    with pytest.raises(CheckpointError, match=r"IMAGENET1K_V1.*cannot be reached.*model.pretrained=<that file>"):
+        torchvision_model("lraspp_mobilenet_v3", num_classes=3, pretrained="IMAGENET1K_V1")
+    with pytest.raises(CheckpointError, match="hrnet_w18_small.ms_in1k"):
+        hrnet("hrnet_w18_small", num_classes=3, pretrained="ms_in1k")
+
+
+def test_imagenet_weights_come_from_the_download_cache_offline(offline, caplog):
+    from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
+
+    cached = offline / "torch" / "hub" / "checkpoints" / Path(MobileNet_V3_Large_Weights.DEFAULT.url).name
+    cached.parent.mkdir(parents=True)
+    reference = mobilenet_v3_large()
+    torch.save(reference.state_dict(), cached)
+    with caplog.at_level(logging.WARNING):
+        model = torchvision_model("lraspp_mobilenet_v3", num_classes=3, pretrained=True)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    torch.testing.assert_close(model.backbone["0"][0].weight, reference.features[0][0].weight)
+
+
+def test_data_config_decides_imagenet_weights(compose_tmp):
+    """Real datasets set data.imagenet_pretrained=true, which the torchvision / HRNet configs read; the
+    synthetic default does not, so the default run and the tests never touch the network."""
+    assert compose_tmp("model=lraspp_mobilenet_v3").model.pretrained is None
+    cfg = compose_tmp("data=cityscapes", "model=hrnet_w18", "++data.imagenet_pretrained=true")
+    assert cfg.model.pretrained is True
+    assert compose_tmp("model=small", "++data.imagenet_pretrained=true").model.pretrained is None
+    cfg = compose_tmp("model=fcn_resnet50", "++data.imagenet_pretrained=true", "model.pretrained=w.pth")
+    assert cfg.model.pretrained == "w.pth"

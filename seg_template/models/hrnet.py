@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seg_template.models.common import finalize_model, weight_name
+from seg_template.models.download import fetch_weights, timm_source
 
 BRANCH_INDICES = (1, 2, 3, 4)  # timm feature taps: 0 is the stride-2 stem, 1..4 the HRNet branches
 
@@ -93,20 +94,28 @@ def hrnet(variant: str, num_classes: int, pretrained: str | bool | None = None, 
           compile: bool = False) -> HRNetSegmentation:
     """Build HRNetV2-``variant`` for ``num_classes`` classes (output stride 4).
 
-    ``pretrained``: null, a local file (timm backbone or full model; see ``seg_template.models.weights``), or a
-    timm tag such as ``ms_in1k`` / ``true`` (downloaded by timm from the Hugging Face hub on first use).
+    ``pretrained``: null, a local file (timm backbone or full model; see ``seg_template.models.weights``),
+    ``true`` (timm's default ImageNet weights when cached or downloadable, else from scratch with a warning:
+    see ``seg_template.models.download``), or a timm tag such as ``ms_in1k`` (must be obtained; timm
+    downloads it from the Hugging Face hub on first use).
     ``align_corners``: for the branch upsampling; HRNet's plain configs use false, its OCR configs true.
     """
     if not variant.startswith("hrnet_w"):
         raise ValueError(f"model.variant='{variant}' is not a timm HRNet (hrnet_w18_small, hrnet_w18, hrnet_w48, ...)")
     if variant not in timm.list_models("hrnet_w*"):
         raise ValueError(f"model.variant='{variant}' is unknown to timm; choose from {timm.list_models('hrnet_w*')}")
+
+    def build(model_name: str, with_weights: bool) -> nn.Module:
+        return timm.create_model(model_name, pretrained=with_weights, features_only=True, feature_location="",
+                                 out_indices=BRANCH_INDICES)
+
     name = weight_name(pretrained)
-    backbone = timm.create_model(
-        timm_pretrained_tag(variant, name) if name else variant,
-        pretrained=name is not None,
-        features_only=True,
-        feature_location="",
-        out_indices=BRANCH_INDICES,
-    )
+    backbone: nn.Module | None = None
+    if name is not None:
+        tag = timm_pretrained_tag(variant, name)
+        url, cached = timm_source(tag)
+        backbone = fetch_weights(lambda: build(tag, True), f"the ImageNet weights of {tag}", url, cached,
+                                 best_effort=name == "default")
+    if backbone is None:
+        backbone = build(variant, False)
     return finalize_model(HRNetSegmentation(backbone, num_classes, align_corners), pretrained, compile)

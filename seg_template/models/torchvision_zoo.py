@@ -27,6 +27,7 @@ from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, Res
 from torchvision.models._api import WeightsEnum
 
 from seg_template.models.common import finalize_model, weight_name
+from seg_template.models.download import fetch_weights, torchvision_cached
 from seg_template.models.weights import load_state_into
 
 #: arch -> (torchvision builder, whole-model weights enum, backbone weights enum, has an aux head)
@@ -94,9 +95,10 @@ def torchvision_model(arch: str, num_classes: int, aux: bool = False, pretrained
                       compile: bool = False) -> NativeStrideSegmenter:
     """Build ``arch`` (a key of ``ARCHS``) for ``num_classes`` classes, at native stride.
 
-    ``pretrained``: null, a local file (see ``seg_template.models.weights``), or a torchvision weight name
-    (downloaded by torchvision on first use; a whole-model weight's classifier is skipped when
-    ``num_classes`` differs from its 21 VOC classes).
+    ``pretrained``: null, a local file (see ``seg_template.models.weights``), ``true`` (the backbone's default
+    ImageNet weights when they are cached or can be downloaded, else from scratch with a warning: see
+    ``seg_template.models.download``), or a torchvision weight name (must be obtained; a whole-model
+    weight's classifier is skipped when ``num_classes`` differs from its 21 VOC classes).
     """
     if arch not in ARCHS:
         raise ValueError(f"model.arch='{arch}' is unknown; choose from {sorted(ARCHS)}")
@@ -106,10 +108,20 @@ def torchvision_model(arch: str, num_classes: int, aux: bool = False, pretrained
     name = weight_name(pretrained)
     weight = resolve_weights(arch, name) if name else None
     kwargs = {"aux_loss": True} if aux else {}
-    backbone_weight = weight if weight is not None and not isinstance(weight, seg_enum) else None
-    reference = builder(weights=None, weights_backbone=backbone_weight, num_classes=num_classes, **kwargs)
+
+    def build(backbone_weight: WeightsEnum | None) -> nn.Module:
+        return builder(weights=None, weights_backbone=backbone_weight, num_classes=num_classes, **kwargs)
+
+    reference: nn.Module | None = None
+    if weight is not None and not isinstance(weight, seg_enum):  # backbone weights: the builder loads them
+        reference = fetch_weights(lambda: build(weight), f"the {weight} backbone weights of {arch}", weight.url,
+                                  torchvision_cached(weight.url), best_effort=name == "default")
+    if reference is None:
+        reference = build(None)
     model = NativeStrideSegmenter(reference.backbone, reference.classifier, getattr(reference, "aux_classifier", None),
                                   head_takes_dict=arch.startswith("lraspp"))
     if isinstance(weight, seg_enum):
-        load_state_into(model, weight.get_state_dict(progress=True, check_hash=True), source=str(weight))
+        state = fetch_weights(lambda: weight.get_state_dict(progress=True, check_hash=True), f"the {weight} weights",
+                              weight.url, torchvision_cached(weight.url), best_effort=False)
+        load_state_into(model, state, source=str(weight))
     return finalize_model(model, pretrained, compile)
