@@ -107,10 +107,12 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):  # e.g. "invalid load key": not a pickle at all
-            raise CheckpointError(f"{option}: '{file}' is not a readable PyTorch file "
-                                  f"(UnpicklingError: {str(err).splitlines()[0][:200]})") from err
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        with open(file, "rb") as f:  # a zip (torch.save) or a binary pickle, rather than arbitrary bytes?
+            pickled = f.read(2) in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+        if found is None and not pickled:  # e.g. a text file: "invalid load key", "unsupported operand"
+            raise CheckpointError(f"{option}: '{file}' is not a PyTorch checkpoint (neither a torch.save zip "
+                                  f"nor a pickle: a text file, or another format?)") from err
         what = f"Python objects besides tensors (first: {found.group(1)})" if found else "pickled Python objects"
         raise CheckpointError(
             f"{option}: '{file}' stores {what}; reading them would run code from the file, so it is refused "
