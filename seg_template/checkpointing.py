@@ -1,0 +1,215 @@
+"""Checkpoints that are never lost, never stale and never unsafe to read.
+
+- :class:`BestAndLastCheckpoint` (``configs/callbacks/model_checkpoint.yaml``): ``best.ckpt`` follows the
+  monitored metric as in Lightning; ``last.ckpt`` is rewritten at the end of *every* training epoch (and,
+  with ``every_n_train_steps``, every N optimiser steps). Lightning 2.6 rewrites ``last.ckpt`` only when it
+  has just written a top-k checkpoint (``ModelCheckpoint.on_validation_end`` calls
+  ``_save_last_checkpoint`` only if ``_last_global_step_saved == global_step``), so after a few epochs
+  without improvement a resume from ``last.ckpt`` silently went back in time. It also refuses to write
+  non-finite weights (:class:`~seg_template.errors.TrainingDiverged`), keeping the previous files.
+- :class:`AtomicCheckpointIO`, installed by that callback: each file is written to a temporary file in its
+  own folder, flushed, fsynced and renamed over the old one, so a kill or a full disk leaves the previous
+  checkpoint intact. (Lightning's own writer goes through an fsspec transaction whose temporary file lives
+  in the system temp folder: across filesystems its final "rename" is a copy, which a kill can truncate.)
+  It reads checkpoints with ``torch.load(weights_only=True)`` only, whatever the caller asks for.
+- :func:`check_resume_checkpoint`: before ``trainer.fit(ckpt_path=...)``, checks safely that the file is a
+  Lightning training checkpoint that fits the model, so that a wrong file fails with a message naming it.
+
+Our checkpoints hold only tensors, numbers, strings and plain containers, which ``weights_only=True``
+reads without an allow-list: keep it so (save configs as ``OmegaConf.to_container(cfg, resolve=True)``,
+paths as ``str``), or every resume fails with a message naming the offending class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
+
+from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
+from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
+from seg_template.nan_guard import divergence_advice, nonfinite_tensors
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"  # temporary files: ".<name>.<pid>.<random>.partial" beside the target
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` such that ``path`` holds either its old content or the complete new one.
+
+    Writes ``.<name>.<pid>.<random>.partial`` in the same folder (so the final rename never crosses a
+    filesystem), fsyncs it, renames it over ``path`` and fsyncs the folder; on any error the partial file
+    is removed and the error re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+    try:
+        with open(partial, "xb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:  # KeyboardInterrupt included: never leave a partial file behind
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); Windows cannot open folders, and renames there are final."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some network filesystems refuse fsync on folders; the data itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Delete ``*.partial`` files left in ``folder`` by a save that was killed; returns what was removed."""
+    removed = []
+    for partial in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            partial.unlink()
+            removed.append(partial)
+    if removed:
+        log.info("Removed %d partial file(s) of an interrupted checkpoint save in %s", len(removed), folder)
+    return removed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader/writer, with atomic local writes and ``weights_only=True`` reads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's transaction
+            return
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """The checkpoint at ``path`` on the CPU (as Lightning's default ``map_location``), never unpickling
+        code: ``weights_only`` is always True."""
+        if not _is_local_file_protocol(path):
+            return super().load_checkpoint(path, weights_only=True)
+        return read_weights_file(path, "ckpt_path")
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is always the latest epoch, written atomically, never NaN.
+
+    Arguments are Lightning's, except ``every_n_train_steps``: here it only makes ``last.ckpt`` also be
+    rewritten every N optimiser steps (for long epochs); ``best.ckpt`` is judged after validation only, as
+    the monitored metric only changes then. ``save_last='link'`` is refused: a link to the best file is
+    not the latest state.
+    """
+
+    def __init__(self, *args: Any, every_n_train_steps: int = 0, **kwargs: Any) -> None:
+        if kwargs.get("save_last") == "link":
+            raise ConfigError("callbacks.model_checkpoint.save_last=link would make last.ckpt a link to the best "
+                              "checkpoint, not the latest state; use save_last=true")
+        if every_n_train_steps is None or every_n_train_steps < 0:
+            raise ConfigError(f"callbacks.model_checkpoint.every_n_train_steps must be >= 0 (0: only at epoch "
+                              f"ends), got {every_n_train_steps}")
+        super().__init__(*args, **kwargs)
+        self.last_every_n_train_steps = int(every_n_train_steps)
+        self._last_written_at_step: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # Lightning's default writer (setup runs before a resume reads its checkpoint, so reads go through ours
+        # too); a writer the user configured (async, cloud) is left alone.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if trainer.is_global_zero and self.dirpath and _is_local_file_protocol(self.dirpath):
+            remove_partial_files(self.dirpath)
+
+    # ------------------------------------------------------------ when last.ckpt is written
+    def _writes_now(self, trainer: pl.Trainer) -> bool:
+        return not (trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n, step = self.last_every_n_train_steps, trainer.global_step
+        # with gradient accumulation several batches end at the same step: write once
+        if n and step % n == 0 and step != self._last_written_at_step and self._writes_now(trainer):
+            self._write_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)  # best.ckpt when validation is off (Lightning's rule)
+        if self._writes_now(trainer):  # validation, if any, has run: the state is the finished epoch's
+            self._write_last(trainer)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        """Lightning calls this only right after writing a top-k checkpoint; ``last.ckpt`` follows its own
+        schedule here (:meth:`_write_last`), so these calls do nothing."""
+
+    def _write_last(self, trainer: pl.Trainer) -> None:
+        # Lightning skips the top-k check at a step where it already saved anything: writing last.ckpt must
+        # not hide the best checkpoint of the validation that may follow at the same step.
+        step_saved = self._last_global_step_saved
+        super()._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = step_saved
+        self._last_written_at_step = trainer.global_step
+
+    # ------------------------------------------------------------ every write
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        bad = nonfinite_tensors(trainer.lightning_module)
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise TrainingDiverged(
+                f"At epoch {trainer.current_epoch}, step {trainer.global_step} the weights "
+                f"hold NaN or inf ({shown or 'on another process'}), so {filepath} was not written; the "
+                f"checkpoints already in {self.dirpath} are kept. Try: {divergence_advice(trainer)}.")
+        super()._save_checkpoint(trainer, filepath)
+
+
+#: what a checkpoint written by ``Trainer.fit`` holds and resuming needs
+RESUME_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
+
+
+def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = None) -> dict[str, int]:
+    """Check, without running code from the file, that ``path`` can resume training (of ``module``).
+
+    Returns ``{"epoch": ..., "global_step": ...}`` of the checkpoint. Raises ``MissingFileError`` or
+    ``CheckpointError`` naming the file: unreadable or unsafe, not a Lightning training checkpoint (a
+    weights-only file: use ``model.pretrained`` instead), or tensors that do not fit ``module`` (another
+    model or class count: both shapes and the training run's options are given).
+    """
+    source = str(resolve_path(path))
+    ckpt = read_weights_file(path, "ckpt_path")
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"ckpt_path: '{source}' holds a {type(ckpt).__name__}, not a Lightning checkpoint")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"ckpt_path: '{source}' is not a Lightning training checkpoint (it lacks {', '.join(missing)}; "
+            f"keys: {', '.join(map(str, list(ckpt)[:8]))}). Resuming needs a .ckpt written by training, e.g. "
+            f"<run>/checkpoints/last.ckpt; to start a new run from these weights, pass model.pretrained={path} "
+            f"instead of ckpt_path.")
+    if module is not None:
+        state = {str(k): v for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
+        report, _ = compare_state(state, module.state_dict(), source)
+        if report.missing or report.unexpected or report.mismatched:
+            hparams = ckpt.get("hyper_parameters")
+            classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
+            raise CheckpointError(mismatch_message(report, "ckpt_path", f"the configured {type(module).__name__}",
+                                                   classes))
+    return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"])}
