@@ -8,7 +8,6 @@ end of each forward pass (per window for the sliding window, whose windows must 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -117,26 +116,3 @@ class InferenceModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return predict(self.net, images, **self.settings)
 
-
-def load_net_weights(net: nn.Module, ckpt_path: str | Path, prefix: str = "net.") -> None:
-    """Load the ``net.*`` weights of a Lightning checkpoint (or a plain state dict) into ``net``.
-
-    Raises ``FileNotFoundError``/``RuntimeError`` naming the checkpoint when it is missing or does not fit.
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise RuntimeError(f"{path} holds no state dict")
-    # torch.compile'd modules save their weights under _orig_mod.
-    own = {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
-    if not own:
-        raise RuntimeError(f"{path} has no '{prefix}*' weights (keys start with: "
-                           f"{sorted({k.split('.')[0] for k in state})})")
-    try:
-        getattr(net, "_orig_mod", net).load_state_dict(own)
-    except RuntimeError as err:
-        raise RuntimeError(f"{path} does not fit model {type(net).__name__}: pass the model=/data= options "
-                           f"used in training (see <run>/.hydra/overrides.yaml)\n{err}") from err
