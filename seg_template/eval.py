@@ -1,29 +1,24 @@
-"""Evaluation entry point: score a checkpoint on the val or test split, optionally with sliding-window or
-multi-scale + flip inference. ``python eval.py ckpt_path=<ckpt> [inference.mode=slide ...]``."""
+"""Evaluation task: score a checkpoint on the val or test split, optionally with sliding-window or
+multi-scale + flip inference. ``python eval.py ckpt_path=<ckpt> [split=test] [inference=slide ...]``."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import hydra
-import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seg_template.inference import InferenceModel, load_net_weights
-from seg_template.train import build_module
-from seg_template.utils import CONFIG_DIR, choices_summary, instantiate_callbacks, instantiate_loggers
+from seg_template.build import (
+    build_module,
+    choices_summary,
+    instantiate_callbacks,
+    instantiate_loggers,
+    require_ckpt_path,
+)
+from seg_template.cli import hydra_main
+from seg_template.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def require_ckpt_path(cfg: DictConfig, script: str) -> str:
-    """``cfg.ckpt_path``, or a ``ValueError`` that shows how to pass it."""
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
-        raise ValueError(f"ckpt_path is required: python {script} "
-                         "ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt")
-    return str(cfg.ckpt_path)
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -32,15 +27,21 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns ``(metrics, objects)`` like ``seg_template.train.train``: metric names are ``val/...`` or
     ``test/...`` as the module logs them.
     """
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from seg_template.inference import InferenceModel
+    from seg_template.models.weights import load_net_weights
+
     ckpt_path = require_ckpt_path(cfg, "eval.py")
     if cfg.split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {cfg.split!r}")
+        raise ConfigError(f"split must be 'val' or 'test', got {cfg.split!r}")
     summary = choices_summary()
     if summary:
         log.info(summary)
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, training=False)
     load_net_weights(module.net, ckpt_path)
     # The module's eval step then sees image-size logits; its upsampling to the mask size is a no-op.
     module.net = InferenceModel(module.net, **OmegaConf.to_container(cfg.inference, resolve=True))
@@ -49,14 +50,22 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info("Evaluating %s on the %s split (%s)", ckpt_path, cfg.split, dict(cfg.inference))
     run = trainer.validate if cfg.split == "val" else trainer.test
-    run(module, datamodule=datamodule)
+    # verbose=False: the module prints its per-class table; Lightning's would repeat it in other units
+    run(module, datamodule=datamodule, verbose=False)
     metrics = dict(trainer.callback_metrics)
     return metrics, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def run_task(cfg: DictConfig) -> None:
+    from seg_template.jobs import isolated_job
+
+    with isolated_job():
+        evaluate(cfg)
+
+
+def main() -> None:
+    """Entry point of ``python eval.py ckpt_path=<ckpt> [overrides]``."""
+    hydra_main("eval", run_task)
 
 
 if __name__ == "__main__":

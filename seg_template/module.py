@@ -9,6 +9,7 @@ computed, so every rank logs the same global mIoU.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from seg_template.errors import ConfigError
 from seg_template.metrics import format_table, segmentation_scores
 from seg_template.optim import param_groups
 
@@ -27,8 +29,9 @@ log = logging.getLogger(__name__)
 
 @rank_zero_only
 def print_table(text: str) -> None:
-    """Print on global rank 0 only (under DDP every rank holds the same, already reduced scores)."""
-    print(text, flush=True)
+    """Log on global rank 0 only (under DDP every rank holds the same, already reduced scores): the console
+    shows it, and the run's log file keeps it."""
+    log.info("%s", text.rstrip())
 
 
 def main_logits(outputs: Tensor | Mapping[str, Tensor]) -> Tensor:
@@ -44,9 +47,9 @@ class SegmentationModule(pl.LightningModule):
     config's job (``model.compile=true``), so the module never wraps ``net``.
     """
 
-    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., Optimizer],
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., Optimizer] | None = None,
                  scheduler: Callable[..., Any] | None = None, num_classes: int = 0, ignore_index: int = 255,
-                 class_names: Sequence[str] = ()) -> None:
+                 class_names: Sequence[str] = (), align_corners: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"SegmentationModule needs num_classes >= 1 (data.num_classes), got {num_classes}")
@@ -58,10 +61,14 @@ class SegmentationModule(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.class_names = tuple(class_names) or tuple(str(i) for i in range(num_classes))
-        self.align_corners = bool(getattr(getattr(loss, "main", loss), "align_corners", False))
-        # validate_args=False: labels were range-checked by the loss, and the check costs a device sync
-        self.val_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
-        self.test_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        # the model's upsampling convention (model.align_corners), the same one the loss and inference use
+        self.align_corners = bool(align_corners)
+        # One confusion matrix per evaluation stage; every score is derived from it (metrics.py), so a new
+        # metric is one line in segmentation_scores. validate_args=False: the loss range-checked the labels,
+        # and torchmetrics' check costs a device sync.
+        self.confmats = nn.ModuleDict({stage: MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
+                                                                       validate_args=False)
+                                       for stage in ("val", "test")})
         self.last_val: dict[str, Any] | None = None
         self.best_val: dict[str, Any] | None = None
         self._checked_output = False
@@ -105,8 +112,7 @@ class SegmentationModule(pl.LightningModule):
         # upsample once to the label size; argmax of upsampled logits, as inference does
         if logits.shape[-2:] != masks.shape[-2:]:
             logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=self.align_corners)
-        confmat = self.val_confmat if stage == "val" else self.test_confmat
-        confmat.update(logits.argmax(1), masks)
+        self.confmats[stage].update(logits.argmax(1), masks)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -116,7 +122,7 @@ class SegmentationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- epoch ends: scores and tables
     def _log_scores(self, stage: str) -> dict[str, Any]:
-        confmat = self.val_confmat if stage == "val" else self.test_confmat
+        confmat = self.confmats[stage]
         cm = confmat.compute()  # summed over processes by torchmetrics
         confmat.reset()
         scores = segmentation_scores(cm)
@@ -131,15 +137,19 @@ class SegmentationModule(pl.LightningModule):
         scores = self._log_scores("val")
         if self.trainer.sanity_checking:
             return
+        if self.trainer.state.fn == "validate":  # eval.py: no fit summary will follow
+            self._print_scores("val", scores)
         self.last_val = {**scores, "epoch": self.current_epoch}
         if self.best_val is None or scores["mIoU"] > self.best_val["mIoU"]:
             self.best_val = self.last_val
 
     def on_test_epoch_end(self) -> None:
-        scores = self._log_scores("test")
-        summary = f"test mIoU {100 * scores['mIoU']:.2f}, aAcc {100 * scores['aAcc']:.2f}"
+        self._print_scores("test", self._log_scores("test"))
+
+    def _print_scores(self, stage: str, scores: dict[str, Any]) -> None:
+        summary = f"{stage} mIoU {100 * scores['mIoU']:.2f}, aAcc {100 * scores['aAcc']:.2f}"
         print_table(summary + "\n" + format_table(self.class_names, {"IoU %": scores["IoU"], "Acc %": scores["Acc"]},
-                                                  title="test"))
+                                                  title=stage))
 
     def on_fit_end(self) -> None:
         if self.last_val is None:
@@ -153,9 +163,17 @@ class SegmentationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=param_groups(self.net))
+        if self.optimizer_factory is None:
+            raise RuntimeError("SegmentationModule was built without an optimizer (evaluation only)")
+        try:
+            optimizer = self.optimizer_factory(params=param_groups(self.net))
+        except ValueError as err:  # torch's own checks: "Invalid learning rate: -1" and the like
+            raise ConfigError(f"optimizer: {err} (check optimizer.lr, optimizer.weight_decay, ...)") from err
         if self.scheduler_factory is None:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError("the scheduler needs a finite number of steps, but trainer.max_epochs=-1 and "
+                              "trainer.max_steps=-1 train forever: set one of them, or scheduler=none")
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

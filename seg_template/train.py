@@ -1,50 +1,31 @@
-"""Training entry point: build the parts named by the config, fit, test the best checkpoint.
+"""Training task: build the parts named by the config, fit, test the best checkpoint.
 
-``python train.py loss=ohem`` (root script) or ``seg-train loss=ohem`` (console script) call ``main``.
+``python train.py loss=ohem`` (root script) or ``seg-train loss=ohem`` (console script) call :func:`main`;
+tests call :func:`train` with a composed config. torch and Lightning are imported inside the functions, so
+``python train.py --help`` answers before loading them.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
-import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from seg_template.utils import (
-    CONFIG_DIR,
+from seg_template.build import (
+    build_module,
     choices_summary,
     instantiate_callbacks,
     instantiate_loggers,
-    isolated_job,
     log_hyperparameters,
     metric_value,
-    prepare_ddp_relaunch,
 )
+from seg_template.cli import hydra_main
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 log = logging.getLogger(__name__)
-
-
-def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> pl.LightningModule:
-    """The ``SegmentationModule`` from ``cfg.model``, ``cfg.loss``, ``cfg.optimizer``, ``cfg.scheduler``."""
-    from seg_template.module import SegmentationModule  # heavy import, after Hydra has parsed the CLI
-
-    model_classes = cfg.model.get("num_classes")
-    if model_classes is not None and model_classes != datamodule.num_classes:
-        raise ValueError(f"model.num_classes={model_classes} but data.num_classes={datamodule.num_classes}: "
-                         "leave model.num_classes at ${data.num_classes}")
-    scheduler = cfg.get("scheduler")
-    return SegmentationModule(
-        net=instantiate(cfg.model),
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(scheduler) if scheduler else None,
-        num_classes=datamodule.num_classes,
-        ignore_index=datamodule.ignore_index,
-        class_names=list(datamodule.class_names),
-    )
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -54,6 +35,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ``val/mIoU``, ``test/mIoU``) and the built ``datamodule``, ``module``, ``trainer``, ``callbacks``,
     ``loggers``.
     """
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from seg_template.jobs import prepare_ddp_relaunch
+
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     summary = choices_summary()
@@ -79,7 +65,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("data.test_set is null: no test split to test on")
     elif cfg.get("test", False):
         ckpt_path = best_checkpoint(trainer, cfg)
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # verbose=False: the module prints its own per-class table; Lightning's would repeat it in other units
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
         metrics.update(trainer.callback_metrics)
         if trainer.checkpoint_callback is not None and ckpt_path:
             log.info("Best checkpoint: %s", ckpt_path)
@@ -100,12 +87,29 @@ def best_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:
     return None
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry: train, then return ``cfg.optimized_metric`` (for sweepers; None if not set)."""
+def sweeper_needs_value() -> bool:
+    """True in a multirun whose sweeper optimises the returned value (not Hydra's basic grid sweeper)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and "BasicSweeper" not in str(hydra_cfg.sweeper.get("_target_"))
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """Train, then return ``cfg.optimized_metric`` for sweepers (None when unset or not logged)."""
+    from seg_template.jobs import isolated_job
+
     with isolated_job():
         metrics, _ = train(cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    return metric_value(metrics, cfg.get("optimized_metric"), required=sweeper_needs_value())
+
+
+def main() -> float | None:
+    """Entry point of ``python train.py [overrides]``."""
+    return hydra_main("train", run_task)
 
 
 if __name__ == "__main__":

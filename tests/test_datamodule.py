@@ -99,7 +99,7 @@ def test_synthetic_config_instantiates() -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from seg_template.utils import CONFIG_DIR
+    from seg_template.paths import CONFIG_DIR
 
     cfg = OmegaConf.create({"data": OmegaConf.load(CONFIG_DIR / "data" / "synthetic.yaml")})
     cfg.data.train_set.length, cfg.data.val_set.length = 4, 2

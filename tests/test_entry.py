@@ -8,8 +8,10 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from seg_template.data.palette import dataset_palette, default_palette
+from seg_template.errors import CheckpointError
 from seg_template.eval import evaluate
-from seg_template.predict import dataset_palette, default_palette, run_predict
+from seg_template.predict import run_predict
 from seg_template.train import build_module
 from tests.helpers import TINY, run_script
 
@@ -51,7 +53,7 @@ def test_eval_without_checkpoint_says_how(compose_cfg, tmp_path) -> None:
 
 def test_eval_with_the_wrong_model_names_the_checkpoint(checkpoint, compose_cfg, tmp_path) -> None:
     cfg = compose_cfg("eval", [f"ckpt_path={checkpoint}", "model.width=8", *TINY], output_dir=tmp_path / "e")
-    with pytest.raises(RuntimeError, match="does not fit model"):
+    with pytest.raises(CheckpointError, match=r"model\.ckpt"):
         evaluate(cfg)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import numpy as np
@@ -94,7 +95,8 @@ def test_fit_on_all_ignored_data_keeps_weights_finite(tmp_path) -> None:
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
-def test_fit_and_test_log_the_contract_keys_and_print_tables(tmp_path, capsys) -> None:
+def test_fit_and_test_log_the_contract_keys_and_print_tables(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="seg_template.module")
     module = _module(net=WithAux(6), scheduler=functools.partial(poly_warmup, warmup_steps=1))
     dm = _dm()
     trainer = _trainer(tmp_path, max_epochs=2, log_every_n_steps=1)
@@ -107,11 +109,12 @@ def test_fit_and_test_log_the_contract_keys_and_print_tables(tmp_path, capsys) -
     # poly decay stepped per iteration over trainer.estimated_stepping_batches (2 epochs x 2 steps): ends at 0
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert module.best_val is not None and module.last_val["epoch"] == 1
-    printed = capsys.readouterr().out
+    printed = caplog.text  # the tables go to the log, so the run's train.log keeps them
     assert "validation mIoU: last" in printed and "circle" in printed
+    caplog.clear()
     trainer.test(module, datamodule=dm)
     assert {"test/mIoU", "test/aAcc", "test/IoU/cross", "test/loss"} <= set(trainer.callback_metrics)
-    assert "test mIoU" in capsys.readouterr().out
+    assert "test mIoU" in caplog.text
 
 
 def test_mean_iou_excludes_classes_absent_from_gt_and_prediction(tmp_path) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from seg_template.build import metric_value
+from seg_template.errors import ConfigError
 from seg_template.train import train
-from seg_template.utils import metric_value
 from tests.helpers import TINY, run_script
 
 
@@ -28,11 +29,12 @@ def test_fast_dev_run_each_loss(loss: str, compose_cfg, tmp_path: Path) -> None:
     assert 0.0 <= metric_value(metrics, "val/mIoU") <= 1.0
 
 
-def test_optimized_metric_must_be_logged() -> None:
+def test_optimized_metric_missing_warns_unless_a_sweeper_needs_it() -> None:
     assert metric_value({"val/mIoU": torch.tensor(0.5)}, "val/mIoU") == 0.5
     assert metric_value({}, None) is None
-    with pytest.raises(KeyError, match="val/nope"):
-        metric_value({"val/mIoU": 0.5}, "val/nope")
+    assert metric_value({"val/mIoU": 0.5}, "val/nope") is None  # a run without validation still ends well
+    with pytest.raises(ConfigError, match="val/nope"):
+        metric_value({"val/mIoU": 0.5}, "val/nope", required=True)
 
 
 def test_model_classes_must_match_data(compose_cfg, tmp_path: Path) -> None:

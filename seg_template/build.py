@@ -1,0 +1,165 @@
+"""What the train / eval / predict tasks share: building the module, callbacks and loggers from the config,
+the checkpoint a task needs, and what a task reports back to Hydra.
+
+Heavy imports (torch, Lightning) stay inside the functions so that ``python train.py --help`` answers before
+any of them is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from seg_template.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from pytorch_lightning import Callback
+    from pytorch_lightning.loggers import Logger
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = None,
+                 training: bool = True) -> pl.LightningModule:
+    """The ``SegmentationModule`` from ``cfg.model``, ``cfg.loss`` and, when ``training``, ``cfg.optimizer``
+    and ``cfg.scheduler`` (eval needs neither). Class count, ignore index and names come from the datamodule
+    when given, else from ``cfg.data``."""
+    from hydra.utils import instantiate
+
+    from seg_template.module import SegmentationModule
+
+    num_classes = int(datamodule.num_classes if datamodule is not None else cfg.data.num_classes)
+    model_classes = cfg.model.get("num_classes")
+    if model_classes is not None and model_classes != num_classes:
+        raise ConfigError(f"model.num_classes={model_classes} but data.num_classes={num_classes}: "
+                          "leave model.num_classes at ${data.num_classes}")
+    if datamodule is not None:
+        ignore_index, class_names = datamodule.ignore_index, list(datamodule.class_names)
+    else:
+        ignore_index, class_names = int(cfg.data.ignore_index), list(cfg.data.get("class_names") or [])
+    optimizer = scheduler = None
+    if training:
+        optimizer = instantiate(cfg.optimizer)
+        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    net, align_corners = build_net(cfg.model)
+    return SegmentationModule(
+        net=net,
+        loss=instantiate(cfg.loss),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        class_names=class_names,
+        align_corners=align_corners,
+    )
+
+
+def build_net(model_cfg: DictConfig) -> tuple[Any, bool]:
+    """``(net, align_corners)`` from a model config. ``align_corners`` is the model's upsampling convention
+    (HRNet-OCR: true): the loss, the metrics and inference all read it from here, never from each other."""
+    import inspect
+
+    from hydra.utils import get_method, instantiate
+
+    align_corners = bool(model_cfg.get("align_corners", False))
+    net_cfg = model_cfg.copy()
+    parameters = inspect.signature(get_method(model_cfg._target_)).parameters
+    takes_it = "align_corners" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    if not takes_it:  # the builder has no upsampling of its own (e.g. model=small)
+        with open_dict(net_cfg):
+            net_cfg.pop("align_corners", None)
+    return instantiate(net_cfg), align_corners
+
+
+def require_ckpt_path(cfg: DictConfig, script: str) -> str:
+    """``cfg.ckpt_path``, or a ``ConfigError`` that shows how to pass it."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
+        raise ConfigError(f"ckpt_path is required: python {script} "
+                          "ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt")
+    return str(cfg.ckpt_path)
+
+
+def instantiate_group(cfg: DictConfig | None, kind: type, group: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, logger).
+
+    Raises ``ConfigError`` naming the entry when it is not a dict with ``_target_`` or builds the wrong type.
+    """
+    from hydra.utils import instantiate
+
+    objects: list[Any] = []
+    if not cfg:
+        return objects
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config group '{group}' must be a mapping of name -> {{_target_: ...}}, got {cfg!r}")
+    for name, entry in cfg.items():
+        if entry is None:  # `callbacks.rich_progress_bar=null` switches one entry off
+            continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ConfigError(f"{group}.{name} has no _target_: {entry!r}")
+        obj = instantiate(entry)
+        if not isinstance(obj, kind):
+            raise ConfigError(f"{group}.{name} built a {type(obj).__name__}, expected a {kind.__name__}")
+        objects.append(obj)
+    return objects
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    from pytorch_lightning import Callback
+
+    return instantiate_group(cfg, Callback, "callbacks")
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    from pytorch_lightning.loggers import Logger
+
+    return instantiate_group(cfg, Logger, "logger")
+
+
+def log_hyperparameters(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer) -> None:
+    """Send the resolved recipe and the parameter counts to every logger (hparams.yaml for CSV); rank 0."""
+    if not trainer.loggers or trainer.global_rank != 0:
+        return
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    hparams: dict[str, Any] = {
+        key: resolved.get(key)
+        for key in ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks",
+                    "task_name", "seed", "ckpt_path")
+    }
+    params = list(module.parameters())
+    hparams["model/params/total"] = sum(p.numel() for p in params)
+    hparams["model/params/trainable"] = sum(p.numel() for p in params if p.requires_grad)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+
+
+def metric_value(metrics: dict[str, Any], name: str | None, required: bool = False) -> float | None:
+    """``metrics[name]`` as a float (what a sweeper optimises); None when no name is configured.
+
+    A metric that was not logged (e.g. a run without validation) gives None with a warning, or a
+    ``ConfigError`` when ``required`` (a sweeper needs the value to compare jobs).
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        message = (f"optimized_metric={name!r} was not logged (no validation run?); "
+                   f"logged metrics: {sorted(metrics) or 'none'}")
+        if required:
+            raise ConfigError(message)
+        log.warning(message)
+        return None
+    value = metrics[name]
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+def choices_summary() -> str:
+    """One line naming the chosen option of every config group, e.g. ``data=synthetic model=small ...``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    choices = HydraConfig.get().runtime.choices
+    return " ".join(f"{k}={v}" for k, v in choices.items()
+                    if not k.startswith("hydra/") and k not in ("hydra", "paths") and v is not None)

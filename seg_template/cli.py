@@ -1,0 +1,131 @@
+"""The Hydra entry wrapper behind ``train.py`` / ``eval.py`` / ``predict.py``: what happens around a task.
+
+- before Hydra parses the command line: ``$PROJECT_ROOT``, our OmegaConf resolvers, and resuming in place
+  (``ckpt_path=<run>/checkpoints/last.ckpt`` continues in ``<run>``). Nothing heavy is imported, so
+  ``--help`` answers at once.
+- around the task: known-harmless third-party noise is silenced (see ``seg_template.quiet``), a user's
+  mistake (:class:`~seg_template.errors.UserError`) prints as one short block and exits 1, and a single run
+  that fails before it has written anything of value leaves no empty run folder behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from seg_template.errors import UserError
+from seg_template.paths import CONFIG_DIR, export_project_root, register_resolvers
+
+log = logging.getLogger("seg_template")
+
+
+def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> Any:
+    """Parse the command line with ``configs/<config_name>.yaml`` and run ``task(cfg)``; returns its value
+    (a sweeper's objective for train)."""
+    import hydra
+
+    export_project_root()
+    register_resolvers()
+    if config_name == "train":
+        sys.argv = resume_in_place_argv(sys.argv)
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def _main(cfg: DictConfig) -> Any:
+        from seg_template.quiet import quiet_third_party
+
+        quiet_third_party()
+        with _no_debris(), _user_errors():
+            return task(cfg)
+
+    return _main()
+
+
+def resume_in_place_argv(argv: list[str], now: datetime | None = None) -> list[str]:
+    """``argv`` plus ``hydra.run.dir=<run>`` when it resumes ``<run>/checkpoints/<x>.ckpt`` of one of our
+    runs, so that the run continues in its own folder (metrics.csv, checkpoints, log). The new run's config
+    goes to ``<run>/.hydra/resumed_<time>/``; the original ``.hydra/`` is kept. Not for sweeps, an explicit
+    ``hydra.run.dir=``, or ``resume_in_place=false``."""
+    args = argv[1:]
+    if any(a in ("-m", "--multirun") or a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in args):
+        return argv
+    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    if values.get("resume_in_place", "true").lower() in ("false", "0", "no") or not values.get("ckpt_path"):
+        return argv
+    ckpt = Path(values["ckpt_path"]).expanduser().absolute()
+    run_dir = ckpt.parent.parent
+    if ckpt.parent.name != "checkpoints" or not (run_dir / ".hydra").is_dir():
+        return argv
+    stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
+    return [*argv, f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resumed_{stamp}"]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A :class:`UserError` (also when wrapped by Hydra's instantiate or a DataLoader worker) prints as one
+    block and exits 1; ``HYDRA_FULL_ERROR=1`` re-raises it with its traceback. Other errors pass through."""
+    try:
+        yield
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s\n  (a problem with the config, data or checkpoint, not a bug; the traceback: set "
+                  "HYDRA_FULL_ERROR=1)", user_message(user_error))
+        raise SystemExit(1) from None
+
+
+def find_user_error(err: BaseException) -> UserError | None:
+    """``err`` or the first :class:`UserError` in its ``__cause__`` / ``__context__`` chain."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def user_message(err: UserError) -> str:
+    """The message of ``err`` without the worker traceback a DataLoader worker wraps around it."""
+    text = str(err)
+    marker = "Original Traceback (most recent call last):"
+    if marker in text:  # "Caught DataError in DataLoader worker process 0.\n<traceback>\n...DataError: msg"
+        tail = text.rsplit(f"{type(err).__name__}: ", 1)[-1]
+        text = tail.strip() or text
+    return f"{type(err).__name__}: {text}"
+
+
+@contextmanager
+def _no_debris() -> Iterator[None]:
+    """Remove a single run's folder when the run fails before writing a checkpoint or metrics."""
+    try:
+        yield
+    except BaseException:
+        _remove_if_empty_run()
+        raise
+
+
+def _remove_if_empty_run() -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN:
+        return  # a sweep keeps failed jobs' folders: their logs say why they failed
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    produced = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.endswith(".log")
+                and not p.relative_to(run_dir).parts[0].startswith(".hydra")]
+    if not produced:  # only Hydra's config copy and the log: the error was printed on the console
+        shutil.rmtree(run_dir, ignore_errors=True)

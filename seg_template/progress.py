@@ -1,0 +1,109 @@
+"""What a user watches during a run: a live progress bar on a terminal, plain log lines everywhere else.
+
+Redirected to a file or run under a scheduler (SLURM, nohup), a live bar writes redraw sequences nobody can
+read. :func:`progress_bar` picks Lightning's rich bar on a terminal and :class:`PlainProgressBar` otherwise;
+:class:`EpochLog` writes one line per epoch to the run's log (``train.log``) in both cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
+
+log = logging.getLogger("seg_template")
+
+
+def progress_bar(plain_every_s: float = 30.0) -> ProgressBar:
+    """A ``RichProgressBar`` when stdout is a terminal, else a :class:`PlainProgressBar` that logs a line
+    every ``plain_every_s`` seconds of training."""
+    if sys.stdout.isatty():
+        return RichProgressBar()
+    return PlainProgressBar(every_s=plain_every_s)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _scalar(metrics: dict[str, Any], key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None else float(value)
+
+
+class PlainProgressBar(ProgressBar):
+    """A progress bar for logs: a line every ``every_s`` seconds within a training epoch (batch i/n, rate,
+    the running loss). Lines go through the ``seg_template`` logger, so they also land in the run's log."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = float(every_s)
+        self._enabled = True
+        self._epoch_start = self._last_line = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = self._last_line = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._last_line < self.every_s or trainer.global_rank != 0:
+            return
+        self._last_line = now
+        done, total = batch_idx + 1, self.total_train_batches
+        rate = done / max(now - self._epoch_start, 1e-9)
+        of = f"/{int(total)}" if isinstance(total, int) or math.isfinite(total) else ""
+        loss = _scalar(trainer.progress_bar_metrics, "train/loss_step")
+        loss_text = f", loss {loss:.4f}" if loss is not None else ""
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        log.info("epoch %d%s: batch %d%s, %.1f it/s%s", trainer.current_epoch + 1, epochs, done, of, rate, loss_text)
+
+
+class EpochLog(Callback):
+    """One log line per finished training epoch: epoch k/N, train loss, val/mIoU, epoch time and ETA."""
+
+    def __init__(self) -> None:
+        self._fit_start = self._epoch_start = 0.0
+        self._epochs_done = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.monotonic()
+        self._epochs_done = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # runs after this epoch's validation (Lightning validates before the training epoch ends)
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        self._epochs_done += 1
+        now = time.monotonic()
+        metrics = trainer.callback_metrics
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        parts = [f"epoch {trainer.current_epoch + 1}" + (f"/{max_epochs}" if max_epochs else "")]
+        loss = _scalar(metrics, "train/loss_epoch")
+        if loss is not None:
+            parts.append(f"train/loss {loss:.4f}")
+        miou = _scalar(metrics, "val/mIoU")
+        if miou is not None:
+            parts.append(f"val/mIoU {miou:.4f}")
+        parts.append(f"{_fmt_duration(now - self._epoch_start)} / epoch")
+        remaining = (max_epochs or 0) - trainer.current_epoch - 1
+        if remaining > 0:
+            per_epoch = (now - self._fit_start) / self._epochs_done
+            parts.append(f"ETA {_fmt_duration(per_epoch * remaining)}")
+        log.info(" | ".join(parts))

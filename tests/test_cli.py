@@ -1,0 +1,89 @@
+"""The entry wrapper: fast --help, resuming in place, user errors as one block, no debris, run names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from seg_template.cli import find_user_error, resume_in_place_argv, user_message
+from seg_template.errors import ConfigError, DataError, UserError
+from seg_template.paths import PROJECT_ROOT, register_resolvers
+
+HELP_PROBE = """
+import runpy, sys
+sys.argv = ["train.py", "--help"]
+try:
+    runpy.run_path("train.py", run_name="__main__")
+except SystemExit:
+    pass
+print("HEAVY:", sorted(m for m in ("torch", "pytorch_lightning", "albumentations") if m in sys.modules))
+"""
+
+
+def test_help_describes_the_template_without_importing_torch() -> None:
+    result = subprocess.run([sys.executable, "-c", HELP_PROBE], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("seg_template: semantic segmentation"), out[:300]
+    for line in ("loss: ce, ohem, wce", "trainer: cpu, ddp, ddp_cpu, default, gpu", "inference: ms_flip, slide, whole"):
+        assert line in out
+    assert "HEAVY: []" in out  # Hydra answered before torch / Lightning were loaded
+
+
+def _run(tmp_path: Path) -> Path:
+    run = tmp_path / "logs" / "train" / "runs" / "2026-01-01_00-00-00"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    return run
+
+
+def test_resume_in_place_adds_the_run_folder(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    argv = ["train.py", f"ckpt_path={run}/checkpoints/last.ckpt", "trainer.max_epochs=20"]
+    new = resume_in_place_argv(argv, now=datetime(2026, 2, 3, 4, 5, 6))
+    assert new == [*argv, f"hydra.run.dir={run}", "hydra.output_subdir=.hydra/resumed_2026-02-03_04-05-06"]
+
+
+@pytest.mark.parametrize("extra", [["resume_in_place=false"], ["-m"], ["hydra.run.dir=/elsewhere"]])
+def test_resume_in_place_can_be_declined(tmp_path: Path, extra: list[str]) -> None:
+    argv = ["train.py", f"ckpt_path={_run(tmp_path)}/checkpoints/last.ckpt", *extra]
+    assert resume_in_place_argv(argv) == argv
+
+
+def test_resume_from_a_file_outside_a_run_folder_starts_a_new_run(tmp_path: Path) -> None:
+    argv = ["train.py", f"ckpt_path={tmp_path}/model.ckpt"]
+    assert resume_in_place_argv(argv) == argv
+    assert resume_in_place_argv(["train.py", "loss=ohem"]) == ["train.py", "loss=ohem"]
+
+
+def test_user_errors_are_found_behind_wrappers() -> None:
+    cause = ConfigError("data.batch_size must be >= 1, got 0")
+    try:
+        try:
+            raise cause
+        except ConfigError as err:
+            raise RuntimeError("Error in call to target 'SegDataModule'") from err
+    except RuntimeError as wrapped:
+        assert find_user_error(wrapped) is cause
+    assert find_user_error(ValueError("a bug")) is None
+
+
+def test_worker_traceback_is_stripped_from_the_message() -> None:
+    err = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                    "last):\n  File \"x.py\", line 1\nseg_template.errors.DataError: mask a.png has label 40")
+    assert user_message(err) == "DataError: mask a.png has label 40"
+    assert isinstance(err, UserError) and isinstance(err, ValueError)
+
+
+def test_run_names() -> None:
+    register_resolvers()
+    node = OmegaConf.create({"name": None, "dir": "runs/t${name_suffix:${name}}"})
+    assert node.dir == "runs/t"
+    node.name = "ohem_try"
+    assert node.dir == "runs/t_ohem_try"
