@@ -11,6 +11,7 @@ from seg_template.data.cityscapes import CityscapesDataset
 from seg_template.data.folder import FolderDataset
 from seg_template.data.io import DatasetLayoutError
 from seg_template.data.voc import VOCDataset
+from seg_template.errors import DataError, MissingFileError
 from tests.fixtures import FOLDER_COLORS, folder_class_names, make_cityscapes, make_folder, make_voc
 
 
@@ -22,7 +23,7 @@ from tests.fixtures import FOLDER_COLORS, folder_class_names, make_cityscapes, m
 ])
 def test_missing_root_prints_expected_layout(tmp_path, cls, kwargs, layout_hint) -> None:
     missing = tmp_path / "nowhere"
-    with pytest.raises(DatasetLayoutError) as err:
+    with pytest.raises(MissingFileError) as err:
         cls(root=missing, split="train", **kwargs)
     assert str(missing) in str(err.value) and layout_hint in str(err.value)
 
@@ -72,8 +73,9 @@ def test_corrupt_image_is_named(tmp_path, damage) -> None:
     image = ds.samples[1][0]
     data = image.read_bytes()
     image.write_bytes(b"not an image at all" if damage == "garbage" else data[: len(data) // 2])
-    with pytest.raises(OSError, match=image.name):
+    with pytest.raises(OSError, match=image.name) as err:
         ds[1]
+    assert isinstance(err.value, DataError)  # a user's file, reported as such
 
 
 def test_unknown_colour_names_colour_and_file(tmp_path) -> None:
@@ -83,7 +85,7 @@ def test_unknown_colour_names_colour_and_file(tmp_path) -> None:
     rgb = np.asarray(Image.open(mask_path)).copy()
     rgb[0, 0] = (7, 8, 9)
     Image.fromarray(rgb).save(mask_path)
-    with pytest.raises(ValueError, match=r"\(7, 8, 9\)") as err:
+    with pytest.raises(DataError, match=r"\(7, 8, 9\)") as err:
         ds[0]
     assert str(mask_path) in str(err.value)
 
@@ -108,7 +110,7 @@ def test_label_out_of_range_names_value_and_file(tmp_path) -> None:
     mask = np.asarray(Image.open(mask_path)).copy()
     mask[3, 3] = 7
     Image.fromarray(mask).save(mask_path)
-    with pytest.raises(ValueError, match=r"\[7\]") as err:
+    with pytest.raises(DataError, match=r"\[7\]") as err:
         ds[1]
     assert str(mask_path) in str(err.value)
 
@@ -128,6 +130,6 @@ def test_size_mismatch_names_both_files(tmp_path) -> None:
     ds = FolderDataset(root, folder_class_names(3), "train")
     image_path, mask_path = ds.samples[0]
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(mask_path)
-    with pytest.raises(ValueError, match="size mismatch") as err:
+    with pytest.raises(DataError, match="size mismatch") as err:
         ds[0]
     assert str(image_path) in str(err.value) and str(mask_path) in str(err.value)

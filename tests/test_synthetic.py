@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from seg_template.data.synthetic import CLASS_NAMES, RARE_CLASS, SyntheticShapes
+from seg_template.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +97,7 @@ def test_ignore_band_lies_on_boundaries() -> None:
     ({"ignore_index": 3}, "ignore_index"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         SyntheticShapes("train", **{"length": 4, **kwargs})
 
 

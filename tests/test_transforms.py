@@ -7,6 +7,7 @@ import pytest
 
 from seg_template.data.base import IMAGENET_MEAN, IMAGENET_STD
 from seg_template.data.transforms import eval_transform, train_transform
+from seg_template.errors import ConfigError
 
 
 def _sample(h: int = 40, w: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -78,5 +79,5 @@ def test_eval_transform_only_normalises() -> None:
     ({"crop_size": [8, 8], "color_jitter": -1}, "color_jitter"),
 ])
 def test_bad_arguments_name_the_key(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=rf"data\.train_transform\.{match}"):
         train_transform(**kwargs)
