@@ -20,9 +20,9 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
+from seg_template.build import build_net, instantiate_callbacks, instantiate_loggers
 from seg_template.optim import param_groups
 from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
-from seg_template.utils import instantiate_callbacks, instantiate_loggers
 from tests.helpers import skip_unless_importable
 
 #: option -> modules of which one must be importable for it to build (optional extras)
@@ -51,7 +51,7 @@ def num_classes_out(model_cfg: DictConfig, size: int = 64) -> int:
     """Channels of the main output of the network ``model_cfg`` builds, on the meta device (no memory, no
     compute: even hrnet_w48 builds in a blink)."""
     with torch.device("meta"):
-        net = instantiate(model_cfg)
+        net, _ = build_net(model_cfg)  # as the module builds it (model.align_corners is not every builder's)
         assert isinstance(net, nn.Module)
         out = net.eval()(torch.empty(1, 3, size, size))
     return (out["out"] if isinstance(out, dict) else out).shape[1]
