@@ -14,6 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from seg_template.build import build_net
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 #: config name -> (stride of "out", stride of "aux" or None when the model returns a plain tensor)
 STRIDES = {
@@ -64,6 +66,7 @@ def test_config_keys(name):
     assert raw["num_classes"] == "${data.num_classes}"
     # ImageNet weights when the data config asks for them (real datasets); see configs/model/README.md
     assert raw["pretrained"] == "${oc.select:data.imagenet_pretrained,null}" and raw["compile"] is False
+    assert raw["align_corners"] is False  # every builder takes it: `instantiate(cfg.model)` works as it is
     assert ("aux" in raw) == name.startswith(("fcn", "deeplab", "lraspp"))
 
 
@@ -181,5 +184,5 @@ def test_model_composes_with_the_real_configs(name, compose_cfg, tmp_path):
     weights, which Cityscapes asks for, are left out: tests stay offline)."""
     cfg = compose_cfg(overrides=[f"model={name}", "data=cityscapes", "model.pretrained=null"], output_dir=tmp_path)
     with torch.device("meta"):
-        out, _ = split(instantiate(cfg.model).eval()(torch.empty(1, 3, 64, 64)))
+        out, _ = split(build_net(cfg.model)[0].eval()(torch.empty(1, 3, 64, 64)))
     assert out.shape[1] == 19

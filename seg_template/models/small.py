@@ -32,14 +32,15 @@ class SmallSegNet(nn.Module):
     """``forward(images[N, 3, H, W]) -> logits[N, num_classes, ceil(H/4), ceil(W/4)]``.
 
     ``width`` is the channel count of the stride-2 stage; later stages use 2x and 4x that.
+    ``align_corners``: of the decoder's upsampling (the convention ``model.align_corners`` sets everywhere).
     """
 
-    def __init__(self, num_classes: int, width: int = 16) -> None:
+    def __init__(self, num_classes: int, width: int = 16, align_corners: bool = False) -> None:
         super().__init__()
         if num_classes < 1 or width < 1:
             raise ValueError(f"SmallSegNet needs num_classes >= 1 and width >= 1, got {num_classes}, {width}")
         w = width
-        self.num_classes = num_classes
+        self.num_classes, self.align_corners = num_classes, bool(align_corners)
         self.stem = nn.Sequential(ConvBNReLU(3, w, stride=2), ConvBNReLU(w, w))
         self.stage4 = nn.Sequential(ConvBNReLU(w, 2 * w, stride=2), ConvBNReLU(2 * w, 2 * w))
         self.stage8 = nn.Sequential(ConvBNReLU(2 * w, 4 * w, stride=2), ConvBNReLU(4 * w, 4 * w))
@@ -51,15 +52,15 @@ class SmallSegNet(nn.Module):
         x4 = self.stage4(self.stem(images))
         x8 = self.stage8(x4)
         x8 = x8 + self.context(x8)  # residual: the dilated convs add context, they need not relearn x8
-        up = F.interpolate(x8, size=x4.shape[-2:], mode="bilinear", align_corners=False)
+        up = F.interpolate(x8, size=x4.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         return self.classifier(self.fuse(torch.cat([up, x4], dim=1)))
 
 
-def small_segnet(num_classes: int, width: int = 16, pretrained: str | None = None,
+def small_segnet(num_classes: int, width: int = 16, pretrained: str | None = None, align_corners: bool = False,
                  compile: bool = False) -> SmallSegNet:
     """Build :class:`SmallSegNet`; ``pretrained`` is a local weights file (no downloads), loaded with
     ``torch.load(weights_only=True)`` and a report of missing / unexpected / shape-mismatched tensors."""
-    model = SmallSegNet(num_classes=num_classes, width=width)
+    model = SmallSegNet(num_classes=num_classes, width=width, align_corners=align_corners)
     if pretrained is not None and not isinstance(pretrained, str):
         raise TypeError(f"model.pretrained must be a local file path or null, got {pretrained!r}")
     if pretrained and weight_name(pretrained) is not None:

@@ -92,8 +92,12 @@ def resolve_weights(arch: str, name: str) -> WeightsEnum:
 
 
 def torchvision_model(arch: str, num_classes: int, aux: bool = False, pretrained: str | bool | None = None,
-                      compile: bool = False) -> NativeStrideSegmenter:
+                      align_corners: bool = False, compile: bool = False) -> NativeStrideSegmenter:
     """Build ``arch`` (a key of ``ARCHS``) for ``num_classes`` classes, at native stride.
+
+    ``align_corners`` is how the loss, the metrics and inference upsample these logits (``model.align_corners``,
+    read by the module); the torchvision heads keep their own internal convention (``False``), so nothing
+    here depends on it.
 
     ``pretrained``: null, a local file (see ``seg_template.models.weights``), ``true`` (the backbone's default
     ImageNet weights when they are cached or can be downloaded, else from scratch with a warning: see
