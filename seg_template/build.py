@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from seg_template.errors import ConfigError
 
@@ -60,18 +60,9 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = No
 def build_net(model_cfg: DictConfig) -> tuple[Any, bool]:
     """``(net, align_corners)`` from a model config. ``align_corners`` is the model's upsampling convention
     (HRNet-OCR: true): the loss, the metrics and inference all read it from here, never from each other."""
-    import inspect
+    from hydra.utils import instantiate
 
-    from hydra.utils import get_method, instantiate
-
-    align_corners = bool(model_cfg.get("align_corners", False))
-    net_cfg = model_cfg.copy()
-    parameters = inspect.signature(get_method(model_cfg._target_)).parameters
-    takes_it = "align_corners" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    if not takes_it:  # the builder has no upsampling of its own (e.g. model=small)
-        with open_dict(net_cfg):
-            net_cfg.pop("align_corners", None)
-    return instantiate(net_cfg), align_corners
+    return instantiate(model_cfg), bool(model_cfg.get("align_corners", False))
 
 
 def require_ckpt_path(cfg: DictConfig, script: str) -> str:

@@ -27,6 +27,9 @@ from seg_template.paths import CONFIG_DIR, export_project_root, register_resolve
 
 log = logging.getLogger("seg_template")
 
+#: files a run writes before it has done anything (besides Hydra's .hydra/ and *.log)
+_NOT_RESULTS = ("hparams.yaml",)
+
 
 def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> Any:
     """Parse the command line with ``configs/<config_name>.yaml`` and run ``task(cfg)``; returns its value
@@ -78,8 +81,9 @@ def _user_errors() -> Iterator[None]:
         user_error = find_user_error(err)
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s\n  (a problem with the config, data or checkpoint, not a bug; the traceback: set "
-                  "HYDRA_FULL_ERROR=1)", user_message(user_error))
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":  # once per run
+            log.error("%s\n  (a problem with the config, data or checkpoint, not a bug; the traceback: set "
+                      "HYDRA_FULL_ERROR=1)", user_message(user_error))
         raise SystemExit(1) from None
 
 
@@ -125,7 +129,7 @@ def _remove_if_empty_run() -> None:
     if hydra_cfg.mode != RunMode.RUN:
         return  # a sweep keeps failed jobs' folders: their logs say why they failed
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    produced = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.endswith(".log")
-                and not p.relative_to(run_dir).parts[0].startswith(".hydra")]
-    if not produced:  # only Hydra's config copy and the log: the error was printed on the console
+    produced = [p for p in run_dir.rglob("*") if p.is_file() and p.name not in _NOT_RESULTS
+                and not p.name.endswith(".log") and not p.relative_to(run_dir).parts[0].startswith(".hydra")]
+    if not produced:  # only the config copies and the log: the error was printed on the console
         shutil.rmtree(run_dir, ignore_errors=True)

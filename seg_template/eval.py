@@ -41,6 +41,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info(summary)
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule.preflight([cfg.split])
     module = build_module(cfg, datamodule, training=False)
     load_net_weights(module.net, ckpt_path)
     # The module's eval step then sees image-size logits; its upsampling to the mask size is a no-op.

@@ -47,7 +47,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info(summary)
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    # read a sample of every split this run will use before anything is built: bad data fails in seconds
+    testing = cfg.get("test", False) and cfg.data.get("test_set") is not None
+    datamodule.preflight([*(("train", "val") if cfg.get("train", True) else ()), *(("test",) if testing else ())])
     module = build_module(cfg, datamodule)
+    if cfg.get("ckpt_path"):  # a readable training checkpoint of this model, before any folder fills up
+        from seg_template.checkpointing import check_resume_checkpoint
+
+        state = check_resume_checkpoint(cfg.ckpt_path, module)
+        log.info("Resuming %s (epoch %d, step %d)", cfg.ckpt_path, state["epoch"], state["global_step"])
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     prepare_ddp_relaunch()

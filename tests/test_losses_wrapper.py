@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import hydra
 import numpy as np
@@ -206,7 +207,7 @@ def test_config_ce(compose_tmp):
 def test_config_ohem_defaults_and_overrides(compose_tmp):
     loss = build(compose_tmp, "loss=ohem")
     assert type(loss.main) is OhemCrossEntropy
-    assert (loss.main.thresh, loss.main.min_kept, loss.aux_weight) == (0.7, 100000, 0.4)
+    assert (loss.main.thresh, loss.main.min_kept, loss.aux_weight) == (0.7, 8192, 0.4)  # data.ohem_min_kept
     hrnet = build(compose_tmp, "loss=ohem", "loss.main.thresh=0.9", "loss.main.min_kept=131072",
                   "loss.aux_weight=0.5", "loss.main.align_corners=true")
     assert (hrnet.main.thresh, hrnet.main.min_kept, hrnet.aux_weight) == (0.9, 131072, 0.5)
@@ -225,6 +226,25 @@ def test_config_wce_reads_data_class_weights(compose_tmp, tmp_path):
 def test_config_wce_without_weights_says_what_to_set(compose_tmp):
     with pytest.raises(InstantiationException, match=r"data\.class_weights.*loss\.main\.weight=<file>"):
         build(compose_tmp, "loss=wce", "data.class_weights=null")
+
+
+
+@pytest.mark.parametrize("data", ["synthetic", "cityscapes", "voc", "ade20k", "folder"])
+def test_ohem_mines_on_each_data_configs_default_batch(data, compose_tmp, caplog):
+    """min_kept comes from the data config and is well below the pixels of one default batch, so OHEM keeps
+    only the hard pixels once the model is confident (at 100000 it was plain CE on the synthetic batch)."""
+    cfg = compose_tmp("loss=ohem", f"data={data}")
+    crop_h, crop_w = cfg.data.train_transform.crop_size
+    pixels = cfg.data.batch_size * crop_h * crop_w
+    loss = build(compose_tmp, "loss=ohem", f"data={data}")
+    assert loss.main.min_kept == cfg.data.ohem_min_kept <= pixels // 8
+    if data == "synthetic":  # a default batch, 10% of its pixels ignored: OHEM mines, nothing is logged
+        target = torch.randint(0, cfg.data.num_classes, (cfg.data.batch_size, crop_h, crop_w))
+        target[torch.rand(target.shape) < 0.1] = IGNORE
+        logits = torch.randn(cfg.data.batch_size, cfg.data.num_classes, crop_h // 4, crop_w // 4)  # stride 4
+        with caplog.at_level(logging.INFO, logger="seg_template.losses.ohem"):
+            loss.main(logits, target)
+        assert not caplog.records
 
 
 def _leaves(node, prefix=""):

@@ -89,7 +89,7 @@ def test_ddp_cpu_one_folder_one_set_of_checkpoints(tmp_path: Path) -> None:
     rows = read_metrics(run / "metrics.csv")
     assert any(r.get("val/mIoU") for r in rows)
     # 8 images / (2 processes x batch 4) = 1 step per epoch: the sampler split the data between ranks
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 1
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
 
 
 @pytest.mark.slow

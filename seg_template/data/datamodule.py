@@ -50,8 +50,9 @@ class SegDataModule(pl.LightningDataModule):
     ``train_set`` / ``val_set`` / ``test_set`` are dataset factories (Hydra ``_partial_: true`` configs)
     called as ``factory(transform=..., ignore_index=...)``; ``test_set=None`` means no test split.
     Batches are ``{"image": float32[B, 3, H, W], "mask": int64[B, H, W], "name": list[str]}``.
-    ``class_weights`` and ``root`` are read by the loss and dataset configs through interpolation
-    (``${data.class_weights}``, ``${data.root}``); they live in the data node so each is set once.
+    ``class_weights``, ``ohem_min_kept``, ``imagenet_pretrained`` and ``root`` are read by the loss, model and
+    dataset configs through interpolation (``${data.class_weights}``...): they depend on the dataset, so they
+    live in the data node, each set once; the DataModule itself does not use them.
     ``seed`` seeds the training shuffle and augmentation (None: the seed given to ``seed_everything``).
     ``preflight``: how much of each split ``preflight()`` reads before fitting (``sample``/``full``/``none``).
     """
@@ -62,7 +63,8 @@ class SegDataModule(pl.LightningDataModule):
                  ignore_index: int = 255, class_names: Sequence[str] = (),
                  class_weights: Sequence[float] | str | None = None, root: str | None = None, batch_size: int = 8,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
-                 eval_batch_size: int | None = None, seed: int | None = None, preflight: str = "sample") -> None:
+                 eval_batch_size: int | None = None, seed: int | None = None, preflight: str = "sample",
+                 ohem_min_kept: int | None = None, imagenet_pretrained: bool | None = None) -> None:
         super().__init__()
         num_classes = _int_option("num_classes", num_classes, 1)
         if class_names and len(class_names) != num_classes:
