@@ -300,9 +300,9 @@ def test_imagenet_weights_come_from_the_download_cache_offline(offline, caplog):
 def test_data_config_decides_imagenet_weights(compose_tmp):
     """Real datasets set data.imagenet_pretrained=true, which the torchvision / HRNet configs read; the
     synthetic default does not, so the default run and the tests never touch the network."""
-    assert compose_tmp("model=lraspp_mobilenet_v3").model.pretrained is None
-    cfg = compose_tmp("data=cityscapes", "model=hrnet_w18", "++data.imagenet_pretrained=true")
-    assert cfg.model.pretrained is True
-    assert compose_tmp("model=small", "++data.imagenet_pretrained=true").model.pretrained is None
-    cfg = compose_tmp("model=fcn_resnet50", "++data.imagenet_pretrained=true", "model.pretrained=w.pth")
+    assert compose_tmp("model=lraspp_mobilenet_v3").model.pretrained is False  # data=synthetic: from scratch
+    for data in ("cityscapes", "voc", "ade20k", "folder"):
+        assert compose_tmp(f"data={data}", "model=hrnet_w18").model.pretrained is True, data
+    assert compose_tmp("data=cityscapes", "model=small").model.pretrained is None  # nothing to download
+    cfg = compose_tmp("data=cityscapes", "model=fcn_resnet50", "model.pretrained=w.pth")
     assert cfg.model.pretrained == "w.pth"
