@@ -21,14 +21,15 @@ from contextlib import contextmanager
 
 @contextmanager
 def isolated_job() -> Iterator[None]:
-    """Run one job, then restore ``os.environ`` and destroy the process group the job created.
+    """Run one job, then restore ``os.environ`` and ``sys.argv`` and destroy the process group the job created.
 
     Variables set before the job (e.g. by torchrun or SLURM) are kept.
     """
-    env_before = dict(os.environ)
+    env_before, argv_before = dict(os.environ), list(sys.argv)
     try:
         yield
     finally:
+        sys.argv[:] = argv_before  # prepare_ddp_relaunch narrowed it to this job
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

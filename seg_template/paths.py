@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -16,9 +17,58 @@ def export_project_root() -> None:
 
 
 def register_resolvers() -> None:
-    """OmegaConf resolvers the configs use: ``${name_suffix:${name}}`` is ``""`` for an unnamed run and
-    ``"_<name>"`` otherwise (run folders ``logs/train/runs/<date>_<time>_<name>``)."""
+    """OmegaConf resolvers the configs use, for readable folder names:
+
+    - ``${name_suffix:${name}}``: ``""`` for an unnamed run, ``"_<name>"`` otherwise
+      (``logs/train/runs/<date>_<time>_<name>``);
+    - ``${swept_overrides:}``: this multirun job's values of the swept keys, e.g. ``loss=ohem`` for
+      ``python train.py -m loss=ce,wce,ohem trainer.max_epochs=1`` (job folder ``2_loss=ohem``).
+    """
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("name_suffix"):
         OmegaConf.register_new_resolver("name_suffix", lambda name: f"_{name}" if name not in (None, "") else "")
+    if not OmegaConf.has_resolver("swept_overrides"):
+        OmegaConf.register_new_resolver("swept_overrides", swept_overrides)
+
+
+#: Hydra's sweep functions: a value written as one of these lists several values
+_SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
+
+
+def is_sweep_value(value: str) -> bool:
+    """True for an override value that Hydra expands into several jobs: ``a,b`` or a sweep function. Commas
+    inside brackets, braces or quotes (a list value like ``[32,32]``) do not count."""
+    if value.startswith(_SWEEP_FUNCTIONS) or value.startswith(("sort(", "shuffle(")):
+        return True
+    depth, quote = 0, ""
+    for char in value:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return True
+    return False
+
+
+def swept_overrides(argv: list[str] | None = None) -> str:
+    """This job's overrides of the keys the sweep varies (command-line sweeps and ``hydra.sweeper.params``),
+    joined by commas, with ``/`` replaced so the result is one folder name; ``""`` outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    hydra_cfg = HydraConfig.get()
+    params = hydra_cfg.sweeper.get("params") or {}
+    swept = {str(key).lstrip("+~") for key in params}
+    for arg in (sys.argv if argv is None else argv)[1:]:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and is_sweep_value(value):
+            swept.add(key.lstrip("+~"))
+    chosen = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") in swept]
+    return ",".join(chosen).replace("/", "_")

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from seg_template.cli import find_user_error, resume_in_place_argv, user_message
 from seg_template.errors import ConfigError, DataError, UserError
-from seg_template.paths import PROJECT_ROOT, register_resolvers
+from seg_template.paths import PROJECT_ROOT, is_sweep_value, register_resolvers
 
 HELP_PROBE = """
 import runpy, sys
@@ -87,3 +87,9 @@ def test_run_names() -> None:
     assert node.dir == "runs/t"
     node.name = "ohem_try"
     assert node.dir == "runs/t_ohem_try"
+
+
+@pytest.mark.parametrize(("value", "sweep"), [("ce,wce,ohem", True), ("range(1,4)", True), ("[32,32]", False),
+                                              ("ohem", False), ("'a,b'", False), ("[1,2],[3,4]", True)])
+def test_sweep_values_are_told_from_list_values(value: str, sweep: bool) -> None:
+    assert is_sweep_value(value) is sweep

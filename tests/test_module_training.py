@@ -10,8 +10,8 @@ from seg_template.train import train
 
 @pytest.mark.slow
 def test_short_training_beats_chance_by_far(compose_cfg, tmp_path) -> None:
-    # chance level: all-background scores ~0.7 / 6 classes ~ 0.12 mIoU; the full recipe (15 epochs of 2000)
-    # reaches ~0.85, this 40% of it ~0.45
+    # chance level: all-background scores ~0.7 / 6 classes ~ 0.12 mIoU; this is 40% of the default recipe
+    # (15 epochs of 2000; its figures are in the README's Quick start)
     cfg = compose_cfg(overrides=[
         "data.train_set.length=2000", "data.val_set.length=100", "data.test_set.length=50", "trainer.max_epochs=6",
     ], output_dir=tmp_path)

@@ -68,7 +68,7 @@ def test_multirun_over_the_three_losses(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1", "2"]
+    assert [p.name for p in jobs] == ["0_loss=ce", "1_loss=wce", "2_loss=ohem"]  # the swept value, not TINY
     for job, loss in zip(jobs, ["ce", "wce", "ohem"], strict=True):
         assert f"loss={loss}" in (job / ".hydra" / "overrides.yaml").read_text()
         rows = read_metrics(job / "metrics.csv")
