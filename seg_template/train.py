@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule.preflight([*(("train", "val") if cfg.get("train", True) else ()), *(("test",) if testing else ())])
     module = build_module(cfg, datamodule)
     if cfg.get("ckpt_path"):  # a readable training checkpoint of this model, before any folder fills up
-        from seg_template.checkpointing import check_resume_checkpoint
+        from seg_template.callbacks.checkpoint import check_resume_checkpoint
 
         state = check_resume_checkpoint(cfg.ckpt_path, module)
         log.info("Resuming %s (epoch %d, step %d)", cfg.ckpt_path, state["epoch"], state["global_step"])

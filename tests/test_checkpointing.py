@@ -15,16 +15,16 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from seg_template.checkpointing import (
+from seg_template.callbacks.checkpoint import (
     AtomicCheckpointIO,
     BestAndLastCheckpoint,
     atomic_save,
     check_resume_checkpoint,
     remove_partial_files,
 )
+from seg_template.callbacks.nan_guard import NaNGuard
 from seg_template.errors import CheckpointError, TrainingDiverged
 from seg_template.models.weights import load_net_weights, load_pretrained
-from seg_template.nan_guard import NaNGuard
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 

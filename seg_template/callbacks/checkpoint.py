@@ -37,9 +37,9 @@ from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
+from seg_template.callbacks.nan_guard import divergence_advice, nonfinite_tensors
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
-from seg_template.nan_guard import divergence_advice, nonfinite_tensors
 
 log = logging.getLogger(__name__)
 

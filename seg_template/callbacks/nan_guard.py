@@ -7,7 +7,7 @@ stray bad batch cannot poison the weights; after ``patience`` bad steps in a row
 than setting ``trainer.should_stop``) is deliberate: the run then exits non-zero, and the test phase does not
 run on diverged weights.
 
-The checkpoint callback (:mod:`seg_template.checkpointing`) refuses to write non-finite weights, which
+The checkpoint callback (:mod:`seg_template.callbacks.checkpoint`) refuses to write non-finite weights, which
 covers what the guard cannot: batch-norm statistics poisoned by a non-finite forward pass.
 """
 

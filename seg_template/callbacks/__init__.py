@@ -1,0 +1,7 @@
+"""Our Lightning callbacks, one file per concern (the configs in ``configs/callbacks/`` name them):
+
+- ``checkpoint.py``: ``best.ckpt`` / ``last.ckpt`` written atomically, ``last.ckpt`` always the latest, never
+  non-finite weights; the safe resume check.
+- ``nan_guard.py``: skip non-finite steps, stop after a few in a row with one message.
+- ``progress.py``: a live bar on a terminal, plain log lines elsewhere, one line per epoch.
+"""
