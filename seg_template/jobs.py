@@ -54,3 +54,11 @@ def prepare_ddp_relaunch() -> None:
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
     with read_write(hydra_cfg.run), open_dict(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 of its job (True outside DDP). Lightning's re-launched ranks carry
+    their rank in the environment from the start, before any process group exists."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0

@@ -98,8 +98,9 @@ class SegmentationModule(pl.LightningModule):
         self._check_output(main_logits(outputs))
         parts = self.loss.parts(outputs, masks) if hasattr(self.loss, "parts") else {"loss": self.loss(outputs, masks)}
         for name, value in parts.items():
+            # sync_dist: the epoch value is the mean over all processes' batches, not rank 0's alone
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=images.shape[0])
+                     batch_size=images.shape[0], sync_dist=True)
         return parts["loss"]
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:

@@ -38,13 +38,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from seg_template.jobs import prepare_ddp_relaunch
+    from seg_template.jobs import is_global_zero, prepare_ddp_relaunch
 
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    say = log.info if is_global_zero() else log.debug  # ranks > 0 would repeat every line
     summary = choices_summary()
     if summary:
-        log.info(summary)
+        say(summary)
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     # read a sample of every split this run will use before anything is built: bad data fails in seconds
@@ -55,7 +56,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         from seg_template.callbacks.checkpoint import check_resume_checkpoint
 
         state = check_resume_checkpoint(cfg.ckpt_path, module)
-        log.info("Resuming %s (epoch %d, step %d)", cfg.ckpt_path, state["epoch"], state["global_step"])
+        say("Resuming %s (epoch %d, step %d)", cfg.ckpt_path, state["epoch"], state["global_step"])
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     prepare_ddp_relaunch()
@@ -65,19 +66,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log_hyperparameters(cfg, module, trainer)
 
     if cfg.get("train", True):
-        log.info("Training; outputs in %s", trainer.default_root_dir)
+        say("Training; outputs in %s", trainer.default_root_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
 
     if cfg.get("test", False) and cfg.data.get("test_set") is None:
-        log.info("data.test_set is null: no test split to test on")
+        say("data.test_set is null: no test split to test on")
     elif cfg.get("test", False):
         ckpt_path = best_checkpoint(trainer, cfg)
         # verbose=False: the module prints its own per-class table; Lightning's would repeat it in other units
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
         metrics.update(trainer.callback_metrics)
         if trainer.checkpoint_callback is not None and ckpt_path:
-            log.info("Best checkpoint: %s", ckpt_path)
+            say("Best checkpoint: %s", ckpt_path)
     return metrics, objects
 
 
