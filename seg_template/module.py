@@ -70,6 +70,7 @@ class SegmentationModule(pl.LightningModule):
                                                                        validate_args=False)
                                        for stage in ("val", "test")})
         self.last_val: dict[str, Any] | None = None
+        self.last_confmat: dict[str, Tensor] = {}  # the latest computed matrix per stage, for the reports callback
         self.best_val: dict[str, Any] | None = None
         self._checked_output = False
 
@@ -126,6 +127,7 @@ class SegmentationModule(pl.LightningModule):
         confmat = self.confmats[stage]
         cm = confmat.compute()  # summed over processes by torchmetrics
         confmat.reset()
+        self.last_confmat[stage] = cm.cpu()
         scores = segmentation_scores(cm)
         # already global: sync_dist would only add an all-reduce of identical numbers
         self.log(f"{stage}/mIoU", scores["mIoU"], prog_bar=True)
