@@ -1,0 +1,314 @@
+"""A Hydra callback that makes a sweep explain itself: after ``python train.py -m ...`` the sweep folder holds
+
+- ``summary.csv``: one row per job (its varying overrides, status, best val/mIoU and its epoch, test/mIoU, the
+  value returned to the sweeper, wall time, the error of a failed job, its folder), best job first;
+- ``summary_val_mIoU.png``: the jobs' val/mIoU curves on one plot;
+
+and the same table is printed at the end. Registered in ``configs/hydra/default.yaml`` (``hydra.callbacks``).
+
+Each job writes ``<job>/job_status.json`` when it starts ("running") and ends ("completed" / "failed", from
+Hydra's ``JobReturn``), and ``summary.csv`` is rewritten after every job: Hydra's basic sweeper re-raises a
+failed job's error after its batch and never calls ``on_multirun_end``, and a job may end the process
+(``SystemExit``); an ``atexit`` hook then writes the final summary with that job marked as failed. Remote
+launchers (submitit) run the job hooks on the compute nodes and ``on_multirun_end`` locally; the files on the
+shared disk carry the state between them. Cheap to import: no torch, and matplotlib only for the PNG.
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+STATUS_FILE = "job_status.json"
+SUMMARY_CSV = "summary.csv"
+CURVES_PNG = "summary_val_mIoU.png"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Parallel jobs rewrite the same summary: readers see the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return config.hydra.get("mode") == RunMode.MULTIRUN
+
+
+class SweepSummary(Callback):
+    """Hydra callback (see the module docstring). Does nothing in single runs."""
+
+    def __init__(self) -> None:
+        self._sweep_dir: Path | None = None
+        self._main = False  # on_multirun_start ran in this process: it prints the final table
+        self._finished = False
+        self._exit_hook = False
+        self._current: dict[str, Any] | None = None  # the job running in this process
+        self._started = 0.0
+
+    # ------------------------------------------------------------------ Hydra hooks
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._sweep_dir, self._main = Path(config.hydra.sweep.dir), True
+        self._register_exit_hook()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _is_multirun(config):
+            return
+        self._sweep_dir = Path(config.hydra.sweep.dir)
+        self._register_exit_hook()
+        self._started = time.monotonic()
+        self._current = {
+            "job": _relative(Path(config.hydra.runtime.output_dir), self._sweep_dir),
+            "num": int(config.hydra.job.get("num", -1)),
+            "status": "running",
+            "overrides": list(config.hydra.overrides.task),
+            "started": datetime.now().isoformat(timespec="seconds"),
+            "wall_s": None,
+            "objective_name": config.get("optimized_metric"),
+            "objective": None,
+            "error": None,
+        }
+        self._write_status(self._current)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if not _is_multirun(config) or self._current is None:
+            return
+        status, wall = dict(self._current), time.monotonic() - self._started
+        status["wall_s"] = round(wall, 1)
+        if job_return.status == JobStatus.COMPLETED:
+            status["status"], status["objective"] = "completed", _float(job_return.return_value)
+        else:  # the return value is the exception; reading .return_value would raise it
+            error = job_return._return_value
+            status["status"] = "failed"
+            status["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:300]
+        self._current = None
+        self._write_status(status)
+        write_summary(Path(config.hydra.sweep.dir), final=False)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finished = True
+        print(write_summary(Path(config.hydra.sweep.dir), final=True), flush=True)
+
+    # ------------------------------------------------------------------ helpers
+    def _write_status(self, status: dict[str, Any]) -> None:
+        assert self._sweep_dir is not None
+        job_dir = self._sweep_dir / status["job"]
+        job_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(job_dir / STATUS_FILE, json.dumps(status, indent=1))
+
+    def _register_exit_hook(self) -> None:
+        if not self._exit_hook:
+            self._exit_hook = True
+            atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        """The process ends without ``on_multirun_end``: a job raised ``SystemExit``/``KeyboardInterrupt``, or
+        the basic sweeper re-raised a failed job's error. Mark the job that was running and write the final
+        summary (printing it where the sweep started)."""
+        if self._current is not None:
+            status = {**self._current, "status": "failed", "wall_s": round(time.monotonic() - self._started, 1),
+                      "error": "the process exited during the job (see the job's log)"}
+            self._current = None
+            self._write_status(status)
+        if self._finished or self._sweep_dir is None or not self._sweep_dir.is_dir():
+            return
+        self._finished = True
+        text = write_summary(self._sweep_dir, final=True)
+        if self._main:
+            print(text, flush=True)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------- reading the jobs
+def read_job(job_dir: Path) -> dict[str, Any]:
+    """A job's status file plus what its ``metrics.csv`` says: best val/mIoU (and epoch), last test/mIoU
+    and the val/mIoU curve ``[(epoch, value)]``."""
+    job = json.loads((job_dir / STATUS_FILE).read_text())
+    job.update({"best_val": None, "best_epoch": None, "test": None, "curve": []})
+    metrics = job_dir / "metrics.csv"
+    if not metrics.is_file():
+        metrics = next(iter(sorted(job_dir.rglob("metrics.csv"))), metrics)
+    if metrics.is_file():
+        with open(metrics, newline="") as file:
+            for row in csv.DictReader(file):
+                val, test = _float(row.get("val/mIoU")), _float(row.get("test/mIoU"))
+                epoch = _float(row.get("epoch"))
+                if val is not None:
+                    job["curve"].append((int(epoch or 0), val))
+                    if job["best_val"] is None or val > job["best_val"]:
+                        job["best_val"], job["best_epoch"] = val, int(epoch or 0)
+                if test is not None:
+                    job["test"] = test
+    return job
+
+
+def varying_overrides(jobs: Sequence[dict[str, Any]]) -> list[str]:
+    """The override keys whose values differ between jobs (all of them for a single job)."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for override in job.get("overrides") or []:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    keys = list(values)
+    if len(jobs) > 1:
+        keys = [k for k in keys if len(values[k]) > 1 or any(
+            not any(o.partition("=")[0] == k for o in job.get("overrides") or []) for job in jobs)]
+    return keys
+
+
+def _direction(sweep_dir: Path, name: str | None) -> int:
+    """+1 when the sweep maximises its objective (mIoU-like), -1 when it minimises (a loss, or a sweeper
+    told ``direction: minimize``)."""
+    multirun = sweep_dir / "multirun.yaml"
+    if multirun.is_file():
+        from omegaconf import OmegaConf
+
+        sweeper = OmegaConf.select(OmegaConf.load(multirun), "hydra.sweeper") or {}
+        direction = str(sweeper.get("direction", "")).lower()  # optuna
+        if "minimize" in direction:
+            return -1
+        if "maximize" in direction:
+            return 1
+        maximize = OmegaConf.select(sweeper, "optim.maximize") if isinstance(sweeper, DictConfig) else None
+        if maximize is not None:  # nevergrad
+            return 1 if maximize else -1
+    return -1 if name and "loss" in name else 1
+
+
+_ORDER = {"completed": 0, "running": 1, "failed": 2}
+
+
+def collect_jobs(sweep_dir: Path, final: bool) -> list[dict[str, Any]]:
+    """Every job under ``sweep_dir`` with a status file, best first: completed jobs by their objective,
+    then running ones, then failed ones. In the ``final`` summary a job still "running" never ended."""
+    jobs = [read_job(p.parent) for p in sorted(sweep_dir.rglob(STATUS_FILE))]
+    for job in jobs:
+        if final and job["status"] == "running":
+            job["status"], job["error"] = "failed", job.get("error") or "never ended (killed?)"
+    name = next((j.get("objective_name") for j in jobs if j.get("objective_name")), None)
+    sign = _direction(sweep_dir, name)
+
+    def key(job: dict[str, Any]) -> tuple:
+        score = job["objective"] if job["objective"] is not None else job["best_val"]
+        return (_ORDER.get(job["status"], 3), score is None, -sign * (score or 0.0), job.get("num", 0))
+
+    return sorted(jobs, key=key)
+
+
+# ---------------------------------------------------------------------- writing the summary
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def summary_rows(jobs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary (the CSV and the printed table share them)."""
+    keys = varying_overrides(jobs)
+    name = next((j.get("objective_name") for j in jobs if j.get("objective_name")), None) or "objective"
+    header = ["job", "overrides", "status", "best val/mIoU", "best epoch", "test/mIoU", f"{name} (returned)",
+              "wall time", "error", "folder"]
+    rows = []
+    for job in jobs:
+        shown = [o for o in job.get("overrides") or [] if o.partition("=")[0] in keys]
+        rows.append([str(job.get("num", "")), " ".join(shown), job["status"], _fmt(job["best_val"]),
+                     "" if job["best_epoch"] is None else str(job["best_epoch"]), _fmt(job["test"]),
+                     _fmt(job["objective"]), _fmt_time(job.get("wall_s")), job.get("error") or "", job["job"]])
+    return header, rows
+
+
+def format_summary(header: Sequence[str], rows: Sequence[Sequence[str]], title: str) -> str:
+    """The summary as a text table (the folder and error columns left to the CSV when nothing failed)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    error = header.index("error")
+    drop = {"folder"} | (set() if any(r[error] for r in rows) else {"error"})
+    rows = [[*r[:error], r[error] if len(r[error]) <= 60 else r[error][:59] + "…", *r[error + 1:]] for r in rows]
+    table = Table(title=title)
+    columns = [i for i, h in enumerate(header) if h not in drop]
+    for i in columns:
+        table.add_column(header[i], justify="right" if header[i] not in ("overrides", "status", "error") else "left")
+    for row in rows:
+        table.add_row(*(row[i] for i in columns))
+    console = Console(width=160, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
+
+
+def write_summary(sweep_dir: Path, final: bool = True) -> str:
+    """Rewrite ``summary.csv`` (and, when ``final``, the curves PNG) in ``sweep_dir``; returns the table."""
+    jobs = collect_jobs(sweep_dir, final)
+    header, rows = summary_rows(jobs)
+    lines = [header, *rows]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(lines)
+    _atomic_write(sweep_dir / SUMMARY_CSV, buffer.getvalue())
+    failed = sum(r[2] == "failed" for r in rows)
+    title = f"sweep {sweep_dir.name}: {len(rows)} job(s)" + (f", {failed} failed" if failed else "")
+    text = format_summary(header, rows, title)
+    notes = [f"Summary: {sweep_dir / SUMMARY_CSV}"]
+    if final:
+        if any(job["curve"] for job in jobs):
+            plot_sweep_curves(jobs, varying_overrides(jobs), sweep_dir / CURVES_PNG)
+            notes.append(f"val/mIoU curves: {sweep_dir / CURVES_PNG}")
+        else:
+            notes.append("no job logged val/mIoU to metrics.csv: no curves picture")
+    return text + "\n".join(notes)
+
+
+def plot_sweep_curves(jobs: Sequence[dict[str, Any]], keys: Sequence[str], path: Path) -> None:
+    """val/mIoU per epoch of every job on one plot; failed jobs dashed."""
+    from seg_template.callbacks.reports import new_figure
+
+    fig = new_figure(8.0, 5.0)
+    ax = fig.add_subplot()
+    for job in sorted(jobs, key=lambda j: j.get("num", 0)):
+        if not job["curve"]:
+            continue
+        epochs, values = zip(*job["curve"], strict=True)
+        label = " ".join(o for o in job.get("overrides") or [] if o.partition("=")[0] in keys) or job["job"]
+        ax.plot(epochs, values, marker="o", markersize=3, linestyle="--" if job["status"] == "failed" else "-",
+                label=f"{job.get('num', '')}: {label}" + (" (failed)" if job["status"] == "failed" else ""))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val/mIoU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("val/mIoU per job")
+    fig.savefig(path, dpi=100)
