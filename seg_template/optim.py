@@ -12,6 +12,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from seg_template.errors import ConfigError
+
 
 def param_groups(model: nn.Module) -> list[dict]:
     """Two groups: weights that decay, and norm-layer parameters + biases with ``weight_decay=0``.
@@ -52,15 +54,17 @@ def poly_warmup(optimizer: Optimizer, total_steps: int, power: float = 0.9, warm
 
     ``warmup_steps``: a step count, or a fraction of ``total_steps`` when it is a float below 1.
     """
+    # ConfigError: these come from configs/scheduler/*.yaml (or the trainer's length), not from our code
     if total_steps < 1:
-        raise ValueError(f"poly_warmup needs total_steps >= 1 (trainer.estimated_stepping_batches), got {total_steps}")
+        raise ConfigError(f"the poly schedule needs total_steps >= 1 optimiser steps, got {total_steps} (from "
+                          "trainer.max_epochs, trainer.max_steps and trainer.limit_train_batches)")
     if power < 0:
-        raise ValueError(f"scheduler.power must be >= 0, got {power}")
+        raise ConfigError(f"scheduler.power must be >= 0, got {power}")
     if not 0 < warmup_ratio <= 1 or not 0 <= min_lr_ratio <= 1:
-        raise ValueError(f"scheduler.warmup_ratio must be in (0, 1] and min_lr_ratio in [0, 1], got "
-                         f"{warmup_ratio}, {min_lr_ratio}")
+        raise ConfigError(f"scheduler.warmup_ratio must be in (0, 1] and scheduler.min_lr_ratio in [0, 1], got "
+                          f"{warmup_ratio}, {min_lr_ratio}")
     if warmup_steps < 0:
-        raise ValueError(f"scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+        raise ConfigError(f"scheduler.warmup_steps must be >= 0, got {warmup_steps}")
     warmup = int(round(warmup_steps * total_steps)) if isinstance(warmup_steps, float) and warmup_steps < 1 \
         else int(warmup_steps)
     return LambdaLR(optimizer, lambda step: poly_factor(step, total_steps, power, warmup, warmup_ratio,

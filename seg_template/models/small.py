@@ -38,7 +38,8 @@ class SmallSegNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 16, align_corners: bool = False) -> None:
         super().__init__()
         if num_classes < 1 or width < 1:
-            raise ValueError(f"SmallSegNet needs num_classes >= 1 and width >= 1, got {num_classes}, {width}")
+            raise ConfigError(f"SmallSegNet needs model.num_classes >= 1 and model.width >= 1, got num_classes="
+                              f"{num_classes}, width={width}")
         w = width
         self.num_classes, self.align_corners = num_classes, bool(align_corners)
         self.stem = nn.Sequential(ConvBNReLU(3, w, stride=2), ConvBNReLU(w, w))
