@@ -108,11 +108,8 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        with open(file, "rb") as f:  # a zip (torch.save) or a binary pickle, rather than arbitrary bytes?
-            pickled = f.read(2) in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-        if found is None and not pickled:  # e.g. a text file: "invalid load key", "unsupported operand"
-            raise CheckpointError(f"{option}: '{file}' is not a PyTorch checkpoint (neither a torch.save zip "
-                                  f"nor a pickle: a text file, or another format?)") from err
+        if found is None and not _starts_like_torch_file(file):  # "invalid load key", "unsupported operand"
+            raise _not_torch_file(option, file) from err
         what = f"Python objects besides tensors (first: {found.group(1)})" if found else "pickled Python objects"
         raise CheckpointError(
             f"{option}: '{file}' stores {what}; reading them would run code from the file, so it is refused "
@@ -120,9 +117,22 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any
             f"with torch.load's weights_only set to False, then torch.save(ckpt['state_dict'], 'weights.pth') "
             f"(the key holding the weights may be 'model', 'state_dict', ...)") from err
     except Exception as err:  # EOFError, zip errors (RuntimeError), KeyError/IndexError from garbage bytes
+        if not _starts_like_torch_file(file):  # a text file: "pop from empty list" says nothing to a user
+            raise _not_torch_file(option, file) from err
         raise CheckpointError(f"{option}: '{file}' is not a readable PyTorch checkpoint - truncated by an "
                               f"interrupted save or copy, or another format ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from err
+
+
+def _starts_like_torch_file(file: Path) -> bool:
+    """Whether ``file`` begins as a ``torch.save`` zip or a binary pickle (legacy ``torch.save``) does."""
+    with open(file, "rb") as f:
+        return f.read(2) in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def _not_torch_file(option: str, file: Path) -> CheckpointError:
+    return CheckpointError(f"{option}: '{file}' is not a PyTorch checkpoint (neither a torch.save zip nor a "
+                           f"pickle: a text file, or another format?)")
 
 
 def unwrap_state_dict(obj: Any, source: str, option: str = "model.pretrained") -> dict[str, Tensor]:
