@@ -103,8 +103,8 @@ class SweepSummary(Callback):
             status["status"], status["objective"] = "completed", _float(job_return.return_value)
         else:  # the return value is the exception; reading .return_value would raise it
             error = job_return._return_value
-            status["status"] = "failed"
-            status["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:300]
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            status["status"], status["error"] = "failed", f"{type(error).__name__}: {first_line}"[:300]
         self._current = None
         self._write_status(status)
         write_summary(Path(config.hydra.sweep.dir), final=False)
@@ -130,7 +130,8 @@ class SweepSummary(Callback):
         the basic sweeper re-raised a failed job's error. Mark the job that was running and write the final
         summary (printing it where the sweep started)."""
         if self._current is not None:
-            status = {**self._current, "status": "failed", "wall_s": round(time.monotonic() - self._started, 1),
+            wall = round(time.monotonic() - self._started, 1)
+            status = {**self._current, "status": "failed", "wall_s": wall,
                       "error": "the process exited during the job (see the job's log)"}
             self._current = None
             self._write_status(status)
@@ -248,7 +249,8 @@ def summary_rows(jobs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
         shown = [o for o in job.get("overrides") or [] if o.partition("=")[0] in keys]
         rows.append([str(job.get("num", "")), " ".join(shown), job["status"], _fmt(job["best_val"]),
                      "" if job["best_epoch"] is None else str(job["best_epoch"]), _fmt(job["test"]),
-                     _fmt(job["objective"]), _fmt_time(job.get("wall_s")), job.get("error") or "", job["job"]])
+                     _fmt(job["objective"]), _fmt_time(job.get("wall_s")), job.get("error") or "",
+                     job["job"]])
     return header, rows
 
 
@@ -259,11 +261,13 @@ def format_summary(header: Sequence[str], rows: Sequence[Sequence[str]], title: 
 
     error = header.index("error")
     drop = {"folder"} | (set() if any(r[error] for r in rows) else {"error"})
-    rows = [[*r[:error], r[error] if len(r[error]) <= 60 else r[error][:59] + "…", *r[error + 1:]] for r in rows]
+    short = [r[error] if len(r[error]) <= 60 else r[error][:59] + "…" for r in rows]  # the CSV has it all
+    rows = [[*r[:error], text, *r[error + 1:]] for r, text in zip(rows, short, strict=True)]
     table = Table(title=title)
     columns = [i for i, h in enumerate(header) if h not in drop]
     for i in columns:
-        table.add_column(header[i], justify="right" if header[i] not in ("overrides", "status", "error") else "left")
+        left = header[i] in ("overrides", "status", "error")
+        table.add_column(header[i], justify="left" if left else "right")
     for row in rows:
         table.add_row(*(row[i] for i in columns))
     console = Console(width=160, record=True, force_terminal=False)
@@ -304,8 +308,9 @@ def plot_sweep_curves(jobs: Sequence[dict[str, Any]], keys: Sequence[str], path:
             continue
         epochs, values = zip(*job["curve"], strict=True)
         label = " ".join(o for o in job.get("overrides") or [] if o.partition("=")[0] in keys) or job["job"]
-        ax.plot(epochs, values, marker="o", markersize=3, linestyle="--" if job["status"] == "failed" else "-",
-                label=f"{job.get('num', '')}: {label}" + (" (failed)" if job["status"] == "failed" else ""))
+        failed = job["status"] == "failed"
+        ax.plot(epochs, values, marker="o", markersize=3, linestyle="--" if failed else "-",
+                label=f"{job.get('num', '')}: {label}" + (" (failed)" if failed else ""))
     ax.set_xlabel("epoch")
     ax.set_ylabel("val/mIoU")
     ax.grid(alpha=0.3)

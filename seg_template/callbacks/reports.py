@@ -51,7 +51,8 @@ def plot_confusion(confmat: np.ndarray, class_names: Sequence[str], path: Path, 
     n = len(class_names)
     totals = confmat.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rows = np.where(totals > 0, confmat / np.maximum(totals, 1), np.nan)  # a class absent from the GT: blank
+        # a class absent from the ground truth: a blank row
+        rows = np.where(totals > 0, confmat / np.maximum(totals, 1), np.nan)
     side = max(5.0, 1.5 + 0.13 * n)
     font = 9 if n <= 25 else (7 if n <= 60 else 5)
     fig = new_figure(side + 1.2, side)
@@ -73,7 +74,7 @@ def plot_confusion(confmat: np.ndarray, class_names: Sequence[str], path: Path, 
 
 
 def plot_iou(iou: Sequence[float], class_names: Sequence[str], path: Path, title: str) -> None:
-    """Horizontal bars of per-class IoU (%) in class order, the mean as a line; NaN (class absent) as "n/a"."""
+    """Horizontal bars of per-class IoU (%) in class order, the mean as a line; NaN (absent) as "n/a"."""
     n = len(class_names)
     values = np.array([np.nan if v is None else 100.0 * v for v in iou], dtype=float)
     font = 9 if n <= 40 else 6
@@ -131,7 +132,8 @@ def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path)
     axes = fig.subplots(2, 2).ravel()
     missing = []
     for ax, (title, x_axis, wanted) in zip(axes, CURVE_PANELS, strict=True):
-        keys = [k for w in wanted for k in sorted(series) if (k.startswith(w[:-1]) if w.endswith("*") else k == w)]
+        keys = [k for w in wanted for k in sorted(series)
+                if (k.startswith(w[:-1]) if w.endswith("*") else k == w)]
         for key in keys:
             points = series[key]
             xs = [p[0] if x_axis == "step" else p[1] for p in points]
@@ -182,7 +184,8 @@ class Reports(Callback):
         try:
             write(*args)
         except Exception as err:  # noqa: BLE001 - a plotting failure must not end a finished fit
-            log.warning("Reports: could not write the %s (%s: %s)", what, type(err).__name__, err, exc_info=True)
+            log.warning("Reports: could not write the %s (%s: %s)", what, type(err).__name__, err,
+                        exc_info=True)
 
     def write_stage(self, pl_module: pl.LightningModule, stage: str) -> None:
         """``confusion_<stage>.{png,csv}`` and ``iou_<stage>.png`` from the module's last ``stage`` matrix."""

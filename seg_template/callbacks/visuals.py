@@ -77,7 +77,8 @@ def to_display(image: Tensor, transform: Any = None) -> np.ndarray:
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
-def resize_tile(image: np.ndarray, labels: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def resize_tile(image: np.ndarray, labels: Sequence[np.ndarray],
+                size: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Scale ``image`` uint8[H, W, 3] (bilinear) and each ``labels[H, W]`` (nearest) so that the longer side
     is ``size`` pixels."""
     height, width = image.shape[:2]
@@ -85,7 +86,8 @@ def resize_tile(image: np.ndarray, labels: Sequence[np.ndarray], size: int) -> t
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     if (new_h, new_w) == (height, width):
         return image, list(labels)
-    resample = Image.NEAREST if scale >= 2 else Image.BILINEAR  # integer upscaling of small images stays crisp
+    # enlarging a small image by 2x or more: nearest keeps its pixels crisp
+    resample = Image.NEAREST if scale >= 2 else Image.BILINEAR
     image = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample))
     rows = np.minimum((np.arange(new_h) + 0.5) / scale, height - 1).astype(np.int64)
     cols = np.minimum((np.arange(new_w) + 0.5) / scale, width - 1).astype(np.int64)
@@ -99,6 +101,16 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def _font_size(tile_size: int) -> int:
+    return max(11, min(18, tile_size // 14))
+
+
+def header_height(tile_size: int, title: bool = True) -> int:
+    """Pixels above the first row of a :func:`prediction_grid`: the title line, then the column names."""
+    size = _font_size(tile_size)
+    return size + 2 * GAP + (size + 2 * GAP if title else 0)
+
+
 def prediction_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], palette: np.ndarray,
                     class_names: Sequence[str], ignore_index: int, title: str = "", tile_size: int = 256,
                     alpha: float = 0.6) -> np.ndarray:
@@ -106,11 +118,12 @@ def prediction_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], p
     the image, then the ground truth and the prediction as colour overlays; ignored pixels in VOC's void
     colour; a legend of the classes shown at the right.
 
-    ``H = header + len(rows) * (tile_size + GAP)``; every tile's longer side is ``tile_size``.
+    ``H = header_height(tile_size, bool(title)) + len(rows) * (tile_size + GAP)``; every tile's longer side
+    is ``tile_size``.
     """
     palette = np.asarray(palette, dtype=np.uint8)
-    font_size = max(11, min(18, tile_size // 14))
-    header = font_size + 2 * GAP + (font_size + GAP if title else 0)
+    font_size = _font_size(tile_size)
+    header = header_height(tile_size, bool(title))
     tiles, present, has_ignore = [], set(), False
     for image, target, pred in rows:
         image, (target, pred) = resize_tile(image, (target, pred), tile_size)
@@ -151,8 +164,8 @@ class ValidationImages(Callback):
     up the time spent here (the run's log gets it at the end of fit).
     """
 
-    def __init__(self, dirpath: str | Path, num_images: int = 4, every_n_epochs: int = 1, tile_size: int = 256,
-                 alpha: float = 0.6, log_to_loggers: bool = True) -> None:
+    def __init__(self, dirpath: str | Path, num_images: int = 4, every_n_epochs: int = 1,
+                 tile_size: int = 256, alpha: float = 0.6, log_to_loggers: bool = True) -> None:
         if num_images < 1 or every_n_epochs < 1 or tile_size < 16:
             raise ValueError("callbacks.val_images: num_images and every_n_epochs must be >= 1 and tile_size "
                              f">= 16, got {num_images}, {every_n_epochs}, {tile_size}")
@@ -219,14 +232,17 @@ class ValidationImages(Callback):
                         logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
                                                align_corners=align_corners)
                     pred = logits.argmax(1)[0].cpu().numpy()
-                    rows.append((to_display(image, getattr(dataset, "transform", None)), target.numpy(), pred))
+                    shown = to_display(image, getattr(dataset, "transform", None))
+                    rows.append((shown, target.numpy(), pred))
         finally:
             net.train(was_training)
         palette = getattr(dataset, "palette", None)
         if palette is None or len(palette) < num_classes:
             palette = default_palette(max(num_classes, 1))
         miou = trainer.callback_metrics.get("val/mIoU")
-        title = f"epoch {trainer.current_epoch}" + (f", val/mIoU {float(miou):.4f}" if miou is not None else "")
+        title = f"epoch {trainer.current_epoch}"
+        if miou is not None:
+            title += f", val/mIoU {float(miou):.4f}"
         return prediction_grid(rows, np.asarray(palette, dtype=np.uint8)[:max(num_classes, 1)],
                                getattr(pl_module, "class_names", ()), ignore_index, title, self.tile_size,
                                self.alpha)
@@ -246,8 +262,8 @@ class ValidationImages(Callback):
                 elif isinstance(logger, MLFlowLogger):
                     logger.experiment.log_image(logger.run_id, grid, artifact_file=f"images/{path.name}")
             except Exception as err:  # noqa: BLE001 - any logger backend error
-                self._warn_once(type(logger).__name__, "callbacks.val_images: %s could not take the image (%s)",
-                                type(logger).__name__, err)
+                name = type(logger).__name__
+                self._warn_once(name, "callbacks.val_images: %s could not take the image (%s)", name, err)
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
