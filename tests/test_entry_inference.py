@@ -1,4 +1,4 @@
-"""Whole-image, sliding-window and multi-scale + flip inference (seg_template/inference.py)."""
+"""Whole-image, sliding-window and multi-scale + flip inference (seg_template/inference/)."""
 
 from __future__ import annotations
 
@@ -116,3 +116,24 @@ def test_inference_model_wraps_a_net(images: torch.Tensor) -> None:
     wrapped = InferenceModel(net, mode="slide", crop_size=[16, 16], stride=[8, 8], scales=[1.0], flip=True)
     with torch.no_grad():
         assert torch.allclose(wrapped(images), net(images), atol=1e-5)  # 1x1 conv commutes with flips
+
+
+@pytest.mark.parametrize("preset", ["whole", "slide", "ms_flip"])
+@pytest.mark.parametrize("extra", [[], ["inference.bounded=true", "inference.window_batch=2"]])
+def test_every_inference_key_is_an_inference_model_argument(compose_cfg, preset, extra) -> None:
+    """eval.py and predict.py build ``InferenceModel(net, **cfg.inference)``: every key must be accepted
+    (a bounded preset other than slide is a ConfigError naming the key)."""
+    from omegaconf import OmegaConf
+
+    from seg_template.errors import ConfigError
+
+    cfg = compose_cfg("predict", [f"inference={preset}", *extra])
+    settings = OmegaConf.to_container(cfg.inference, resolve=True)
+    if extra and preset != "slide":
+        with pytest.raises(ConfigError, match="inference"):
+            InferenceModel(PixelNet(), **settings)
+        return
+    model = InferenceModel(PixelNet(), **settings)
+    with torch.no_grad():
+        labels = model.predict_labels(torch.randn(1, 3, 20, 30))
+    assert labels.shape == (1, 20, 30)
