@@ -178,7 +178,22 @@ class BestAndLastCheckpoint(ModelCheckpoint):
                 f"At epoch {trainer.current_epoch}, step {trainer.global_step} the weights "
                 f"hold NaN or inf ({shown or 'on another process'}), so {filepath} was not written; the "
                 f"checkpoints already in {self.dirpath} are kept. Try: {divergence_advice(trainer)}.")
-        super()._save_checkpoint(trainer, filepath)
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as err:  # a full disk or quota, a read-only or vanished folder: the user's to fix
+            raise CheckpointError(f"{filepath} could not be written ({err.strerror or err}); the checkpoints "
+                                  f"already in {self.dirpath} are kept (writes are atomic). Free some space "
+                                  "there or write the run elsewhere (paths.log_dir=...).") from err
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        # Lightning raises a MisconfigurationException, listing every per-class IoU, once validation has run
+        if (self.save_top_k and self.monitor is not None and self.monitor not in monitor_candidates
+                and trainer.fit_loop.epoch_loop.val_loop._has_run):
+            logged = sorted(k for k in monitor_candidates if "/IoU/" not in k and k not in ("epoch", "step"))
+            raise ConfigError(f"callbacks.model_checkpoint.monitor={self.monitor!r} is not a logged metric; "
+                              f"logged: {', '.join(logged)} and the per-class <stage>/IoU/<name>. Pick one, "
+                              "e.g. callbacks.model_checkpoint.monitor=val/mIoU (mode=max)")
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
 
 #: what a checkpoint written by ``Trainer.fit`` holds and resuming needs
