@@ -16,8 +16,8 @@ from seg_template.inference.slide import (
     predict_slide_labels,
     slide_bands,
 )
-from seg_template.inference.whole import predict_whole
+from seg_template.inference.whole import class_ids, predict_whole
 from seg_template.inference.windows import window_starts
 
-__all__ = ["DEFAULT_WINDOW_BATCH", "InferenceModel", "check_settings", "predict", "predict_labels",
+__all__ = ["DEFAULT_WINDOW_BATCH", "InferenceModel", "check_settings", "class_ids", "predict", "predict_labels",
            "predict_slide", "predict_slide_labels", "predict_whole", "slide_bands", "window_starts"]

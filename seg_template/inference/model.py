@@ -18,7 +18,7 @@ from seg_template.inference.slide import (
     predict_slide,
     predict_slide_labels,
 )
-from seg_template.inference.whole import predict_whole, resize
+from seg_template.inference.whole import class_ids, predict_whole, resize
 
 
 def check_settings(mode: str = "whole", crop_size: Sequence[int] | None = None,
@@ -79,7 +79,7 @@ def predict_labels(net: nn.Module, images: Tensor, mode: str = "whole", crop_siz
         return predict_slide_labels(net, images, crop_size, stride, align_corners,  # type: ignore[arg-type]
                                     flip=flip, window_batch=window_batch, dtype=dtype)
     logits = predict(net, images, mode, crop_size, stride, scales, flip, align_corners, window_batch)
-    return logits.argmax(1).to(dtype)
+    return class_ids(logits).to(dtype)
 
 
 class InferenceModel(nn.Module):

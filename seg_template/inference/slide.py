@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from seg_template.errors import ConfigError
+from seg_template.inference.whole import class_ids
 from seg_template.inference.windows import Window, coverage, window_logits, window_starts
 
 #: crops per forward pass unless told otherwise (``inference.window_batch``)
@@ -133,6 +134,6 @@ def predict_slide_labels(net: nn.Module, images: Tensor, crop_size: Sequence[int
                                    window_batch=window_batch, bounded=True):
         if logits.shape[1] - 1 > torch.iinfo(dtype).max:
             raise ValueError(f"{logits.shape[1]} classes do not fit in {dtype} class ids")
-        labels[:, top:top + logits.shape[2]] = logits.argmax(1).to(labels.device, dtype)
+        labels[:, top:top + logits.shape[2]] = class_ids(logits).to(labels.device, dtype)
     return labels
 

