@@ -69,6 +69,8 @@ class SegmentationModule(pl.LightningModule):
         self.confmats = nn.ModuleDict({stage: MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
                                                                        validate_args=False)
                                        for stage in ("val", "test")})
+        # the training recipe (seg_template/recipe.py), written into every checkpoint when set (train.py)
+        self.recipe: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
         self.last_confmat: dict[str, Tensor] = {}  # the latest computed matrix per stage, for the reports callback
         self.best_val: dict[str, Any] | None = None
@@ -163,6 +165,11 @@ class SegmentationModule(pl.LightningModule):
             columns[f"best (ep {best['epoch']})"] = best["IoU"]
         summary = f"validation mIoU: last {100 * last['mIoU']:.2f}, best {100 * best['mIoU']:.2f} (ep {best['epoch']})"
         print_table(summary + "\n" + format_table(self.class_names, columns, title="validation IoU %"))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # eval / predict / export rebuild the data and the model from it with only ckpt_path given
+        if self.recipe is not None:
+            checkpoint["recipe"] = self.recipe
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:

@@ -21,6 +21,7 @@ from seg_template.build import (
     metric_value,
 )
 from seg_template.cli import hydra_main
+from seg_template.recipe import recipe_from
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -52,6 +53,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     testing = cfg.get("test", False) and cfg.data.get("test_set") is not None
     datamodule.preflight([*(("train", "val") if cfg.get("train", True) else ()), *(("test",) if testing else ())])
     module = build_module(cfg, datamodule)
+    module.recipe = recipe_from(cfg)  # stored in every checkpoint: eval/predict/export need only it
     if cfg.get("ckpt_path"):  # a readable training checkpoint of this model, before any folder fills up
         from seg_template.callbacks.checkpoint import check_resume_checkpoint
 

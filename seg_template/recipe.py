@@ -1,0 +1,196 @@
+"""A checkpoint's recipe: what a trained network needs around it (data config, model, loss, class names,
+palette), stored inside every checkpoint, so that ``python eval.py ckpt_path=X`` needs nothing else.
+
+Writing (training): :func:`recipe_from` turns the composed config into plain containers that
+``torch.load(weights_only=True)`` reads back (no ``DictConfig``, no ``Path``). Interpolations between the
+stored nodes are kept (``data.val_set.root: ${data.root}``), so ``data.root=/elsewhere`` on another machine
+still reaches every split; references outside them (``${paths.data_dir}``) are resolved as they were in
+training, so the same machine finds its data without retyping anything.
+
+Reading (eval, predict, export): :func:`with_recipe` puts the recipe's nodes in place of the task config's
+defaults, then applies the options typed on the command line again, so they win: ``data.root=``,
+``data.val_set.length=``, ``model.*``; a whole group typed again (``data=voc``) replaces the recipe's node.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from seg_template.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+#: the config nodes a checkpoint carries; interpolations among them are kept, others resolved
+RECIPE_NODES = ("data", "model", "loss")
+RECIPE_FORMAT = 1
+_REFERENCE = re.compile(r"\$\{([^${}]*)\}")
+
+
+def _is_internal(text: str) -> bool:
+    """True when every interpolation in ``text`` refers to a key inside the recipe's nodes (plain
+    ``${data.x}``, relative ``${..x}`` or ``${oc.select:data.x,default}``); resolvers and other roots are not."""
+    found = _REFERENCE.findall(text)
+    if not found or "${" in _REFERENCE.sub("", text):  # nested interpolations: resolve them
+        return False
+    for inner in found:
+        key = inner.split(":", 1)[1].split(",", 1)[0].strip() if inner.startswith("oc.select:") else inner
+        if ":" in key:
+            return False
+        if not key.startswith(".") and key.split(".", 1)[0] not in RECIPE_NODES:
+            return False
+    return True
+
+
+def _portable(raw: Any, resolved: Any) -> Any:
+    """``raw`` (unresolved container) with external interpolations replaced by their ``resolved`` values."""
+    if isinstance(raw, dict):
+        return {str(k): _portable(v, resolved[k]) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_portable(r, v) for r, v in zip(raw, resolved, strict=True)]
+    if isinstance(raw, str) and "${" in raw:
+        return raw if _is_internal(raw) else resolved
+    return raw
+
+
+def recipe_from(cfg: DictConfig) -> dict[str, Any]:
+    """The recipe of a training config: ``{"format", "data", "model", "loss", "class_names", "palette",
+    "choices"}`` as plain containers (``palette`` is ``[[r, g, b], ...]``, ``choices`` the config groups
+    picked, e.g. ``{"data": "cityscapes", "model": "hrnet_w18"}``)."""
+    from seg_template.data.palette import dataset_palette
+
+    recipe: dict[str, Any] = {"format": RECIPE_FORMAT}
+    for name in RECIPE_NODES:
+        if cfg.get(name) is not None:
+            node = cfg[name]
+            recipe[name] = _portable(OmegaConf.to_container(node, resolve=False),
+                                     OmegaConf.to_container(node, resolve=True))
+    num_classes = int(cfg.data.num_classes)
+    recipe["class_names"] = [str(n) for n in (cfg.data.get("class_names") or range(num_classes))]
+    recipe["palette"] = dataset_palette(cfg.data).tolist()
+    recipe["choices"] = _choices()
+    return recipe
+
+
+def _choices() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: str(v) for k, v in choices.items() if k.split("/", 1)[0] in RECIPE_NODES and v is not None}
+
+
+def read_checkpoint_recipe(path: str | Path) -> dict[str, Any] | None:
+    """The recipe stored in the checkpoint at ``path``, or None (a plain state dict, an older or foreign
+    checkpoint). Unreadable files raise the weights loader's ``CheckpointError`` / ``MissingFileError``."""
+    import torch
+
+    from seg_template.models.weights import read_weights_file, resolve_path
+
+    file = resolve_path(path)
+    if file.suffix == ".safetensors":
+        return None
+    try:  # mmap: the tensors are not read, only the small recipe (eval then loads the weights once)
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint, or a bad file: the loader reads it again and names the problem
+        obj = read_weights_file(path, "ckpt_path")
+    recipe = obj.get("recipe") if isinstance(obj, Mapping) else None
+    if recipe is None:
+        return None
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("data"), Mapping):
+        raise CheckpointError(f"ckpt_path: '{file}' has a 'recipe' entry that is not a training recipe "
+                              f"(expected a mapping with data/model/loss, got {type(recipe).__name__})")
+    return dict(recipe)
+
+
+def typed_overrides() -> list[str]:
+    """The options typed on the command line of this Hydra job (``[]`` outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def apply_recipe(cfg: DictConfig, recipe: Mapping[str, Any], overrides: Sequence[str]) -> DictConfig:
+    """A copy of ``cfg`` whose ``data`` / ``model`` / ``loss`` come from ``recipe``, with ``overrides``
+    (Hydra syntax, as typed) applied on top. A node whose group is in ``overrides`` (``data=voc``) keeps the
+    composed one; ``key=value``, ``+key=value`` and ``~key`` under a replaced node are applied again."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    trained = recipe.get("choices") or {}
+    # a group typed with the option it was trained with (as recipe_argv adds it) is no change of recipe
+    chosen = {o.key_or_group.split("/", 1)[0] for o in parsed
+              if "." not in o.key_or_group and o.value() != trained.get(o.key_or_group)}
+    out = copy.deepcopy(cfg)
+    replaced = [n for n in RECIPE_NODES if recipe.get(n) is not None and n not in chosen]
+    with open_dict(out):
+        for name in replaced:
+            out[name] = copy.deepcopy(recipe[name])
+        for o in parsed:
+            key = o.key_or_group
+            if "." not in key or key.split(".", 1)[0] not in replaced:
+                continue
+            if o.is_delete():
+                parent_key, _, leaf = key.rpartition(".")
+                parent = OmegaConf.select(out, parent_key)
+                if isinstance(parent, DictConfig) and leaf in parent:
+                    del parent[leaf]
+            else:
+                OmegaConf.update(out, key, o.value(), merge=True, force_add=True)
+    return out
+
+
+def _typed_roots(overrides: Sequence[str]) -> set[str]:
+    """Top-level keys or groups the overrides touch: ``data.root=x`` -> ``data``, ``+model/x=y`` -> ``model``."""
+    return {re.split(r"[./=]", o.lstrip("+~"), maxsplit=1)[0] for o in overrides}
+
+
+def no_recipe_message(source: str, option: str, script: str) -> str:
+    """What to pass when the file at ``source`` has no recipe; names the run's own options when the file
+    sits in ``<run>/checkpoints/`` next to ``<run>/.hydra/overrides.yaml``."""
+    from seg_template.models.weights import resolve_path, training_overrides
+
+    file = resolve_path(source)
+    used = training_overrides(file)
+    hint = (f"the run that wrote it used: {' '.join(used)}" if used else
+            "the run that wrote it lists them in <run>/.hydra/overrides.yaml; none: the defaults")
+    return (f"{option}={source} carries no training recipe (a checkpoint of an older version or of another "
+            f"tool), so the data and model it was trained with are unknown. Pass them as in training: "
+            f"python {script} {option}={source} data=<data config> model=<model config> ({hint})")
+
+
+def with_recipe(cfg: DictConfig, source: str, recipe: Mapping[str, Any] | None,
+                overrides: Sequence[str] | None = None, script: str = "eval.py",
+                option: str = "ckpt_path") -> DictConfig:
+    """The config to rebuild a trained network with: ``cfg`` under ``recipe`` (see :func:`apply_recipe`),
+    ``overrides`` defaulting to the command line's. Without a recipe the user must have passed ``data=`` or
+    ``model=`` options, else a ``CheckpointError`` says which. ``model.pretrained`` is dropped (the weights
+    come from ``source``) and so is ``model.compile`` unless typed (a training GPU's choice)."""
+    overrides = typed_overrides() if overrides is None else list(overrides)
+    typed = _typed_roots(overrides)
+    if recipe is None:
+        if not typed & {"data", "model"}:
+            raise CheckpointError(no_recipe_message(source, option, script))
+        log.warning("%s carries no recipe: using the data / model options given", source)
+        out = copy.deepcopy(cfg)
+    else:
+        out = apply_recipe(cfg, recipe, overrides)
+        chosen = " ".join(f"{k}={v}" for k, v in (recipe.get("choices") or {}).items())
+        mine = [o for o in overrides if _typed_roots([o]) & set(RECIPE_NODES)]
+        log.info("Recipe of %s%s%s", source, f": {chosen}" if chosen else "",
+                 f"; from the command line: {' '.join(mine)}" if mine else "")
+    with open_dict(out):
+        if "pretrained" in out.model:
+            out.model.pretrained = None
+        if "compile" in out.model and not any(o.lstrip("+~").startswith("model.compile") for o in overrides):
+            out.model.compile = False
+    return out
