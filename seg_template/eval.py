@@ -1,31 +1,33 @@
 """Evaluation task: score a checkpoint on the val or test split, optionally with sliding-window or
-multi-scale + flip inference. ``python eval.py ckpt_path=<ckpt> [split=test] [inference=slide ...]``."""
+multi-scale + flip inference. ``python eval.py ckpt_path=<ckpt> [split=test] [inference=slide ...]``.
+
+The data, model and loss come from the checkpoint's recipe (seg_template/recipe.py); options typed on the
+command line win over it (``data.root=`` on another machine, ``data.eval_batch_size=``, ``model.*``)."""
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seg_template.build import (
-    build_module,
-    choices_summary,
-    instantiate_callbacks,
-    instantiate_loggers,
-    require_ckpt_path,
-)
+from seg_template.build import build_module, instantiate_callbacks, instantiate_loggers, require_ckpt_path
 from seg_template.cli import hydra_main
 from seg_template.errors import ConfigError
+from seg_template.recipe import read_checkpoint_recipe, recipe_argv, with_recipe
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate (``split=val``) or test (``split=test``) ``cfg.ckpt_path``.
 
+    ``cfg.data`` / ``model`` / ``loss`` are replaced by the checkpoint's recipe, then ``overrides`` (Hydra
+    syntax; default: the command line's, none outside a Hydra run) are applied again so that they win.
     Returns ``(metrics, objects)`` like ``seg_template.train.train``: metric names are ``val/...`` or
-    ``test/...`` as the module logs them.
+    ``test/...`` as the module logs them; ``objects["cfg"]`` is the config actually used.
     """
     import pytorch_lightning as pl
     from hydra.utils import instantiate
@@ -36,9 +38,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt_path = require_ckpt_path(cfg, "eval.py")
     if cfg.split not in ("val", "test"):
         raise ConfigError(f"split must be 'val' or 'test', got {cfg.split!r}")
-    summary = choices_summary()
-    if summary:
-        log.info(summary)
+    cfg = with_recipe(cfg, ckpt_path, read_checkpoint_recipe(ckpt_path), overrides, "eval.py")
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     datamodule.preflight([cfg.split])
@@ -66,6 +66,7 @@ def run_task(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Entry point of ``python eval.py ckpt_path=<ckpt> [overrides]``."""
+    sys.argv = recipe_argv(sys.argv, ("data", "model", "loss"))
     hydra_main("eval", run_task)
 
 

@@ -194,3 +194,41 @@ def with_recipe(cfg: DictConfig, source: str, recipe: Mapping[str, Any] | None,
         if "compile" in out.model and not any(o.lstrip("+~").startswith("model.compile") for o in overrides):
             out.model.compile = False
     return out
+
+
+def read_recipe(path: str | Path) -> dict[str, Any] | None:
+    """The recipe of a checkpoint or of an exported ``.onnx`` file (its metadata), or None."""
+    if str(path).lower().endswith(".onnx"):
+        from seg_template.models.weights import resolve_path
+        from seg_template.onnx_model import read_onnx_recipe
+
+        return read_onnx_recipe(resolve_path(path))
+    return read_checkpoint_recipe(path)
+
+
+def recipe_argv(argv: list[str], groups: Sequence[str], sources: Sequence[str] = ("ckpt_path",)) -> list[str]:
+    """``argv`` plus ``<group>=<option it was trained with>`` for each of ``groups`` the command line does
+    not choose, read from the recipe of the file named by the first of ``sources`` given (``ckpt_path=``).
+
+    Hydra then composes the same config files as training did, so options that exist only there
+    (``data.val_set.label_type=`` of Cityscapes, ``model.width=`` of ``small``) can be typed; the recipe's
+    stored values still replace the composed ones (:func:`apply_recipe`). Left as it is for help, sweeps,
+    a file that cannot be read (the task reports it) and options whose config file is not here.
+    """
+    from seg_template.paths import CONFIG_DIR
+
+    args = argv[1:]
+    if any(a in ("-m", "--multirun", "-h", "--help", "--hydra-help", "--info") for a in args):
+        return argv
+    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    source = next((values[s] for s in sources if values.get(s)), None)
+    if not source or "," in source:
+        return argv
+    try:
+        recipe = read_recipe(source)
+    except Exception:  # missing or unreadable: the task reads it again and names the problem
+        return argv
+    choices = (recipe or {}).get("choices") or {}
+    extra = [f"{g}={choices[g]}" for g in groups
+             if g in choices and g not in values and (CONFIG_DIR / g / f"{choices[g]}.yaml").is_file()]
+    return [*argv, *extra]
