@@ -1,135 +1,149 @@
-"""Prediction task: segment images with a checkpoint and write index and colour masks.
+"""Prediction task: segment images with a checkpoint (or an exported ONNX file) and write masks and overlays.
 
-``python predict.py ckpt_path=<ckpt> input=<image | folder | [images]> [inference=slide ...]``. A folder is
-searched recursively and its sub-folders are mirrored under ``masks/`` and ``color/``, so two ``0001.png``
-in different folders never overwrite each other. An unreadable image is named and skipped; the others are
-still written, and the run ends with an error listing the skipped files.
+``python predict.py ckpt_path=<ckpt> input=<image | folder | [images]> [inference=slide ...]``, or
+``model_file=model.onnx`` instead of ``ckpt_path`` to run the exported model through onnxruntime with the same
+pre- and post-processing. The data config (normalisation, class names, palette) and the model come from the
+recipe stored in the file; options typed on the command line win over it.
+
+A folder is searched recursively and its sub-folders are mirrored under every output folder (see
+seg_template/predict_outputs.py), so two ``0001.png`` in different folders never overwrite each other. Images
+of one size are batched (``batch_size``); an unreadable file is named and skipped, the others are still
+written, and the run ends with an error listing the skipped files.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from seg_template.build import build_net, require_ckpt_path
 from seg_template.cli import hydra_main
-from seg_template.data.io import IMAGE_EXTENSIONS, list_images, read_image
-from seg_template.errors import ConfigError, DataError, MissingFileError
+from seg_template.errors import ConfigError, DataError
+from seg_template.predict_inputs import input_files
+from seg_template.recipe import recipe_argv, with_recipe
 
 if TYPE_CHECKING:
     import torch
 
+__all__ = ["input_files", "main", "resolve_device", "run_predict"]
+
 log = logging.getLogger(__name__)
 
 
-def input_files(spec: str | Sequence[str]) -> list[tuple[Path, Path]]:
-    """``(file, output name)`` pairs for ``spec``: one image, a folder (recursive; the output name keeps the
-    sub-folder, with a ``.png`` suffix) or a list of images (named by their file names)."""
-    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    files: list[tuple[Path, Path]] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = list_images(path, recursive=True)
-            if not found:
-                raise MissingFileError(f"input folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            files.extend((f, f.relative_to(path).with_suffix(".png")) for f in found)
-        elif path.is_file():
-            files.append((path, Path(path.name).with_suffix(".png")))
-        else:
-            raise MissingFileError(f"input={path} is neither an image file nor a folder")
-    names = [name for _, name in files]
-    if len(set(names)) != len(names):
-        raise ConfigError("input lists images with the same file name from different folders; their masks "
-                          "would overwrite each other: pass their common parent folder instead")
-    return files
-
-
 def resolve_device(name: str) -> torch.device:
-    """``device=auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:1``...; a ``ConfigError`` for a
-    name torch does not know or a GPU this machine does not have (torch would fail later, unnamed)."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(str(name))
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"device={name} is not a torch device: use auto, cpu, cuda or cuda:<index>") from err
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device.type == "cuda" and (device.index or 0) >= gpus:
-        raise ConfigError(f"device={name}: this machine has {gpus} CUDA GPU(s); use device=auto or device=cpu")
-    return device
+    return torch.device(name)
 
 
-def predict_files(model: torch.nn.Module, files: Iterable[tuple[Path, Path]], transform, palette: np.ndarray,
-                  output_dir: Path, device: torch.device) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Write ``masks/<name>`` (uint8 class ids) and ``color/<name>`` for each ``(file, name)``.
+def _source(cfg: DictConfig) -> tuple[str, str]:
+    """``(option, path)`` of the model to run: ``model_file`` (ONNX) or ``ckpt_path``, exactly one."""
+    ckpt, onnx_file = cfg.get("ckpt_path"), cfg.get("model_file")
+    if ckpt and onnx_file:
+        raise ConfigError(f"pass ckpt_path or model_file, not both (got ckpt_path={ckpt} model_file={onnx_file})")
+    if onnx_file:
+        if not str(onnx_file).lower().endswith(".onnx"):
+            raise ConfigError(f"model_file={onnx_file} is not an .onnx file (checkpoints go to ckpt_path=)")
+        return "model_file", str(onnx_file)
+    if not ckpt:
+        raise ConfigError("ckpt_path is required: python predict.py ckpt_path=<run>/checkpoints/best.ckpt "
+                          "input=<image | folder> (or model_file=model.onnx from export.py)")
+    return "ckpt_path", str(ckpt)
 
-    Returns the written index masks and the skipped ``(file, reason)`` pairs. ``transform`` is the data
-    config's eval pipeline (normalisation); the model maps ``[1, 3, H, W]`` to ``[1, C, H, W]`` logits.
+
+def _build_net(cfg: DictConfig, option: str, path: str, device: torch.device,
+               overrides: Sequence[str] | None) -> tuple[Any, DictConfig]:
+    """The network to run and the config it is run with (the file's recipe under ``overrides``)."""
+    from seg_template.models.weights import resolve_path
+
+    if option == "model_file":
+        from seg_template.onnx_model import OnnxNet, require_onnx
+
+        require_onnx("onnxruntime")
+        file = resolve_path(path)
+        if not file.is_file():
+            from seg_template.errors import MissingFileError
+
+            raise MissingFileError(f"model_file: no file at '{file}' (given as '{path}')")
+        net = OnnxNet(file, device=str(device))
+        cfg = with_recipe(cfg, path, net.recipe, overrides, "predict.py", option)
+        classes = int(cfg.data.num_classes)
+        if net.num_classes is not None and net.num_classes != classes:
+            raise ConfigError(f"model_file={path} outputs {net.num_classes} classes but the data config has "
+                              f"data.num_classes={classes}: pass the data= it was trained with")
+        return net, cfg
+    from seg_template.build import build_net
+    from seg_template.models.weights import load_net_weights
+    from seg_template.recipe import read_checkpoint_recipe
+
+    cfg = with_recipe(cfg, path, read_checkpoint_recipe(path), overrides, "predict.py", option)
+    net, _ = build_net(cfg.model)
+    load_net_weights(net, path)
+    return net.to(device), cfg
+
+
+def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list[Path]:
+    """Segment ``cfg.input`` with ``cfg.ckpt_path`` or ``cfg.model_file``; returns the written index masks.
+
+    ``overrides`` (Hydra syntax) win over the file's recipe (default: the command line's). Raises
+    ``DataError`` listing the skipped files after writing the others.
     """
     import torch
-    from PIL import Image
-
-    written, skipped = [], []
-    with torch.inference_mode():
-        for path, name in files:
-            try:
-                image = read_image(path)
-            except DataError as err:
-                log.warning("skipped %s: %s", path, err)
-                skipped.append((path, str(err)))
-                continue
-            pixels = transform(image=image)["image"]
-            batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))[None]
-            labels = model(batch.to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
-            mask_path, color_path = output_dir / "masks" / name, output_dir / "color" / name
-            mask_path.parent.mkdir(parents=True, exist_ok=True)
-            color_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(labels).save(mask_path)
-            Image.fromarray(palette[labels]).save(color_path)
-            written.append(mask_path)
-    return written, skipped
-
-
-def run_predict(cfg: DictConfig) -> list[Path]:
-    """Segment ``cfg.input`` with ``cfg.ckpt_path``; returns the written index masks. Raises ``DataError``
-    listing the skipped files after writing the others."""
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     from seg_template.data.palette import dataset_palette
     from seg_template.inference import InferenceModel
-    from seg_template.models.weights import load_net_weights
+    from seg_template.predict_inputs import image_loader
+    from seg_template.predict_outputs import OutputWriter, ProgressReport, check_writable, submission_table
 
-    ckpt_path = require_ckpt_path(cfg, "predict.py")
-    if OmegaConf.is_missing(cfg, "input"):
+    option, path = _source(cfg)
+    if OmegaConf.is_missing(cfg, "input") or not cfg.get("input"):
         raise ConfigError("input is required: python predict.py ckpt_path=<ckpt> input=<image | folder>")
     spec = cfg.input
     files = input_files(list(spec) if isinstance(spec, ListConfig) else str(spec))
-    if int(cfg.data.num_classes) > 256:
-        raise ConfigError(f"data.num_classes={cfg.data.num_classes}: index masks are uint8 PNGs (<= 256)")
-    output_dir = Path(cfg.output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"output_dir={output_dir} cannot be created: {err}") from err
-    net, _ = build_net(cfg.model)
-    load_net_weights(net, ckpt_path)
+    output_dir = check_writable(Path(cfg.output_dir))  # before any model is built or image read
     device = resolve_device(cfg.device)
-    model = InferenceModel(net, **OmegaConf.to_container(cfg.inference, resolve=True)).to(device).eval()
-    written, skipped = predict_files(model, files, instantiate(cfg.data.val_transform),
-                                     dataset_palette(cfg.data), output_dir, device)
-    log.info("Wrote %d masks to %s (masks/ = class ids, color/ = palette)", len(written), output_dir)
+    net, cfg = _build_net(cfg, option, path, device, overrides)
+    classes = int(cfg.data.num_classes)
+    if classes > 256:
+        raise ConfigError(f"data.num_classes={classes}: index masks are uint8 PNGs (<= 256 classes)")
+    model = InferenceModel(net, **OmegaConf.to_container(cfg.inference, resolve=True)).eval()
+    split = cfg.data.get("val_set") or cfg.data.get("train_set")
+    table = submission_table(get_class(split._target_), classes) if cfg.get("submission_ids") else None
+    palette = dataset_palette(cfg.data)
+    names = list(cfg.data.get("class_names") or [str(i) for i in range(classes)])
+    writer = OutputWriter(output_dir, palette, names, alpha=cfg.get("overlay_alpha", 0.5), submission=table,
+                          legend=cfg.get("legend", True))
+    loader = image_loader(files, instantiate(cfg.data.val_transform), cfg.batch_size, cfg.num_workers,
+                          pin_memory=device.type == "cuda")
+    log.info("Predicting %d images with %s=%s on %s (%s)", len(files), option, path, device, dict(cfg.inference))
+    written, skipped = [], []
+    progress = ProgressReport(len(files))
+    with torch.inference_mode():
+        for batch in loader:
+            for file, reason in batch["errors"]:
+                log.warning("skipped %s: %s", file, reason)
+                skipped.append((file, reason))
+            if "image" in batch:
+                labels = model(batch["image"].to(device, non_blocking=True)).argmax(1).to(torch.uint8).cpu()
+                for name, rgb, mask in zip(batch["name"], batch["rgb"], labels.numpy(), strict=True):
+                    written.append(writer.write(name, rgb, mask))
+            progress.update(len(batch["errors"]) + len(batch["name"]))
+    progress.close()
+    folders = "masks/ = class ids, color/ = palette, overlay/ = image + colours + legend"
+    if table is not None:
+        folders += ", submission/ = the dataset's official ids"
+    log.info("Wrote %d images' outputs to %s (%s)", len(written), output_dir, folders)
     if skipped:
-        listed = "\n  ".join(f"{path}: {reason}" for path, reason in skipped)
+        listed = "\n  ".join(reason if str(file) in reason else f"{file}: {reason}" for file, reason in skipped)
         raise DataError(f"{len(skipped)} of {len(files)} input images could not be read and were skipped "
-                        f"(the other masks are written):\n  {listed}")
+                        f"(the other outputs are written):\n  {listed}")
     return written
 
 
@@ -139,6 +153,7 @@ def run_task(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Entry point of ``python predict.py ckpt_path=<ckpt> input=<images>``."""
+    sys.argv = recipe_argv(sys.argv, ("data", "model"), sources=("model_file", "ckpt_path"))
     hydra_main("predict", run_task)
 
 

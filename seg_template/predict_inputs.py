@@ -1,0 +1,123 @@
+"""What predict.py reads: the input files, and a DataLoader that batches images of one size together.
+
+Images of different sizes cannot share a batch tensor, so the loader's batches are grouped by image size
+(read from the file headers, without decoding): a folder of same-size camera frames runs in full batches,
+a mixed folder still works. An unreadable file does not stop the run: its item carries the error, and the
+caller names and skips it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from seg_template.data.io import IMAGE_EXTENSIONS, list_images, read_image
+from seg_template.errors import ConfigError, DataError, MissingFileError
+
+
+def input_files(spec: str | Sequence[str]) -> list[tuple[Path, Path]]:
+    """``(file, output name)`` pairs for ``spec``: one image, a folder (recursive; the output name keeps the
+    sub-folder, with a ``.png`` suffix) or a list of images (named by their file names)."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    files: list[tuple[Path, Path]] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path, recursive=True)
+            if not found:
+                raise MissingFileError(f"input folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend((f, f.relative_to(path).with_suffix(".png")) for f in found)
+        elif path.is_file():
+            files.append((path, Path(path.name).with_suffix(".png")))
+        else:
+            raise MissingFileError(f"input={path} is neither an image file nor a folder")
+    names = [name for _, name in files]
+    if len(set(names)) != len(names):
+        raise ConfigError("input lists images with the same file name from different folders; their masks "
+                          "would overwrite each other: pass their common parent folder instead")
+    return files
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file header (no decoding), or None when the file is not an image."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # any failure is reported with the file's name when the loader decodes it
+        return None
+
+
+class ImageFiles(Dataset):
+    """``files[i] = (path, name)`` -> ``{"image": float[3, H, W] (normalised by transform), "rgb": uint8[H, W, 3]
+    (numpy, for the overlay), "name": str, "path": str}``, or ``{"error": str, "name", "path"}`` when the file
+    cannot be read."""
+
+    def __init__(self, files: Sequence[tuple[Path, Path]], transform: Callable[..., dict[str, Any]]) -> None:
+        self.files, self.transform = list(files), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, name = self.files[index]
+        item: dict[str, Any] = {"name": str(name), "path": str(path)}
+        try:
+            rgb = read_image(path)
+        except (DataError, OSError) as err:  # OSError: a file removed or unreadable since it was listed
+            return {**item, "error": str(err)}
+        pixels = self.transform(image=rgb)["image"]
+        item["image"] = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))
+        item["rgb"] = rgb
+        return item
+
+
+class SameSizeBatches(Sampler[list[int]]):
+    """Batches of at most ``batch_size`` indices whose images have the same size, in order of first
+    appearance; an image whose size is unknown (not readable) is a batch of its own."""
+
+    def __init__(self, sizes: Sequence[tuple[int, int] | None], batch_size: int) -> None:
+        groups: dict[Any, list[int]] = {}
+        for index, size in enumerate(sizes):
+            groups.setdefault(size if size is not None else ("unknown", index), []).append(index)
+        self.batches = [members[i:i + batch_size] for members in groups.values()
+                        for i in range(0, len(members), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"image": float[N, 3, H, W], "rgb": [uint8[H, W, 3], ...], "name": [...], "path": [...], "errors":
+    [(path, reason), ...]}`` for the readable items (``image``/``rgb`` absent when none is)."""
+    good = [it for it in items if "error" not in it]
+    batch: dict[str, Any] = {"name": [it["name"] for it in good], "path": [it["path"] for it in good],
+                             "errors": [(it["path"], it["error"]) for it in items if "error" in it]}
+    if good:
+        shapes = {tuple(it["image"].shape) for it in good}
+        if len(shapes) > 1:  # same-size files may still differ after a transform that depends on content
+            raise DataError(f"data.val_transform made different sizes {sorted(shapes)} from images of one size; "
+                            "run predict with batch_size=1")
+        batch["image"] = torch.stack([it["image"] for it in good])
+        batch["rgb"] = [it["rgb"] for it in good]
+    return batch
+
+
+def image_loader(files: Sequence[tuple[Path, Path]], transform: Callable[..., dict[str, Any]], batch_size: int,
+                 num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``files`` yielding :func:`collate` batches of same-size images."""
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if int(num_workers) < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+    sampler = SameSizeBatches([header_size(path) for path, _ in files], int(batch_size))
+    return DataLoader(ImageFiles(files, transform), batch_sampler=sampler, num_workers=int(num_workers),
+                      collate_fn=collate, pin_memory=pin_memory)

@@ -1,0 +1,136 @@
+"""What predict.py writes, and how it reports progress.
+
+Per image ``<name>.png`` (the input's sub-folders mirrored under each folder):
+
+- ``masks/``: class index per pixel (uint8; the data config's class ids),
+- ``color/``: the class colours (the dataset's palette),
+- ``overlay/``: the image blended with the colours, with a legend naming the classes present,
+- ``submission/`` (``submission_ids=true``): the dataset's official ids, e.g. Cityscapes labelIds, which the
+  official evaluation script (cityscapesscripts) scores directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seg_template.errors import ConfigError
+from seg_template.visualize import add_legend, colorize, overlay
+
+log = logging.getLogger("seg_template")
+
+FOLDERS = ("masks", "color", "overlay")
+
+
+def check_writable(folder: Path, option: str = "output_dir") -> Path:
+    """Create ``folder`` and write a probe file into it; a ``ConfigError`` names the folder otherwise, so a
+    read-only or mistyped destination fails before any image is processed."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{option}={folder} cannot be written: {err.strerror or err} "
+                          f"(pass a writable folder: {option}=<folder>)") from err
+    return folder
+
+
+def submission_table(dataset_class: type, num_classes: int) -> np.ndarray:
+    """``uint8[256]`` lookup: class id -> the dataset's official id for its benchmark submissions.
+
+    Cityscapes: labelIds (the inverse of the official labelId -> trainId table); ADE20K: ids 1..150 (0 is
+    "other"). A dataset without an official id scheme raises ``ConfigError``.
+    """
+    from seg_template.data.ade20k import ADE20KDataset
+    from seg_template.data.cityscapes import LABEL_ID_TO_TRAIN_ID, CityscapesDataset
+
+    table = np.zeros(256, dtype=np.uint8)
+    if issubclass(dataset_class, CityscapesDataset):
+        for label_id, train_id in LABEL_ID_TO_TRAIN_ID.items():
+            table[train_id] = label_id
+    elif issubclass(dataset_class, ADE20KDataset):
+        table[:num_classes] = np.arange(1, num_classes + 1)
+    else:
+        raise ConfigError(f"submission_ids=true: {dataset_class.__name__} has no official submission ids "
+                          "(Cityscapes and ADE20K do); its masks/ already hold its class ids")
+    return table
+
+
+class OutputWriter:
+    """Writes the outputs of one image (see the module docstring) under ``root``."""
+
+    def __init__(self, root: Path, palette: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
+                 submission: np.ndarray | None = None, legend: bool = True) -> None:
+        self.root, self.palette, self.class_names = Path(root), np.asarray(palette, np.uint8), list(class_names)
+        self.alpha, self.submission, self.legend = float(alpha), submission, legend
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"overlay_alpha must be in [0, 1], got {alpha}")
+
+    def _save(self, folder: str, name: str, pixels: np.ndarray) -> Path:
+        path = self.root / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+        return path
+
+    def write(self, name: str, rgb: np.ndarray, labels: np.ndarray) -> Path:
+        """Write ``labels`` (``uint8[H, W]``) of the image ``rgb`` (``uint8[H, W, 3]``); returns the index
+        mask's path. Labels at another size than the image (a resizing transform) are resized back."""
+        if labels.shape != rgb.shape[:2]:
+            labels = np.asarray(Image.fromarray(labels).resize(rgb.shape[1::-1], Image.NEAREST))
+        mask_path = self._save("masks", name, labels)
+        self._save("color", name, colorize(labels, self.palette))
+        blended = overlay(rgb, labels, self.palette, self.alpha)
+        if self.legend:
+            blended = add_legend(blended, labels, self.class_names, self.palette)
+        self._save("overlay", name, blended)
+        if self.submission is not None:
+            self._save("submission", name, self.submission[labels])
+        return mask_path
+
+
+class ProgressReport:
+    """Images done out of ``total``: a live bar on a terminal (rich), else a log line every ``every_s``
+    seconds and one at the end (logs and schedulers cannot show a redrawn bar)."""
+
+    def __init__(self, total: int, every_s: float = 30.0, live: bool | None = None) -> None:
+        self.total, self.every_s, self.done = total, every_s, 0
+        self.start = self.last = time.monotonic()
+        self.live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb" if live is None else live
+        self._bar = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._bar = Progress("predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self._task = self._bar.add_task("predict", total=total)
+            self._bar.start()
+
+    def update(self, count: int) -> None:
+        self.done += count
+        if self._bar is not None:
+            self._bar.update(self._task, advance=count)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            log.info("predict: %d/%d images, %s", self.done, self.total, self._rate(now))
+
+    def _rate(self, now: float) -> str:
+        rate = self.done / max(now - self.start, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta = f", ETA {int(left // 60)}:{int(left % 60):02d}" if self.done < self.total and rate > 0 else ""
+        return f"{rate:.1f} images/s{eta}"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        log.info("predict: %d/%d images in %.1f s (%s)", self.done, self.total, time.monotonic() - self.start,
+                 self._rate(time.monotonic()))
