@@ -1,0 +1,92 @@
+"""Export task: a checkpoint to ONNX, checked against PyTorch before it is called a success.
+
+``python export.py ckpt_path=<ckpt> [output_file=model.onnx] [export.check_shapes=[[1,512,1024]]]``. The model
+comes from the checkpoint's recipe, which also travels inside the ONNX file (``predict.py model_file=`` reads
+it). The file has dynamic batch, height and width; onnxruntime (CPU) and PyTorch then run the same random
+inputs of every ``export.check_shapes`` and the export fails, leaving no ``model.onnx``, unless the logits
+agree within ``export.atol`` and the argmax on at least ``export.min_agreement`` of the pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from seg_template.build import build_net, require_ckpt_path
+from seg_template.cli import hydra_main
+from seg_template.errors import ConfigError
+from seg_template.recipe import read_checkpoint_recipe, recipe_argv, recipe_from, with_recipe
+
+log = logging.getLogger(__name__)
+
+
+class ExportMismatch(RuntimeError):
+    """onnxruntime's results differ from PyTorch's beyond the tolerance: the exported file is not trusted."""
+
+
+def _shapes(cfg: DictConfig) -> list[tuple[int, int, int]]:
+    shapes = [tuple(int(v) for v in s) for s in cfg.export.check_shapes]
+    if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise ConfigError(f"export.check_shapes must be a list of [batch, height, width], got {cfg.export.check_shapes}")
+    return shapes  # type: ignore[return-value]
+
+
+def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
+    """Export ``cfg.ckpt_path`` to ``cfg.output_file`` and check it; returns the file's path.
+
+    ``overrides`` (Hydra syntax) win over the checkpoint's recipe (default: the command line's). Raises
+    ``ExportMismatch`` when onnxruntime disagrees with PyTorch (the file is then kept beside the target as
+    ``<name>.unverified.onnx`` for inspection, never as the target).
+    """
+    import torch
+
+    from seg_template.models.weights import load_net_weights
+    from seg_template.onnx_model import check_parity, export_onnx, require_onnx
+
+    ckpt_path = require_ckpt_path(cfg, "export.py")
+    require_onnx("onnx", "onnxruntime", "onnxscript")
+    shapes = _shapes(cfg)
+    recipe = read_checkpoint_recipe(ckpt_path)
+    cfg = with_recipe(cfg, ckpt_path, recipe, overrides, "export.py")
+    target = Path(cfg.output_file)
+    net, align_corners = build_net(cfg.model)
+    load_net_weights(net, ckpt_path)
+    net.eval()
+    stored = recipe_from(cfg)  # the recipe as used here (with the overrides), for predict.py model_file=
+    stored["choices"] = (recipe or {}).get("choices") or stored["choices"]
+    n, h, w = shapes[0]
+    unverified = target.with_name(target.stem + ".unverified.onnx")
+    log.info("Exporting %s to ONNX (opset %s), traced at %dx3x%dx%d", ckpt_path, cfg.export.opset or "default", n, h, w)
+    export_onnx(net, unverified, torch.randn(n, 3, h, w), align_corners, stored, cfg.export.opset)
+    parity = check_parity(net, unverified, shapes, align_corners, threads=int(cfg.export.threads))
+    log.info("%s", parity.summary())
+    if not parity.ok(float(cfg.export.atol), float(cfg.export.min_agreement)):
+        raise ExportMismatch(
+            f"the ONNX export of {ckpt_path} does not reproduce PyTorch: {parity.summary()}; required: max "
+            f"|difference| <= {cfg.export.atol} and agreement >= {100 * float(cfg.export.min_agreement):.2f}%. "
+            f"The file is left at {unverified} for inspection (try another export.opset)")
+    os.replace(unverified, target)
+    classes = int(cfg.data.num_classes)
+    log.info("Wrote %s: input images[batch, 3, height, width] float32 (RGB normalised as data.val_transform), "
+             "output logits[batch, %d, height, width]; run it with: python predict.py model_file=%s input=<images>",
+             target, classes, target)
+    return target
+
+
+def run_task(cfg: DictConfig) -> None:
+    run_export(cfg)
+
+
+def main() -> None:
+    """Entry point of ``python export.py ckpt_path=<ckpt> [overrides]``."""
+    sys.argv = recipe_argv(sys.argv, ("data", "model"))
+    hydra_main("export", run_task)
+
+
+if __name__ == "__main__":
+    main()
