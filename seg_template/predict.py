@@ -35,11 +35,20 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
+    """``device=auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:1``...; a ``ConfigError`` for a
+    name torch does not know or a GPU this machine does not have (torch would fail later, unnamed)."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(str(name))
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"device={name} is not a torch device: use auto, cpu, cuda or cuda:<index>") from err
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= gpus:
+        raise ConfigError(f"device={name}: this machine has {gpus} CUDA GPU(s); use device=auto or device=cpu")
+    return device
 
 
 def _source(cfg: DictConfig) -> tuple[str, str]:
