@@ -81,3 +81,12 @@ def test_reports_after_a_short_fit_and_test(compose_cfg, tmp_path: Path) -> None
         assert names == list(datamodule.class_names)
         assert counts.sum() == labelled_pixels(datamodule.datasets[stage], datamodule.ignore_index)
         assert torch.equal(torch.from_numpy(counts), module.last_confmat[stage].long())
+
+
+def test_validate_alone_writes_the_validation_reports(tmp_path: Path) -> None:
+    """eval.py's ``trainer.validate``: no fit end follows, so the reports come at the validation's end."""
+    trainer = SimpleNamespace(is_global_zero=True, state=SimpleNamespace(fn="validate"))
+    module = SimpleNamespace(last_confmat={"val": torch.tensor([[3, 1], [0, 4]])}, class_names=("a", "b"))
+    Reports(tmp_path).on_validation_end(trainer, module)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_val.csv", "confusion_val.png", "iou_val.png"]
+    assert csv_counts(tmp_path / "confusion_val.csv")[1].sum() == 8

@@ -154,7 +154,7 @@ def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path)
 
 class Reports(Callback):
     """Writes the reports above into ``dirpath`` on global rank 0 after fit (validation + curves) and after
-    test. Needs ``module.last_confmat[stage]`` (``SegmentationModule`` keeps it) for the confusion matrix and
+    test (and after ``trainer.validate``, as eval.py runs it). Needs ``module.last_confmat[stage]`` (``SegmentationModule`` keeps it) for the confusion matrix and
     IoU bars, and a CSV logger for the curves."""
 
     def __init__(self, dirpath: str | Path, curves: bool = True) -> None:
@@ -166,11 +166,15 @@ class Reports(Callback):
         if not trainer.sanity_checking:  # the sanity check's matrix is no report of the model
             self._validated = True
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.state.fn == "validate":  # eval.py split=val: no fit end follows
+            self._guarded("validation reports", self.write_stage, pl_module, "val", "validation")
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         if self._validated:
-            self._guarded("validation reports", self.write_stage, pl_module, "val")
+            self._guarded("validation reports", self.write_stage, pl_module, "val", "validation (last epoch)")
         else:
             log.info("Reports: no validation ran during fit, so no validation confusion matrix or IoU chart")
         if self.curves:
@@ -178,7 +182,7 @@ class Reports(Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self._guarded("test reports", self.write_stage, pl_module, "test")
+            self._guarded("test reports", self.write_stage, pl_module, "test", "test")
 
     def _guarded(self, what: str, write: Any, *args: Any) -> None:
         try:
@@ -187,7 +191,7 @@ class Reports(Callback):
             log.warning("Reports: could not write the %s (%s: %s)", what, type(err).__name__, err,
                         exc_info=True)
 
-    def write_stage(self, pl_module: pl.LightningModule, stage: str) -> None:
+    def write_stage(self, pl_module: pl.LightningModule, stage: str, label: str) -> None:
         """``confusion_<stage>.{png,csv}`` and ``iou_<stage>.png`` from the module's last ``stage`` matrix."""
         from seg_template.metrics import segmentation_scores
 
@@ -200,7 +204,6 @@ class Reports(Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         write_confusion_csv(counts, names, self.dirpath / f"confusion_{stage}.csv")
         scores = segmentation_scores(confmat)
-        label = "validation (last epoch)" if stage == "val" else "test"
         plot_confusion(counts, names, self.dirpath / f"confusion_{stage}.png",
                        f"{label}: confusion, row-normalised ({int(counts.sum()):,} pixels)")
         plot_iou(scores["IoU"], names, self.dirpath / f"iou_{stage}.png", f"{label}: IoU per class")
