@@ -2,7 +2,8 @@
 images, one row each — image | ground truth | prediction — written to ``<run>/images/val_epoch_<k>.png``
 and to TensorBoard, W&B or MLflow when those loggers are on.
 
-The grid is drawn with numpy + PIL (``seg_template.visualize``), not matplotlib: it is redrawn every epoch,
+The class colours are laid over a grey copy of the image (its own colours would shift their hue). The grid
+is drawn with numpy + PIL (``seg_template.visualize``), not matplotlib: it is redrawn every epoch,
 and a figure costs ten times more. ``k`` is the 0-based epoch, as in ``metrics.csv`` and the checkpoints.
 """
 
@@ -143,10 +144,12 @@ def prediction_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], p
             image, (target, pred) = resize_tile(image, (target, pred), tile_size)
         ignored = target == ignore_index
         has_ignore |= bool(ignored.any())
-        truth = overlay(image, np.where(ignored, len(palette), target), palette, alpha)
+        # the class colours go over a grey copy: the image's own colours would change their hue
+        grey = np.repeat(np.rint(image @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None], 3, -1)
+        truth = overlay(grey, np.where(ignored, len(palette), target), palette, alpha)
         truth[ignored] = IGNORE_COLOUR
         present |= set(np.unique(target[~ignored]).tolist()) | set(np.unique(pred).tolist())
-        tiles.append([enlarge(t, tile_size) for t in (image, truth, overlay(image, pred, palette, alpha))])
+        tiles.append([enlarge(t, tile_size) for t in (image, truth, overlay(grey, pred, palette, alpha))])
     width = len(COLUMNS) * (tile_size + GAP) + GAP
     height = header + len(tiles) * (tile_size + GAP)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
