@@ -58,6 +58,10 @@ def poly_warmup(optimizer: Optimizer, total_steps: int, power: float = 0.9, warm
     if total_steps < 1:
         raise ConfigError(f"the poly schedule needs total_steps >= 1 optimiser steps, got {total_steps} (from "
                           "trainer.max_epochs, trainer.max_steps and trainer.limit_train_batches)")
+    for key, value in (("power", power), ("warmup_steps", warmup_steps), ("warmup_ratio", warmup_ratio),
+                       ("min_lr_ratio", min_lr_ratio)):
+        if isinstance(value, bool) or not isinstance(value, int | float):  # scheduler.power=abc
+            raise ConfigError(f"scheduler.{key} must be a number, got {value!r}")
     if power < 0:
         raise ConfigError(f"scheduler.power must be >= 0, got {power}")
     if not 0 < warmup_ratio <= 1 or not 0 <= min_lr_ratio <= 1:

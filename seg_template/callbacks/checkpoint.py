@@ -34,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
@@ -124,10 +125,14 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if kwargs.get("save_last") == "link":
             raise ConfigError("callbacks.model_checkpoint.save_last=link would make last.ckpt a link to the best "
                               "checkpoint, not the latest state; use save_last=true")
-        if every_n_train_steps is None or every_n_train_steps < 0:
-            raise ConfigError(f"callbacks.model_checkpoint.every_n_train_steps must be >= 0 (0: only at epoch "
-                              f"ends), got {every_n_train_steps}")
-        super().__init__(*args, **kwargs)
+        steps = every_n_train_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ConfigError(f"callbacks.model_checkpoint.every_n_train_steps must be an integer >= 0 (0: only at "
+                              f"epoch ends), got {every_n_train_steps!r}")
+        try:
+            super().__init__(*args, **kwargs)
+        except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning's checks: mode=maximum...
+            raise ConfigError(f"callbacks.model_checkpoint: {err} (given: {kwargs})") from err
         self.last_every_n_train_steps = int(every_n_train_steps)
         self._last_written_at_step: int | None = None
 

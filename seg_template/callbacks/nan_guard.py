@@ -71,8 +71,10 @@ class NaNGuard(pl.Callback):
 
     def __init__(self, patience: int = 3, check_gradients: bool = True) -> None:
         super().__init__()
-        if patience < 1:
-            raise ConfigError(f"callbacks.nan_guard.patience must be >= 1, got {patience}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"callbacks.nan_guard.patience must be an integer >= 1, got {patience!r}")
+        if not isinstance(check_gradients, bool):  # bool("false ") would silently be True
+            raise ConfigError(f"callbacks.nan_guard.check_gradients must be true or false, got {check_gradients!r}")
         self.patience, self.check_gradients = int(patience), bool(check_gradients)
         self.streak = 0  # bad steps in a row
         self.first_bad = ""  # where the current streak began

@@ -109,8 +109,9 @@ class SyntheticShapes(SegmentationDataset):
         if len(size) != 2 or min(size) < 16:
             raise ConfigError(f"SyntheticShapes image_size (data.train_set.image_size) must be [H, W] with both "
                               f">= 16, got {image_size!r}")
-        if length < 0:
-            raise ConfigError(f"SyntheticShapes length (data.{split}_set.length) must be >= 0, got {length}")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ConfigError(f"SyntheticShapes length (data.{split}_set.length) must be an integer >= 0, "
+                              f"got {length!r}")
         lo, hi = int(objects[0]), int(objects[1])
         if not 1 <= lo <= hi:
             raise ConfigError(f"SyntheticShapes objects must be [min, max] with 1 <= min <= max, got {objects!r}")

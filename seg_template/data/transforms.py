@@ -33,6 +33,10 @@ def train_transform(crop_size: Sequence[int] | int, scale_range: Sequence[float]
     ``scale_range``: ``[min, max]`` scale factors (``[1, 1]`` disables scaling). ``color_jitter``: strength
     of brightness / contrast / saturation jitter (hue gets a fifth of it), 0 disables it.
     """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):  # data.ignore_index=abc
+        raise ConfigError(f"data.ignore_index must be an integer (255 in most datasets), got {ignore_index!r}")
+    if isinstance(color_jitter, bool) or not isinstance(color_jitter, int | float):
+        raise ConfigError(f"data.train_transform.color_jitter must be a number >= 0, got {color_jitter!r}")
     crop_h, crop_w = _crop_hw(crop_size)
     lo, hi = float(scale_range[0]), float(scale_range[1])
     if not 0 < lo <= hi:

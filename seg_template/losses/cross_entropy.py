@@ -34,6 +34,9 @@ class PixelCrossEntropy(nn.Module):
     def __init__(self, ignore_index: int, weight: WeightSpec, align_corners: bool,
                  memory_efficient: bool = False) -> None:
         super().__init__()
+        for key, value in (("memory_efficient", memory_efficient), ("align_corners", align_corners)):
+            if not isinstance(value, bool):  # bool("flase") would silently be True
+                raise ConfigError(f"{key} must be true or false, got {value!r} (loss.{key} / model.{key})")
         self.ignore_index = int(ignore_index)
         self.align_corners = bool(align_corners)
         # 4-D logits then go through memory_efficient.py: same values and gradients, no [N, C, H, W] tensors

@@ -35,6 +35,9 @@ class OhemCrossEntropy(PixelCrossEntropy):
     def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
                  weight: WeightSpec = None, align_corners: bool = False, memory_efficient: bool = False) -> None:
         super().__init__(ignore_index, weight, align_corners, memory_efficient)
+        for key, value in (("thresh", thresh), ("min_kept", min_kept)):
+            if isinstance(value, bool) or not isinstance(value, int | float):  # loss.main.thresh=abc
+                raise ConfigError(f"OHEM {key} must be a number, got {value!r} (loss.main.{key})")
         if not 0.0 < thresh <= 1.0:
             raise ConfigError(f"OHEM thresh must be in (0, 1], got {thresh} (loss.main.thresh)")
         if int(min_kept) != min_kept or min_kept < 1:

@@ -37,7 +37,7 @@ class SmallSegNet(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 16, align_corners: bool = False) -> None:
         super().__init__()
-        if num_classes < 1 or width < 1:
+        if not isinstance(width, int) or num_classes < 1 or width < 1:
             raise ConfigError(f"SmallSegNet needs model.num_classes >= 1 and model.width >= 1, got num_classes="
                               f"{num_classes}, width={width}")
         w = width
