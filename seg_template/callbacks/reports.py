@@ -128,6 +128,8 @@ CURVE_PANELS = (
 
 def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path) -> list[str]:
     """Write ``curves.png`` (2 x 2 panels, :data:`CURVE_PANELS`) and return the panels that had no data."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(10.0, 7.0)
     axes = fig.subplots(2, 2).ravel()
     missing = []
@@ -147,6 +149,7 @@ def plot_curves(series: dict[str, list[tuple[float, float, float]]], path: Path)
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_title(title)
         ax.set_xlabel(x_axis)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.5"
         ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
     return missing
