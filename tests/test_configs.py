@@ -29,7 +29,9 @@ from tests.helpers import skip_unless_importable
 OPTIONAL_PACKAGES = {
     "logger": {"tensorboard": ("tensorboard", "tensorboardX"), "many": ("tensorboard", "tensorboardX"),
                "wandb": ("wandb",), "mlflow": ("mlflow",)},
-    "launcher": {"submitit_slurm": ("hydra_plugins.hydra_submitit_launcher",)},
+    "launcher": {"submitit_slurm": ("hydra_plugins.hydra_submitit_launcher",),
+                 "submitit_local": ("hydra_plugins.hydra_submitit_launcher",)},
+    "hparams_search": {"optuna": ("hydra_plugins.hydra_optuna_sweeper",)},
 }
 
 
@@ -183,13 +185,28 @@ def test_paths(option: str, compose_cfg, tmp_path: Path) -> None:
     assert Path(cfg.paths.data_dir).parent == Path(cfg.paths.root_dir)
 
 
+def sweep_values(key: str, values: str) -> list[str]:
+    """The single values a sweep parameter stands for: each of ``a,b`` / ``choice(a,b)`` / ``range(...)``,
+    the two ends of an ``interval(low, high)`` (Optuna's continuous ranges, log-tagged or not)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = OverridesParser.create().parse_override(f"{key}={values}")
+    if override.is_interval_sweep():
+        interval = override.value()
+        return [str(interval.start), str(interval.end)]
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [override.get_value_element_as_str()]
+
+
 @pytest.mark.parametrize("option", options("hparams_search"))
 def test_hparams_search(option: str, compose_cfg, hydra_node, tmp_path: Path) -> None:
+    skip_unless_importable(*OPTIONAL_PACKAGES["hparams_search"].get(option, ()))
     params = hydra_node(f"hparams_search={option}").sweeper.params
     assert params, "a search space must list parameters"
     for key, values in params.items():  # each value of the space is a valid override that composes
-        for value in str(values).split(","):
-            composed(compose_cfg, tmp_path, "hparams_search", option, f"{key}={value.strip()}")
+        for value in sweep_values(str(key), str(values)):
+            composed(compose_cfg, tmp_path, "hparams_search", option, f"{key}={value}")
 
 
 @pytest.mark.parametrize("option", options("launcher"))

@@ -1,0 +1,101 @@
+"""Optuna searches that survive a crash, and a search space with a parameter that only one loss has.
+
+``python train.py -m hparams_search=optuna`` (``configs/hparams_search/optuna.yaml``, the ``optuna`` extra)
+runs Hydra's Optuna sweeper through ``ResumableOptunaSweeper`` (``hydra_plugins/seg_template_sweepers``:
+Hydra takes sweepers only from that namespace), which calls :func:`prepare_sweep` first.
+
+The plugin alone, with an SQLite ``storage`` and a ``study_name``, keeps finished trials in the database,
+but started again after a crash it cannot open a database in a sweep folder that does not exist yet, runs
+``n_trials`` *more* trials, numbers its jobs from 0 again (into the folders of the first run) and, with a
+seeded sampler, proposes the very parameters it already evaluated. With :func:`prepare_sweep` the same
+command continues the study instead.
+
+Optuna is imported only inside the functions: the sweeper runs them, nothing else does.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+
+def ohem_thresh(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
+    """``hydra.sweeper.custom_search_space``: search ``loss.main.thresh`` only in trials whose loss is OHEM.
+
+    The key exists only in ``configs/loss/ohem.yaml``, so a flat search space cannot hold it (``ce`` and
+    ``wce`` would fail on an unknown key, and a value drawn for them would be noise to TPE). Optuna's
+    define-by-run trials allow a conditional parameter: it is drawn here, after the flat ones, within
+    ``cfg.ohem_thresh_range`` ([low, high]). The loss is the trial's drawn ``loss``, a fixed ``loss=`` on the
+    command line, or the config's default.
+    """
+    choices = cfg.hydra.runtime.choices if "hydra" in cfg else {}
+    loss = trial.params.get("loss", trial.user_attrs.get("loss", choices.get("loss")))
+    if loss != "ohem" or "loss.main.thresh" in trial.user_attrs:  # not OHEM, or thresh fixed on the command line
+        return
+    low, high = cfg.get("ohem_thresh_range") or (0.5, 0.95)
+    trial.suggest_float("loss.main.thresh", float(low), float(high))
+
+
+def prepare_sweep(impl: Any) -> None:
+    """Before the plugin's ``sweep``: continue the study ``impl`` names, if it has one in a storage.
+
+    ``impl`` is the plugin's ``OptunaSweeperImpl`` (``sampler``, ``storage``, ``study_name``, ``n_trials``,
+    ``job_idx``). The folder of an SQLite storage is created (the plugin opens the database before any job
+    has created the sweep folder). When the study has trials: finished ones (complete, failed, pruned) count
+    towards ``n_trials`` and are not run again; running ones were interrupted (the process was killed, or
+    Ctrl-C) and are marked failed, their parameters queued to run again first; job numbers continue from
+    the study's trial count (job folder ``<n>`` is trial ``<n>``); the sampler is re-seeded, so that a
+    seeded sampler does not propose the parameters of the first run again.
+    """
+    storage = str(impl.storage)
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    study = _load_study(impl)
+    if study is None or not study.trials:
+        return
+    finished = [t for t in study.trials if t.state.is_finished()]
+    queued = fail_running_trials(impl, requeue=True, study=study)
+    left = max(impl.n_trials - len(finished), 0)
+    log.info("Continuing study '%s' (%s): %d finished trial(s) kept, %d to run of n_trials=%d%s",
+             impl.study_name, storage, len(finished), left, impl.n_trials,
+             "" if left else " (a larger hydra.sweeper.n_trials=... runs more)")
+    impl.n_trials = left
+    impl.job_idx = len(study.trials) - queued  # the queued trials take the next numbers, in order
+    if hasattr(impl.sampler, "reseed_rng"):
+        impl.sampler.reseed_rng()
+
+
+def fail_running_trials(impl: Any, requeue: bool, study: optuna.study.Study | None = None) -> int:
+    """Mark the running trials of ``impl``'s study failed; with ``requeue``, queue their parameters to run
+    again. Returns how many were queued."""
+    from optuna.trial import TrialState
+
+    study = study or _load_study(impl)
+    running = [t for t in study.trials if t.state == TrialState.RUNNING] if study is not None else []
+    for trial in running:
+        study.tell(trial.number, state=TrialState.FAIL)
+        if requeue:
+            with warnings.catch_warnings():  # enqueue_trial is "experimental" in Optuna 2.x
+                warnings.simplefilter("ignore")
+                study.enqueue_trial(trial.params)
+            log.warning("Trial %d was still running when the sweep stopped: marked failed; its parameters run "
+                        "again first %s", trial.number, trial.params)
+    return len(running) if requeue else 0
+
+
+def _load_study(impl: Any) -> optuna.study.Study | None:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=impl.study_name, storage=impl.storage, sampler=impl.sampler)
+    except KeyError:  # no study of that name yet (Optuna 2.x: "Record does not exist")
+        return None
