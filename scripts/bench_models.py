@@ -1,12 +1,19 @@
-"""Benchmark the model zoo: parameters, output stride, aux head, forward+backward time per image.
+"""Benchmark the model zoo: parameters, output stride, aux head, training and inference cost per image.
 
     python scripts/bench_models.py                       # all configs/model/*.yaml at 512x512, markdown table
     python scripts/bench_models.py --models hrnet_w18 lraspp_mobilenet_v3 --size 256 --reps 5
+    python scripts/bench_models.py --models small lraspp_mobilenet_v3 --onnx   # + onnxruntime latency
 
-Each model is built from its config (``num_classes`` from ``--num-classes``), in train mode, and timed on
-random input: ``--warmup`` untimed steps, then the median of ``--reps`` timed forward+backward steps (the loss
-is a plain mean of the logits, so only the model is timed). The batch defaults to 2 because DeepLabV3's
-image-pooling BatchNorm cannot train on a single image; times are reported per image.
+Each model is built from its config (``num_classes`` from ``--num-classes``) and run on random input:
+``--warmup`` untimed steps, then the median of ``--reps`` timed ones.
+
+- fwd+bwd: train mode, batch ``--batch`` (2 by default: DeepLabV3's image-pooling BatchNorm cannot train on a
+  single image; the loss is a plain mean of the logits, so only the model is timed); seconds per image.
+- GFLOPs: one forward pass of one image at eval time, counted by torch's own ``FlopCounterMode`` (a
+  multiply-add counts 2), so no extra package is needed; operators it has no formula for count 0.
+- PyTorch ms / ORT ms: eval-mode inference of one image (logits upsampled to the input size, as predict.py
+  runs it); ORT only with ``--onnx`` (needs the onnx extra): the model is exported as export.py does, run by
+  onnxruntime on the CPU with the same thread count.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ def build(name: str, num_classes: int) -> torch.nn.Module:
     return instantiate(cfg.model)
 
 
-def bench(name: str, size: int, batch: int, reps: int, warmup: int, num_classes: int) -> dict[str, object]:
-    """One table row: parameters (M), strides of "out" / "aux", median seconds per image of fwd+bwd."""
+def bench(name: str, size: int, batch: int, reps: int, warmup: int, num_classes: int,
+          onnx: bool = False) -> dict[str, object]:
+    """One table row: parameters (M), strides of "out" / "aux", median seconds per image of fwd+bwd, forward
+    GFLOPs, and inference milliseconds in PyTorch (and onnxruntime when ``onnx``)."""
     torch.manual_seed(0)
     model = build(name, num_classes).train()
     images = torch.randn(batch, 3, size, size)
@@ -49,8 +58,13 @@ def bench(name: str, size: int, batch: int, reps: int, warmup: int, num_classes:
         sum(p.float().mean() for p in parts.values()).backward()
         if step >= warmup:
             times.append((time.perf_counter() - start) / batch)
+    gflop = gflops(model, size)
+    torch_ms, ort_ms = inference_ms(model, size, reps, warmup, onnx)
     return {
         "model": name,
+        "gflops": gflop,
+        "torch_ms": torch_ms,
+        "ort_ms": ort_ms,
         "params": sum(p.numel() for p in model.parameters()) / 1e6,
         "stride": size // parts["out"].shape[-1],
         "aux": f"yes (stride {size // parts['aux'].shape[-1]})" if "aux" in parts else "no",
@@ -58,13 +72,68 @@ def bench(name: str, size: int, batch: int, reps: int, warmup: int, num_classes:
     }
 
 
+def gflops(model: torch.nn.Module, size: int) -> float:
+    """Forward GFLOPs of one ``size`` x ``size`` image in eval mode (torch's flop counter; a multiply-add is 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.randn(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def _median_ms(run, reps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def inference_ms(model: torch.nn.Module, size: int, reps: int, warmup: int, onnx: bool) -> tuple[float, float | None]:
+    """Median milliseconds of one image's eval-mode logits at the input size: PyTorch, and onnxruntime when
+    ``onnx`` (None otherwise)."""
+    import tempfile
+
+    from seg_template.onnx_model import ImageSizeLogits
+
+    wrapped = ImageSizeLogits(model.eval()).eval()
+    image = torch.randn(1, 3, size, size)
+
+    def torch_run() -> None:
+        with torch.inference_mode():
+            wrapped(image)
+
+    pytorch = _median_ms(torch_run, reps, max(warmup, 1))
+    if not onnx:
+        return pytorch, None
+    from seg_template.onnx_model import export_onnx, ort_session
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", image)
+        session = ort_session(path, "cpu", threads=torch.get_num_threads())
+        feed = {"images": image.numpy()}
+        return pytorch, _median_ms(lambda: session.run(None, feed), reps, max(warmup, 1))
+
+
 def markdown(rows: list[dict[str, object]], size: int, batch: int) -> str:
-    lines = [f"| model | params (M) | output stride | aux head | fwd+bwd s / {size}x{size} image |",
-             "|---|---:|---:|---|---:|"]
+    onnx = any(r.get("ort_ms") is not None for r in rows)
+    lines = [f"| model | params (M) | output stride | aux head | fwd+bwd s / {size}x{size} image | GFLOPs | "
+             f"PyTorch ms |" + (" ORT ms |" if onnx else ""),
+             "|---|---:|---:|---|---:|---:|---:|" + ("---:|" if onnx else "")]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['params']:.1f} | {r['stride']} | {r['aux']} | {r['seconds']:.2f} |")
+        line = (f"| {r['model']} | {r['params']:.1f} | {r['stride']} | {r['aux']} | {r['seconds']:.2f} | "
+                f"{r['gflops']:.2f} | {r['torch_ms']:.0f} |")
+        if onnx:
+            line += f" {r['ort_ms']:.0f} |" if r.get("ort_ms") is not None else " - |"
+        lines.append(line)
     lines.append(f"\nCPU: {platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()}, "
-                 f"torch {torch.__version__}; batch {batch}, times per image.")
+                 f"torch {torch.__version__}; fwd+bwd: batch {batch}, time per image; GFLOPs and ms: one image, "
+                 "eval-mode inference" + (", onnxruntime with as many threads" if onnx else ""))
     return "\n".join(lines)
 
 
@@ -78,13 +147,23 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--num-classes", type=int, default=19)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also time onnxruntime (exports each model first; needs pip install -e '.[onnx]')")
     args = parser.parse_args(argv)
+    if args.onnx:
+        from seg_template.onnx_model import require_onnx
+
+        try:
+            require_onnx("onnx", "onnxruntime", "onnxscript")
+        except ValueError as err:
+            raise SystemExit(f"--onnx: {err}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
-        rows.append(bench(name, args.size, args.batch, args.reps, args.warmup, args.num_classes))
-        print(f"{name}: {rows[-1]['seconds']:.2f} s/image", file=sys.stderr, flush=True)
+        rows.append(bench(name, args.size, args.batch, args.reps, args.warmup, args.num_classes, args.onnx))
+        print(f"{name}: {rows[-1]['seconds']:.2f} s/image fwd+bwd, {rows[-1]['gflops']:.1f} GFLOPs",
+              file=sys.stderr, flush=True)
     table = markdown(rows, args.size, args.batch)
     print(table)
     return table

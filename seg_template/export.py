@@ -61,8 +61,10 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     stored["choices"] = (recipe or {}).get("choices") or stored["choices"]
     n, h, w = shapes[0]
     unverified = target.with_name(target.stem + ".unverified.onnx")
-    log.info("Exporting %s to ONNX (opset %s), traced at %dx3x%dx%d", ckpt_path, cfg.export.opset or "default", n, h, w)
-    export_onnx(net, unverified, torch.randn(n, 3, h, w), align_corners, stored, cfg.export.opset)
+    log.info("Exporting %s to ONNX (%s exporter, opset %s), traced at %dx3x%dx%d", ckpt_path,
+             "dynamo" if cfg.export.get("dynamo", True) else "TorchScript", cfg.export.opset or "default", n, h, w)
+    export_onnx(net, unverified, torch.randn(n, 3, h, w), align_corners, stored, cfg.export.opset,
+                bool(cfg.export.get("dynamo", True)))
     parity = check_parity(net, unverified, shapes, align_corners, threads=int(cfg.export.threads))
     log.info("%s", parity.summary())
     if not parity.ok(float(cfg.export.atol), float(cfg.export.min_agreement)):

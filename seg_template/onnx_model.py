@@ -74,9 +74,13 @@ class ImageSizeLogits(nn.Module):
 
 
 def export_onnx(net: nn.Module, path: str | Path, sample: Tensor, align_corners: bool = False,
-                recipe: Mapping[str, Any] | None = None, opset: int | None = None) -> Path:
+                recipe: Mapping[str, Any] | None = None, opset: int | None = None, dynamo: bool = True) -> Path:
     """Write ``net`` (eval mode, CPU) as ONNX to ``path`` (one file, weights inside) with dynamic batch,
-    height and width; ``sample`` (``float[N, 3, H, W]``) is the example input the exporter traces with."""
+    height and width; ``sample`` (``float[N, 3, H, W]``) is the example input the exporter traces with.
+
+    ``dynamo``: torch's current exporter (``torch.export``; slow for big graphs: ~25 s for LR-ASPP on one
+    core); False: the older TorchScript exporter, which torch deprecates but which exports in seconds.
+    """
     import onnx
     from torch.export import Dim
 
@@ -89,13 +93,20 @@ def export_onnx(net: nn.Module, path: str | Path, sample: Tensor, align_corners:
         for logger in quiet.values():
             logger.setLevel(logging.WARNING)
         try:
-            program = torch.onnx.export(model, (sample.cpu(),), None, input_names=[INPUT], output_names=[OUTPUT],
-                                        dynamic_shapes={"images": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}},
-                                        opset_version=opset, dynamo=True, verbose=False)
+            if dynamo:
+                program = torch.onnx.export(
+                    model, (sample.cpu(),), None, input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
+                    dynamic_shapes={"images": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}, dynamo=True)
+                proto = program.model_proto
+            else:
+                buffer = io.BytesIO()
+                axes = {0: "batch", 2: "height", 3: "width"}
+                torch.onnx.export(model, (sample.cpu(),), buffer, input_names=[INPUT], output_names=[OUTPUT],
+                                  opset_version=opset, dynamic_axes={INPUT: axes, OUTPUT: axes}, dynamo=False)
+                proto = onnx.load_from_string(buffer.getvalue())
         finally:
             for name, logger in quiet.items():
                 logger.setLevel(levels[name])
-    proto = program.model_proto
     if recipe is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = RECIPE_KEY, json.dumps(recipe)

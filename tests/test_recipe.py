@@ -1,0 +1,116 @@
+"""The training recipe inside a checkpoint (seg_template/recipe.py): what is stored, how it loads, and how the
+command line's options are laid over it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from seg_template.errors import CheckpointError
+from seg_template.paths import PROJECT_ROOT
+from seg_template.recipe import (
+    apply_recipe,
+    read_checkpoint_recipe,
+    recipe_argv,
+    recipe_from,
+    with_recipe,
+)
+
+
+@pytest.fixture
+def cityscapes_recipe(compose_cfg):
+    return recipe_from(compose_cfg(overrides=["data=cityscapes", "model=hrnet_w18_small", "loss=ohem"]))
+
+
+def test_recipe_loads_with_weights_only(cityscapes_recipe) -> None:
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {}, "recipe": cityscapes_recipe}, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["recipe"] == cityscapes_recipe
+
+
+def test_recipe_keeps_inner_references_and_resolves_outer_ones(cityscapes_recipe) -> None:
+    data = cityscapes_recipe["data"]
+    # ${paths.data_dir}/cityscapes as it was resolved in training: the same machine needs no data.root=
+    assert data["root"] == str(PROJECT_ROOT / "data" / "cityscapes")
+    # ...while the splits still follow data.root, so data.root=/elsewhere reaches all of them
+    assert data["val_set"]["root"] == "${data.root}" and data["test_set"] == "${data.val_set}"
+    assert cityscapes_recipe["model"]["num_classes"] == "${data.num_classes}"
+    assert cityscapes_recipe["loss"]["main"]["memory_efficient"] == "${..memory_efficient}"
+    assert cityscapes_recipe["class_names"][:2] == ["road", "sidewalk"] and len(cityscapes_recipe["class_names"]) == 19
+    assert cityscapes_recipe["palette"][0] == [128, 64, 128]
+
+
+def test_overrides_win_over_the_recipe(compose_cfg, cityscapes_recipe) -> None:
+    typed = ["data=cityscapes", "data.root=/new/place", "data.val_set.label_type=labelIds", "+model.extra=1",
+             "~data.ohem_min_kept"]
+    cfg = compose_cfg("eval", ["ckpt_path=x", *typed])
+    cityscapes_recipe["choices"] = {"data": "cityscapes", "model": "hrnet_w18_small", "loss": "ohem"}
+    out = apply_recipe(cfg, cityscapes_recipe, typed)
+    assert out.model._target_.endswith("hrnet.hrnet") and "Ohem" in OmegaConf.to_yaml(out.loss)  # the recipe's
+    assert out.data.val_set.root == "/new/place" and out.data.test_set.root == "/new/place"
+    assert out.data.test_set.label_type == "labelIds" and out.model.extra == 1
+    assert "ohem_min_kept" not in out.data
+    assert out.inference.align_corners is False  # eval's own nodes resolve against the recipe's model
+
+
+def test_a_group_chosen_on_the_command_line_replaces_the_recipe(compose_cfg, cityscapes_recipe) -> None:
+    cityscapes_recipe["choices"] = {"data": "cityscapes", "model": "hrnet_w18_small"}
+    cfg = compose_cfg("eval", ["ckpt_path=x", "model=small"])
+    out = apply_recipe(cfg, cityscapes_recipe, ["model=small"])
+    assert out.model._target_.endswith("small_segnet")  # the user's choice
+    assert out.data.num_classes == 19 and out.model.num_classes == 19  # the recipe's data still
+
+
+def test_with_recipe_drops_pretrained_and_compile(compose_cfg, cityscapes_recipe) -> None:
+    cityscapes_recipe["model"]["compile"] = True
+    out = with_recipe(compose_cfg("eval", ["ckpt_path=x"]), "x.ckpt", cityscapes_recipe, [])
+    assert out.model.pretrained is None and out.model.compile is False  # weights come from the checkpoint
+    kept = with_recipe(compose_cfg("eval", ["ckpt_path=x", "model.compile=true"]), "x.ckpt", cityscapes_recipe,
+                       ["model.compile=true"])
+    assert kept.model.compile is True
+
+
+def test_read_checkpoint_recipe(tmp_path, cityscapes_recipe) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "recipe": cityscapes_recipe}, tmp_path / "a.ckpt")
+    assert read_checkpoint_recipe(tmp_path / "a.ckpt") == cityscapes_recipe
+    torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pth")
+    assert read_checkpoint_recipe(tmp_path / "plain.pth") is None
+    torch.save({"state_dict": {}, "recipe": [1, 2]}, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match="not a training recipe"):
+        read_checkpoint_recipe(tmp_path / "odd.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    with pytest.raises(CheckpointError, match="text.ckpt"):
+        read_checkpoint_recipe(tmp_path / "text.ckpt")
+
+
+def test_recipe_argv_composes_the_trained_config_files(tmp_path, cityscapes_recipe) -> None:
+    cityscapes_recipe["choices"] = {"data": "cityscapes", "model": "hrnet_w18_small", "loss": "ohem",
+                                    "data/class_weights": "null"}
+    torch.save({"state_dict": {}, "recipe": cityscapes_recipe}, tmp_path / "a.ckpt")
+    argv = ["eval.py", f"ckpt_path={tmp_path / 'a.ckpt'}", "data.val_set.label_type=labelIds"]
+    assert recipe_argv(argv, ("data", "model", "loss")) == [*argv, "data=cityscapes", "model=hrnet_w18_small",
+                                                            "loss=ohem"]
+    assert recipe_argv([*argv, "model=small"], ("data", "model")) == [*argv, "model=small", "data=cityscapes"]
+    for untouched in ([*argv, "--help"], [*argv, "-m"], ["eval.py", "ckpt_path=missing.ckpt"], ["eval.py"]):
+        assert recipe_argv(untouched, ("data",)) == untouched
+    cityscapes_recipe["choices"] = {"data": "my_own_dataset"}  # a config file that is not here
+    torch.save({"state_dict": {}, "recipe": cityscapes_recipe}, tmp_path / "b.ckpt")
+    assert recipe_argv(["eval.py", f"ckpt_path={tmp_path / 'b.ckpt'}"], ("data",)) == [
+        "eval.py", f"ckpt_path={tmp_path / 'b.ckpt'}"]
+
+
+def test_recipe_holds_plain_containers_only(compose_cfg) -> None:
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    recipe = recipe_from(compose_cfg())
+    assert plain(recipe)  # no DictConfig, Path or numpy: what weights_only=True reads back
+    assert set(recipe) >= {"format", "data", "model", "loss", "class_names", "palette", "choices"}
