@@ -1,20 +1,13 @@
-"""Scaling out through the engines we rely on, proven on CPU: exact evaluation under DDP (``trainer=ddp_cpu``),
-Optuna sweeps that survive a crash (``hparams_search=optuna``), SLURM through submitit (its local executor
-here; the SLURM job script is rendered, not submitted) and ``scripts/gpu_check.py``'s CPU-only path.
-
-The slow tests start the real entry points in subprocesses on tiny synthetic data.
+"""Scaling out, proven on CPU: evaluation under DDP (``trainer=ddp_cpu``) equals one process exactly, and
+``scripts/gpu_check.py`` without CUDA. Optuna: test_scale_out_optuna.py; SLURM/submitit:
+test_scale_out_slurm.py. The slow tests start the real entry points in subprocesses on tiny synthetic data.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +17,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 
 from seg_template.eval import evaluate as evaluate_task
 from seg_template.paths import PROJECT_ROOT
-from tests.helpers import TINY, run_script, skip_unless_importable
+from tests.helpers import TINY, run_script
 
 #: TINY with validation and test splits of odd length: 5 samples over 2 processes is 3 + 2, which a
 #: padding sampler (Lightning's DistributedSampler) would make 3 + 3, counting one image twice.
@@ -124,221 +117,49 @@ def test_ddp_evaluation_equals_one_process(compose_cfg, tmp_path: Path) -> None:
             assert_same_scores(scores(other, stage), scores(reference, stage))
 
 
-# ------------------------------------------------------------------------------------------------ Optuna
-
-#: a tiny Optuna search of 3 trials; seed 1 makes TPE's first (random) proposals wce, ohem, ce
-OPTUNA = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "seed=1", "trainer=cpu",
-          "trainer.max_epochs=1", *TINY]
+# ------------------------------------------------------------------------------------------ scripts/gpu_check.py
 
 
-def import_optuna() -> Any:
-    """``optuna``, or skip without the extra. SQLAlchemy 1.4 warns at import that Optuna 2.x's models would
-    not work on SQLAlchemy 2.0: known, and why the extra pins sqlalchemy<2."""
-    skip_unless_importable("optuna")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
+@pytest.fixture(scope="module")
+def gpu_check() -> Any:
+    spec = importlib.util.spec_from_file_location("gpu_check", PROJECT_ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def skip_without_optuna() -> None:
-    import_optuna()
-    skip_unless_importable("hydra_plugins.hydra_optuna_sweeper")
+def test_gpu_check_without_cuda_checks_imports_and_exits_0(gpu_check, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU-only path, also on a GPU machine
+    assert gpu_check.main([]) == 0
+    out = capsys.readouterr().out
+    assert "No CUDA device" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.split()[:1] in
+            [[name] for name in gpu_check.CHECKS]}
+    assert rows == {"imports": "ok", **{name: "skip" for name in gpu_check.CHECKS[1:]}}
 
 
-def study_trials(sweep: Path) -> list[Any]:
-    """The trials of the study ``optuna`` in ``<sweep>/optuna.db``, by number."""
-    optuna = import_optuna()
-    study = optuna.load_study(study_name="optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")
-    return sorted(study.trials, key=lambda t: t.number)
+def test_gpu_check_exits_1_on_a_failed_check(gpu_check, monkeypatch, capsys) -> None:
+    def broken() -> str:
+        raise ImportError("no module named 'something'")
+
+    monkeypatch.setattr(gpu_check, "check_imports", broken)
+    assert gpu_check.main([]) == 1
+    assert "imports          FAIL   ImportError: no module named 'something'" in capsys.readouterr().out
 
 
-def check_completed_trial(sweep: Path, trial: Any) -> None:
-    """A complete trial's job ran in folder ``<number>`` with the trial's values, trained once, and returned
-    its val/mIoU; ``loss.main.thresh`` was searched only if the trial's loss is OHEM."""
-    job = sweep / str(trial.number)
-    overrides = (job / ".hydra" / "overrides.yaml").read_text()
-    for key, value in trial.params.items():
-        assert f"{key}={value}" in overrides, (key, value, overrides)
-    assert ("loss.main.thresh" in trial.params) == (trial.params["loss"] == "ohem"), trial.params
-    with open(job / "metrics.csv") as f:
-        (row,) = [r for r in csv.DictReader(f) if r.get("val/mIoU")]  # one epoch, trained once
-    assert trial.value == pytest.approx(float(row["val/mIoU"]))
+def test_gpu_check_loss_row_on_a_small_shape(gpu_check) -> None:
+    """The loss check's own arithmetic (parity, ratios), on the CPU and a small shape."""
+    figure = gpu_check.check_loss("2x4x8x8:32x32", device="cpu")
+    assert figure.startswith("2x4x8x8:32x32: rel diff loss") and "time x" in figure and "peak mem x" in figure
 
 
 @pytest.mark.slow
-def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
-    skip_without_optuna()
-    from optuna.trial import TrialState
-
-    result = run_script("train.py", *OPTUNA, f"paths.log_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    sweep = tmp_path / "train" / "optuna" / "optuna"  # <log_dir>/<task>/optuna/<name>: no time stamp
-    trials = study_trials(sweep)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert {t.params["loss"] for t in trials} == {"ce", "wce", "ohem"}
-    for trial in trials:
-        check_completed_trial(sweep, trial)
-    best = max(trials, key=lambda t: t.value)
-    assert f"best_value: {best.value}" in (sweep / "optimization_results.yaml").read_text()
-
-    again = run_script("train.py", *OPTUNA, f"paths.log_dir={tmp_path}")  # the study is done: nothing to run
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 finished trial(s) kept, 0 to run of n_trials=3" in again.stdout + again.stderr
-    assert len(study_trials(sweep)) == 3
-
-
-@pytest.mark.slow
-def test_optuna_sweep_killed_and_started_again_continues(tmp_path: Path) -> None:
-    """Killed (SIGKILL, no clean-up) while its second trial trains, the same command continues the study:
-    the finished trial is kept and not run again, the interrupted one is marked failed and its parameters
-    run again first, and the sweep ends with n_trials=3 complete trials."""
-    skip_without_optuna()
-    from optuna.trial import TrialState
-
-    sweep = tmp_path / "train" / "optuna" / "optuna"
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "train.py", *OPTUNA, f"paths.log_dir={tmp_path}"],
-                                cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 300
-            while not (sweep / "1").is_dir():  # trial 0 has been told; trial 1 has started
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
-                time.sleep(0.2)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the sweep and any loader workers
-            proc.wait()
-    first = study_trials(sweep)
-    assert [t.state for t in first] == [TrialState.COMPLETE, TrialState.RUNNING]
-
-    result = run_script("train.py", *OPTUNA, f"paths.log_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 finished trial(s) kept, 2 to run of n_trials=3" in result.stdout + result.stderr
-    trials = study_trials(sweep)
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
-                                         TrialState.COMPLETE]
-    assert trials[0].datetime_complete == first[0].datetime_complete  # kept, not run again
-    assert trials[2].params == first[1].params  # the interrupted trial, run again first
-    for trial in (trials[0], trials[2], trials[3]):
-        check_completed_trial(sweep, trial)
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
-
-def test_ohem_thresh_is_searched_in_ohem_trials_only() -> None:
-    optuna = import_optuna()
-    from omegaconf import OmegaConf
-
-    from seg_template.hparams_search import ohem_thresh
-
-    cfg = OmegaConf.create({"ohem_thresh_range": [0.6, 0.8]})
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for loss in ("ce", "wce", "ohem"):
-        with warnings.catch_warnings():  # enqueue_trial is "experimental" in Optuna 2.x
-            warnings.simplefilter("ignore")
-            study.enqueue_trial({"loss": loss})
-        trial = study.ask()
-        assert trial.suggest_categorical("loss", ["ce", "wce", "ohem"]) == loss
-        ohem_thresh(cfg, trial)
-        assert ("loss.main.thresh" in trial.params) == (loss == "ohem")
-        assert 0.6 <= trial.params.get("loss.main.thresh", 0.7) <= 0.8
-    trial = study.ask()  # loss=ohem fixed on the command line: the sweeper makes it a user attribute
-    trial.set_user_attr("loss", "ohem")
-    ohem_thresh(cfg, trial)
-    assert "loss.main.thresh" in trial.params
-
-
-# ------------------------------------------------------------------------------------------ SLURM / submitit
-
-
-def skip_without_submitit() -> None:
-    skip_unless_importable("hydra_plugins.hydra_submitit_launcher")
-
-
-@pytest.mark.slow
-def test_submitit_local_runs_a_two_job_multirun(tmp_path: Path) -> None:
-    """The submitit launcher's path (jobs pickled, run by submitit in processes of their own, in parallel) on
-    this machine: what launcher=submitit_slurm does on a cluster, less SLURM."""
-    skip_without_submitit()
-    result = run_script("train.py", "-m", "launcher=submitit_local", "loss=ce,ohem", "trainer=cpu",
-                        "trainer.max_epochs=1", *TINY, f"paths.log_dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
-    assert len(jobs) == 2 and len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
-    for job, loss in zip(jobs, ["ce", "ohem"], strict=True):
-        assert f"loss={loss}" in (job / ".hydra" / "overrides.yaml").read_text()
-        with open(job / "metrics.csv") as f:
-            assert any(r.get("test/mIoU") for r in csv.DictReader(f))
-
-
-def fake_slurm_commands(folder: Path) -> dict[str, str]:
-    """``sbatch``, ``srun`` and ``scontrol`` stand-ins in ``folder``; returns the environment that puts them
-    first on PATH. sbatch copies the job script it is given to ``$SBATCH_SCRIPT_COPY`` and fails (nothing
-    runs); scontrol appends its arguments to ``$SCONTROL_CALLS``."""
-    folder.mkdir()
-    scripts = {"sbatch": 'cp "$1" "$SBATCH_SCRIPT_COPY"\necho "sbatch: no SLURM here (test)" >&2\nexit 1',
-               "srun": 'echo "srun: no SLURM here (test)" >&2\nexit 1',
-               "scontrol": 'echo "$@" >> "$SCONTROL_CALLS"'}
-    for name, body in scripts.items():
-        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
-        (folder / name).chmod(0o755)
-    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.mark.slow
-def test_submitit_slurm_submits_one_task_per_gpu(tmp_path: Path) -> None:
-    """The job script the real command hands to sbatch (a stand-in that keeps it): one job array of the
-    sweep, trainer.num_nodes nodes with trainer.devices tasks and GPUs each, the partition, the time limit,
-    and SIGUSR1 before it for Lightning's auto-requeue."""
-    skip_without_submitit()
-    script = tmp_path / "job.sh"
-    env = {**fake_slurm_commands(tmp_path / "bin"), "SBATCH_SCRIPT_COPY": str(script)}
-    result = subprocess.run([sys.executable, "train.py", "-m", "launcher=submitit_slurm", "trainer=ddp",
-                             "trainer.devices=2", "trainer.num_nodes=3", "hydra.launcher.partition=gpu",
-                             "loss=ce,ohem", f"paths.log_dir={tmp_path / 'logs'}"],
-                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert "sbatch: no SLURM here (test)" in result.stderr, result.stderr[-3000:]
-    text = script.read_text()
-    for line in ("--array=0-1%2", "--nodes=3", "--ntasks-per-node=2", "--gpus-per-node=2", "--partition=gpu",
-                 "--time=240", "--signal=USR1@120", "--requeue", "--cpus-per-task=8"):
-        assert f"#SBATCH {line}\n" in text, (line, text)
-    assert "srun --unbuffered " in text and f"{sys.executable} -u -m submitit.core._submit " in text
-
-
-@pytest.mark.slow
-def test_slurm_requeue_resumes_from_the_saved_state(tmp_path: Path) -> None:
-    """A training task as srun starts it (SLURM's variables; SLURM itself is not needed): Lightning's SLURM
-    environment is active; SIGUSR1, which launcher=submitit_slurm asks SLURM to send before the time limit,
-    makes it save ``hpc_ckpt_1.ckpt`` and run ``scontrol requeue <job id>``; SLURM then stops the task (here:
-    SIGKILL) and starts it again with the same command and folder, and it resumes from that checkpoint."""
-    calls = tmp_path / "scontrol.txt"
-    env = {**fake_slurm_commands(tmp_path / "bin"), "SCONTROL_CALLS": str(calls), "SLURM_NTASKS": "1",
-           "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-           "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost", "SLURM_JOB_NAME": "train"}
-    run = tmp_path / "run"
-    command = [sys.executable, "train.py", "trainer=cpu", "trainer.max_epochs=2", "test=false", *TINY,
-               "data.train_set.length=32", f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}"]
-    with open(tmp_path / "first.log", "w") as log:
-        task = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not (run / "checkpoints" / "last.ckpt").is_file():  # epoch 0 is over; epoch 1 trains
-                assert task.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
-                time.sleep(0.1)
-            task.send_signal(signal.SIGUSR1)
-            while not calls.is_file():
-                assert task.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
-                time.sleep(0.1)
-        finally:
-            task.kill()
-            task.wait()
-    first = (tmp_path / "first.log").read_text()
-    assert "SLURM auto-requeueing enabled" in first
-    assert calls.read_text().split() == ["requeue", "4242"]
-    assert (run / "hpc_ckpt_1.ckpt").is_file()
-
-    second = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"Restoring states from the checkpoint path at {run / 'hpc_ckpt_1.ckpt'}" in second.stdout + second.stderr
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 2 * 32 // 4  # two epochs of 8 steps: the first was not trained again
+def test_gpu_check_entry_point_checks_on_cpu(gpu_check, tmp_path: Path) -> None:
+    """The subprocess checks' plumbing (overrides, run folders, metrics, logs) with the CPU in place of CUDA:
+    a fit, then slide + flip evaluation of its checkpoint."""
+    figure, run = gpu_check.fit(tmp_path, "fit-cpu", 300, trainer="cpu")
+    assert figure.startswith("val/mIoU ") and (tmp_path / "fit-cpu.log").is_file()
+    figure = gpu_check.evaluate_slide_flip(tmp_path, run / "checkpoints" / "best.ckpt", 300, trainer="cpu")
+    assert figure.startswith("val/mIoU ") and "48x48 windows" in figure
+    with pytest.raises(RuntimeError, match="log: "):  # a failing entry point names its log
+        gpu_check.fit(tmp_path, "fit-bad", 300, "loss=nope", trainer="cpu")
