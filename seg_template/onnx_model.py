@@ -165,6 +165,8 @@ class OnnxNet(nn.Module):
         classes = outputs[0].shape[1] if len(outputs[0].shape) == 4 else None
         self.num_classes = classes if isinstance(classes, int) else None
         self.recipe = onnx_recipe(self.session)
+        #: where the inputs are best kept: onnxruntime without its CUDA provider reads host memory
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
 
     def forward(self, images: Tensor) -> Tensor:
         array = images.detach().to("cpu", torch.float32).numpy()

@@ -119,6 +119,9 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
     output_dir = check_writable(Path(cfg.output_dir))  # before any model is built or image read
     device = resolve_device(cfg.device)
     net, cfg = _build_net(cfg, option, path, device, overrides)
+    if option == "model_file" and net.device != device.type:
+        log.info("onnxruntime runs %s on the %s (its CUDA provider needs onnxruntime-gpu)", path, net.device)
+        device = resolve_device(net.device)
     classes = int(cfg.data.num_classes)
     if classes > 256:
         raise ConfigError(f"data.num_classes={classes}: index masks are uint8 PNGs (<= 256 classes)")

@@ -162,7 +162,8 @@ def no_recipe_message(source: str, option: str, script: str) -> str:
     file = resolve_path(source)
     used = training_overrides(file)
     hint = (f"the run that wrote it used: {' '.join(used)}" if used else
-            "the run that wrote it lists them in <run>/.hydra/overrides.yaml; none: the defaults")
+            "its training run lists them in <run>/.hydra/overrides.yaml; a run that set neither used "
+            "data=synthetic model=small")
     return (f"{option}={source} carries no training recipe (a checkpoint of an older version or of another "
             f"tool), so the data and model it was trained with are unknown. Pass them as in training: "
             f"python {script} {option}={source} data=<data config> model=<model config> ({hint})")
