@@ -53,7 +53,8 @@ def resolve_device(name: str) -> torch.device:
 
 def _source(cfg: DictConfig) -> tuple[str, str]:
     """``(option, path)`` of the model to run: ``model_file`` (ONNX) or ``ckpt_path``, exactly one."""
-    ckpt, onnx_file = cfg.get("ckpt_path"), cfg.get("model_file")
+    ckpt = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.get("ckpt_path")
+    onnx_file = cfg.get("model_file")
     if ckpt and onnx_file:
         raise ConfigError(f"pass ckpt_path or model_file, not both (got ckpt_path={ckpt} model_file={onnx_file})")
     if onnx_file:
