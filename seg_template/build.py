@@ -73,6 +73,23 @@ def require_ckpt_path(cfg: DictConfig, script: str) -> str:
     return str(cfg.ckpt_path)
 
 
+def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer``. Lightning's own checks of its options (``max_epochs=-2``,
+    ``precision=bogus``) become a ``ConfigError`` naming them, and options Lightning accepts but then
+    fails on mid-fit are refused first."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    every = cfg.get("check_val_every_n_epoch")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ConfigError(f"trainer.check_val_every_n_epoch must be an integer >= 1 (or null), got {every!r}")
+    try:
+        return instantiate(cfg, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"trainer: {cause} (check the trainer.* options)") from err
+
+
 def instantiate_group(cfg: DictConfig | None, kind: type, group: str) -> list[Any]:
     """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, logger).
 

@@ -84,7 +84,17 @@ def _user_errors() -> Iterator[None]:
         if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":  # once per run
             log.error("%s\n  (a problem with the config, data or checkpoint, not a bug; the traceback: set "
                       "HYDRA_FULL_ERROR=1)", user_message(user_error))
+        if _in_multirun():
+            # an exception, not an exit: the sweeper records the job as failed and runs the others
+            raise type(user_error)(str(user_error)) from None
         raise SystemExit(1) from None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def find_user_error(err: BaseException) -> UserError | None:

@@ -13,7 +13,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seg_template.build import build_module, instantiate_callbacks, instantiate_loggers, require_ckpt_path
+from seg_template.build import (
+    build_module,
+    instantiate_callbacks,
+    instantiate_loggers,
+    instantiate_trainer,
+    require_ckpt_path,
+)
 from seg_template.cli import hydra_main
 from seg_template.errors import ConfigError
 from seg_template.recipe import read_checkpoint_recipe, recipe_argv, with_recipe
@@ -48,7 +54,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> tuple[d
     module.net = InferenceModel(module.net, **OmegaConf.to_container(cfg.inference, resolve=True))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate_trainer(cfg.trainer, callbacks, loggers)
     log.info("Evaluating %s on the %s split (%s)", ckpt_path, cfg.split, dict(cfg.inference))
     run = trainer.validate if cfg.split == "val" else trainer.test
     # verbose=False: the module prints its per-class table; Lightning's would repeat it in other units

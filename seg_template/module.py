@@ -180,7 +180,7 @@ class SegmentationModule(pl.LightningModule):
             raise RuntimeError("SegmentationModule was built without an optimizer (evaluation only)")
         try:
             optimizer = self.optimizer_factory(params=param_groups(self.net))
-        except ValueError as err:  # torch's own checks: "Invalid learning rate: -1" and the like
+        except (TypeError, ValueError) as err:  # torch's checks ("Invalid learning rate: -1"), unknown options
             raise ConfigError(f"optimizer: {err} (check optimizer.lr, optimizer.weight_decay, ...)") from err
         if self.scheduler_factory is None:
             return optimizer

@@ -17,10 +17,12 @@ from seg_template.build import (
     choices_summary,
     instantiate_callbacks,
     instantiate_loggers,
+    instantiate_trainer,
     log_hyperparameters,
     metric_value,
 )
 from seg_template.cli import hydra_main
+from seg_template.errors import ConfigError
 from seg_template.recipe import recipe_from
 
 if TYPE_CHECKING:
@@ -41,8 +43,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from seg_template.jobs import is_global_zero, prepare_ddp_relaunch
 
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+    seed = cfg.get("seed")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed must be an integer (or null: no seeding), got {seed!r}")
+        pl.seed_everything(seed, workers=True)
     say = log.info if is_global_zero() else log.debug  # ranks > 0 would repeat every line
     summary = choices_summary()
     if summary:
@@ -62,7 +67,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     prepare_ddp_relaunch()
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate_trainer(cfg.trainer, callbacks, loggers)
     objects = {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer,
                "callbacks": callbacks, "loggers": loggers}
     log_hyperparameters(cfg, module, trainer)

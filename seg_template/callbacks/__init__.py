@@ -4,4 +4,6 @@
   non-finite weights; the safe resume check.
 - ``nan_guard.py``: skip non-finite steps, stop after a few in a row with one message.
 - ``progress.py``: a live bar on a terminal, plain log lines elsewhere, one line per epoch.
+- ``visuals.py``: image | ground truth | prediction grids of fixed validation images after each validation.
+- ``reports.py``: confusion matrix (PNG + CSV), per-class IoU chart and training curves after fit / test.
 """
