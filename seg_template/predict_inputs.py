@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seg_template.data.io import IMAGE_EXTENSIONS, list_images, read_image
 from seg_template.errors import ConfigError, DataError, MissingFileError
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+# torch is imported inside the functions: predict.py --help answers without loading it. A DataLoader takes
+# any object with __getitem__ / __len__ as a dataset and any iterable of index lists as a batch sampler.
 
 
 def input_files(spec: str | Sequence[str]) -> list[tuple[Path, Path]]:
@@ -53,7 +57,7 @@ def header_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-class ImageFiles(Dataset):
+class ImageFiles:
     """``files[i] = (path, name)`` -> ``{"image": float[3, H, W] (normalised by transform), "rgb": uint8[H, W, 3]
     (numpy, for the overlay), "name": str, "path": str}``, or ``{"error": str, "name", "path"}`` when the file
     cannot be read."""
@@ -71,13 +75,15 @@ class ImageFiles(Dataset):
             rgb = read_image(path)
         except (DataError, OSError) as err:  # OSError: a file removed or unreadable since it was listed
             return {**item, "error": str(err)}
+        import torch
+
         pixels = self.transform(image=rgb)["image"]
         item["image"] = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))
         item["rgb"] = rgb
         return item
 
 
-class SameSizeBatches(Sampler[list[int]]):
+class SameSizeBatches:
     """Batches of at most ``batch_size`` indices whose images have the same size, in order of first
     appearance; an image whose size is unknown (not readable) is a batch of its own."""
 
@@ -98,6 +104,8 @@ class SameSizeBatches(Sampler[list[int]]):
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"image": float[N, 3, H, W], "rgb": [uint8[H, W, 3], ...], "name": [...], "path": [...], "errors":
     [(path, reason), ...]}`` for the readable items (``image``/``rgb`` absent when none is)."""
+    import torch
+
     good = [it for it in items if "error" not in it]
     batch: dict[str, Any] = {"name": [it["name"] for it in good], "path": [it["path"] for it in good],
                              "errors": [(it["path"], it["error"]) for it in items if "error" in it]}
@@ -114,6 +122,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 def image_loader(files: Sequence[tuple[Path, Path]], transform: Callable[..., dict[str, Any]], batch_size: int,
                  num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``files`` yielding :func:`collate` batches of same-size images."""
+    from torch.utils.data import DataLoader
+
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if int(num_workers) < 0:
