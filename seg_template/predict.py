@@ -144,7 +144,8 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
                 log.warning("skipped %s: %s", file, reason)
                 skipped.append((file, reason))
             if "image" in batch:
-                labels = model(batch["image"].to(device, non_blocking=True)).argmax(1).to(torch.uint8).cpu()
+                # class ids in every inference mode, including bounded sliding windows on huge images
+                labels = model.predict_labels(batch["image"].to(device, non_blocking=True), dtype=torch.uint8).cpu()
                 for name, rgb, mask in zip(batch["name"], batch["rgb"], labels.numpy(), strict=True):
                     written.append(writer.write(name, rgb, mask))
             progress.update(len(batch["errors"]) + len(batch["name"]))

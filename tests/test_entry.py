@@ -136,6 +136,16 @@ def test_predict_writes_masks_colours_and_overlays(checkpoint, compose_cfg, tmp_
             assert (legend == palette[class_id]).all(1).any(), f"no legend swatch for class {class_id} in {name}"
 
 
+def test_predict_bounded_sliding_window(checkpoint, compose_cfg, tmp_path) -> None:
+    """inference.bounded=true (huge images in bounded memory) writes the same masks as plain stitching."""
+    _write_images(tmp_path / "in", {"big.png": (70, 90)})
+    slide = ["inference.mode=slide", "inference.crop_size=[32,32]", "inference.stride=[20,20]"]
+    plain = predict(compose_cfg, tmp_path / "a", f"ckpt_path={checkpoint}", f"input={tmp_path / 'in'}", *slide)
+    bounded = predict(compose_cfg, tmp_path / "b", f"ckpt_path={checkpoint}", f"input={tmp_path / 'in'}", *slide,
+                      "inference.bounded=true")
+    assert np.array_equal(np.asarray(Image.open(plain[0])), np.asarray(Image.open(bounded[0])))
+
+
 def test_predict_skips_unreadable_files_and_names_them(checkpoint, compose_cfg, tmp_path) -> None:
     _write_images(tmp_path / "in", {"good.png": (32, 32)})
     (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
