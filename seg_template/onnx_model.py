@@ -49,10 +49,10 @@ class ImageSizeLogits(nn.Module):
     """``net`` followed by one bilinear upsampling of its ``"out"`` logits to the input size:
     ``[N, 3, H, W] -> [N, C, H, W]`` (what is exported, and what the parity check compares).
 
-    A net with a ``size_divisor`` (HRNet: 32) pads its input to a multiple of it and crops its logits by a
-    ceiling division written ``-(-h // 4)``; ONNX's integer division truncates towards zero, so that crop
-    is exported one pixel short for odd sizes. Padding here first (the net's own padding is then a no-op)
-    and cropping with non-negative arithmetic gives the net's exact result in both runtimes.
+    A net with a ``size_divisor`` (HRNet: 32) pads its input to a multiple of it and crops its logits. ONNX's
+    integer division truncates towards zero where Python's floors, so a net written with negative operands
+    (``-(-h // 4)``) would be exported one pixel short for odd sizes. Padding here first (the net's own
+    padding is then a no-op) and cropping with non-negative arithmetic keeps any such net exact.
     """
 
     def __init__(self, net: nn.Module, align_corners: bool = False) -> None:

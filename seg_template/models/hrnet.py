@@ -66,11 +66,13 @@ class HRNetSegmentation(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]
-        pad_h, pad_w = -h % self.size_divisor, -w % self.size_divisor
+        d = self.size_divisor
+        # non-negative integer arithmetic only: ONNX's division truncates where Python's floors
+        pad_h, pad_w = (d - h % d) % d, (d - w % d) % d
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h))
         logits = self.head(self.backbone(images))
-        return logits[..., : -(-h // 4), : -(-w // 4)]
+        return logits[..., : (h + 3) // 4, : (w + 3) // 4]  # ceil(h / 4): the stride-4 rows of the real image
 
 
 def timm_pretrained_tag(variant: str, name: str) -> str:
