@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,3 +100,25 @@ def _load_study(impl: Any) -> optuna.study.Study | None:
         return optuna.load_study(study_name=impl.study_name, storage=impl.storage, sampler=impl.sampler)
     except KeyError:  # no study of that name yet (Optuna 2.x: "Record does not exist")
         return None
+
+
+def stop_on_repeated_failures(launch: Callable[..., Sequence[Any]], limit: int = 3) -> Callable[..., Sequence[Any]]:
+    """Wrap a Hydra launcher's ``launch(job_overrides, initial_job_idx)``: when the first ``limit`` jobs that
+    this command runs all fail, raise the last one's error instead of going on. A failed trial is otherwise
+    recorded and the search continues (``max_failure_rate: 1.0``: an extreme learning rate may diverge, a
+    large model run out of memory), but a mistake in the config or the data fails every trial alike."""
+    from hydra.core.utils import JobStatus
+
+    counts = {"completed": 0, "failed": 0}
+
+    def launch_checked(job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
+        returns = launch(job_overrides, initial_job_idx)
+        for ret in returns:
+            counts["completed" if ret.status == JobStatus.COMPLETED else "failed"] += 1
+        if not counts["completed"] and counts["failed"] >= limit:
+            log.error("The first %d trials failed alike: the search stops (the same command continues it)",
+                      counts["failed"])
+            returns[-1].return_value  # noqa: B018 - raises the job's exception
+        return returns
+
+    return launch_checked

@@ -21,9 +21,14 @@ if OptunaSweeper is not None:
         and ``study_name`` set): see :func:`seg_template.hparams_search.prepare_sweep`."""
 
         def sweep(self, arguments: list[str]) -> Any:
-            from seg_template.hparams_search import fail_running_trials, prepare_sweep
+            from seg_template.hparams_search import (
+                fail_running_trials,
+                prepare_sweep,
+                stop_on_repeated_failures,
+            )
 
             impl = self.sweeper  # the plugin's OptunaSweeperImpl
+            impl.launcher.launch = stop_on_repeated_failures(impl.launcher.launch)
             if not (impl.storage and impl.study_name):
                 return super().sweep(arguments)
             prepare_sweep(impl)
