@@ -197,3 +197,13 @@ def test_train_then_eval_and_predict_scripts(tmp_path) -> None:
         assert (tmp_path / "pred" / folder / "img0.png").is_file()
     missing = run_script("eval.py", f"paths.log_dir={tmp_path}", timeout=120)
     assert missing.returncode == 1 and "ckpt_path is required" in missing.stdout + missing.stderr
+
+
+def test_eval_in_bounded_memory_scores_like_the_stitched_slide(checkpoint, compose_cfg, tmp_path) -> None:
+    slide = [f"ckpt_path={checkpoint}", *QUIET, "inference=slide", "inference.crop_size=[24,24]",
+             "inference.stride=[16,16]"]
+    stitched, _ = run_eval(compose_cfg, tmp_path / "a", *slide)
+    bounded, _ = run_eval(compose_cfg, tmp_path / "b", *slide, "inference.bounded=true")
+    for key in ("val/mIoU", "val/aAcc", "val/IoU/circle"):  # the same class ids, so the same matrix
+        assert float(bounded[key]) == float(stitched[key]), key
+    assert "val/loss" not in bounded  # class ids only: no loss to report
