@@ -137,3 +137,12 @@ def test_every_inference_key_is_an_inference_model_argument(compose_cfg, preset,
     with torch.no_grad():
         labels = model.predict_labels(torch.randn(1, 3, 20, 30))
     assert labels.shape == (1, 20, 30)
+
+
+def test_a_window_larger_than_the_image_warns_once(caplog) -> None:
+    model = InferenceModel(Stride4Net(), mode="slide", crop_size=[48, 48], stride=[32, 32])
+    with caplog.at_level("WARNING", logger="seg_template.inference.model"):
+        model(torch.randn(1, 3, 32, 40))
+        model(torch.randn(1, 3, 32, 40))
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "inference.crop_size=[48, 48] is larger than the 32x40" in caplog.text
