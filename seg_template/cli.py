@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from seg_template.errors import UserError
+from seg_template.jobs import is_global_zero
 from seg_template.paths import CONFIG_DIR, export_project_root, register_resolvers
 
 log = logging.getLogger("seg_template")
@@ -81,7 +82,7 @@ def _user_errors() -> Iterator[None]:
         user_error = find_user_error(err)
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":  # once per run
+        if is_global_zero():  # once per run, not once per DDP / SLURM process
             log.error("%s\n  (a problem with the config, data or checkpoint, not a bug; the traceback: set "
                       "HYDRA_FULL_ERROR=1)", user_message(user_error))
         if _in_multirun():
@@ -133,7 +134,7 @@ def _remove_if_empty_run() -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0":
+    if not HydraConfig.initialized() or not is_global_zero():
         return
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.RUN:

@@ -66,7 +66,16 @@ def swept_overrides(argv: list[str] | None = None) -> str:
     hydra_cfg = HydraConfig.get()
     params = hydra_cfg.sweeper.get("params") or {}
     swept = {str(key).lstrip("+~") for key in params}
-    for arg in (sys.argv if argv is None else argv)[1:]:
+    args = (sys.argv if argv is None else argv)[1:]
+    if argv is None and not any("=" in a for a in args):
+        # a job that a launcher started in a process of its own (submitit: python -m submitit.core._submit
+        # <folder>): the sweep's command line is in the multirun.yaml Hydra wrote before launching
+        launched = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+        if launched.is_file():
+            from omegaconf import OmegaConf
+
+            args = list(OmegaConf.load(launched).hydra.overrides.task)
+    for arg in args:
         key, sep, value = arg.partition("=")
         if sep and not arg.startswith("-") and is_sweep_value(value):
             swept.add(key.lstrip("+~"))

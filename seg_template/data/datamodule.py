@@ -26,6 +26,7 @@ from seg_template.data.preflight import PREFLIGHT_MODES
 from seg_template.data.preflight import preflight as run_preflight
 from seg_template.data.samplers import SeededTrainSampler, ShardSampler
 from seg_template.errors import ConfigError, DataError
+from seg_template.jobs import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ class SegDataModule(pl.LightningDataModule):
 
         ``splits``: default every split the config defines. Builds the datasets (kept for training).
         """
-        if self.preflight_mode == "none" or int(os.environ.get("LOCAL_RANK", "0")) != 0:
-            # Lightning's DDP launcher re-runs the script for ranks >= 1 (with LOCAL_RANK set) after rank 0 has
+        if self.preflight_mode == "none" or not is_global_zero():
+            # Lightning's DDP launcher re-runs the script for ranks >= 1 (SLURM starts every rank) after rank 0 has
             # checked the same files: reading them again would only cost time
             return
         splits = [s for s in SPLITS if self.factories[s] is not None] if splits is None else list(splits)
