@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from seg_template.data.io import IMAGE_EXTENSIONS, list_images, read_image
@@ -75,10 +74,9 @@ class ImageFiles:
             rgb = read_image(path)
         except (DataError, OSError) as err:  # OSError: a file removed or unreadable since it was listed
             return {**item, "error": str(err)}
-        import torch
+        from seg_template.data.base import image_tensor
 
-        pixels = self.transform(image=rgb)["image"]
-        item["image"] = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))
+        item["image"] = image_tensor(self.transform(image=rgb)["image"])
         item["rgb"] = rgb
         return item
 

@@ -45,7 +45,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
 
 
 @lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (needs FreeType)
     except (TypeError, OSError):  # an older Pillow or one without FreeType: the fixed bitmap font
@@ -75,12 +75,12 @@ def legend_panel(entries: Sequence[tuple[str, Sequence[int]]], height: int, font
     """``uint8[h, w, 3]``: a colour swatch and a text line per entry, in as many columns as ``height`` needs
     (``h`` is ``height``, or one line's height when ``height`` is smaller)."""
     size = font_size or int(np.clip(height / 32, 11, 28))
-    font = _font(size)
+    face = font(size)
     pad, line = max(2, size // 3), size + max(2, size // 3)
     rows = max(1, (height - pad) // line)
     columns = [entries[i:i + rows] for i in range(0, len(entries), rows)] or [[]]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    widths = [max((probe.textlength(text, font=font) for text, _ in col), default=0) for col in columns]
+    widths = [max((probe.textlength(text, font=face) for text, _ in col), default=0) for col in columns]
     swatch = size
     col_widths = [int(pad + swatch + pad + w + pad) for w in widths]
     panel = Image.new("RGB", (max(sum(col_widths), 1), max(height, line + pad)), tuple(background))
@@ -90,7 +90,7 @@ def legend_panel(entries: Sequence[tuple[str, Sequence[int]]], height: int, font
         for row, (text, colour) in enumerate(col):
             y = pad + row * line
             draw.rectangle([x + pad, y, x + pad + swatch - 1, y + swatch - 1], fill=tuple(colour), outline=(0, 0, 0))
-            draw.text((x + pad + swatch + pad, y), text, fill=(0, 0, 0), font=font)
+            draw.text((x + pad + swatch + pad, y), text, fill=(0, 0, 0), font=face)
         x += width
     return np.asarray(panel)
 

@@ -18,7 +18,6 @@ from seg_template.losses import (
     CrossEntropy,
     OhemCrossEntropy,
     SegmentationLoss,
-    check_weights_cover,
     load_class_weights,
     weighted_cross_entropy,
 )
@@ -148,15 +147,6 @@ def test_all_zero_class_weights_stop_a_config_before_training(compose_tmp):
     with pytest.raises(InstantiationException, match=r"every class weight is 0.*data\.class_weights") as info:
         build(compose_tmp, "loss=wce", "data.class_weights=[0,0,0,0,0,0]")
     assert isinstance(info.value.__cause__, ConfigError)
-
-
-def test_check_weights_cover_the_classes_in_the_data():
-    weight = torch.tensor([0.0, 0.0, 1.0])
-    check_weights_cover(weight, [0, 2])  # class 2 counts
-    check_weights_cover(None, [0, 1])
-    check_weights_cover(weight, [])
-    with pytest.raises(ConfigError, match=r"0 for every class in the training data \[0, 1\].*loss\.main\.weight"):
-        check_weights_cover(weight, [1, 0, 1, 255])  # labels beyond the weights (ignore_index) do not count
 
 
 def test_user_mistakes_raise_the_user_error_classes(tmp_path):

@@ -6,13 +6,14 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from seg_template.data.ade20k import ADE20KDataset
 from seg_template.data.cityscapes import LABEL_ID_TO_TRAIN_ID, CityscapesDataset
 from seg_template.data.synthetic import SyntheticShapes
 from seg_template.errors import ConfigError
-from seg_template.predict_inputs import SameSizeBatches, image_loader, input_files
+from seg_template.predict_inputs import ImageFiles, SameSizeBatches, image_loader, input_files
 from seg_template.predict_outputs import OutputWriter, ProgressReport, check_writable, submission_table
 from seg_template.visualize import add_legend, colorize, legend_entries, overlay
 
@@ -35,6 +36,13 @@ def test_loader_batches_and_reports_unreadable_files(tmp_path) -> None:
     assert [b["name"] for b in batches if "image" in b] == [["a.png", "b.png"], ["sub/c.png"]]
     (errors,) = [b["errors"] for b in batches if b["errors"]]
     assert errors[0][0].endswith("bad.png") and "cannot read image file" in errors[0][1]
+
+
+def test_images_reach_the_network_as_in_training(tmp_path) -> None:
+    """A val_transform without Normalize leaves uint8 pixels: they are scaled to [0, 1], as the datasets do."""
+    Image.fromarray(np.full((8, 8, 3), 255, dtype=np.uint8)).save(tmp_path / "white.png")
+    (item,) = [ImageFiles(input_files(str(tmp_path)), lambda image: {"image": image})[0]]
+    assert item["image"].dtype == torch.float32 and float(item["image"].max()) == 1.0
 
 
 def test_plain_progress_lines(caplog) -> None:

@@ -16,9 +16,9 @@ from seg_template.callbacks.visuals import (
     ValidationImages,
     header_height,
     prediction_grid,
-    spread_indices,
     to_display,
 )
+from seg_template.data.preflight import sample_indices as spread_indices  # the grid's fixed samples
 from seg_template.data.synthetic import CLASS_NAMES, PALETTE
 from seg_template.data.transforms import eval_transform
 from seg_template.train import train

@@ -19,13 +19,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
 from seg_template.data.base import IMAGENET_MEAN, IMAGENET_STD
 from seg_template.data.palette import default_palette
-from seg_template.visualize import legend_panel, overlay
+from seg_template.data.preflight import sample_indices
+from seg_template.visualize import font, legend_panel, overlay
 
 log = logging.getLogger("seg_template")
 
@@ -33,15 +34,6 @@ log = logging.getLogger("seg_template")
 IGNORE_COLOUR = (224, 224, 192)
 COLUMNS = ("image", "ground truth", "prediction")
 GAP = 4  # pixels of white between tiles
-
-
-def spread_indices(length: int, count: int) -> list[int]:
-    """``count`` indices spread evenly over ``range(length)`` (first and last included): the same samples
-    in every run and every epoch, and from all over the split rather than its first batch."""
-    count = min(count, length)
-    if count <= 0:
-        return []
-    return sorted({int(round(i)) for i in np.linspace(0, length - 1, count)})
 
 
 def find_normalize(transform: Any) -> Any | None:
@@ -106,13 +98,6 @@ def enlarge(picture: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(picture).resize((new_w, new_h), Image.NEAREST))
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # an old Pillow or one without FreeType
-        return ImageFont.load_default()
-
-
 def _font_size(tile_size: int) -> int:
     return max(11, min(18, tile_size // 14))
 
@@ -159,11 +144,11 @@ def prediction_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], p
             x = GAP + c * (tile_size + GAP)
             canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
     picture = Image.fromarray(canvas)
-    draw, font = ImageDraw.Draw(picture), _font(font_size)
+    draw, face = ImageDraw.Draw(picture), font(font_size)
     if title:
-        draw.text((GAP, GAP), title, fill=(0, 0, 0), font=font)
+        draw.text((GAP, GAP), title, fill=(0, 0, 0), font=face)
     for c, name in enumerate(COLUMNS):
-        draw.text((GAP + c * (tile_size + GAP), header - font_size - GAP), name, fill=(0, 0, 0), font=font)
+        draw.text((GAP + c * (tile_size + GAP), header - font_size - GAP), name, fill=(0, 0, 0), font=face)
     entries = [(class_names[i] if i < len(class_names) else str(i), tuple(int(v) for v in palette[i]))
                for i in sorted(present) if 0 <= i < len(palette)]
     if has_ignore:
@@ -235,7 +220,7 @@ class ValidationImages(Callback):
             self._warn_once("data", "callbacks.val_images: no validation dataset, no images")
             return None
         if self.indices is None:
-            self.indices = spread_indices(len(dataset), self.num_images)
+            self.indices = sample_indices(len(dataset), self.num_images)
         net = getattr(pl_module, "net", pl_module)
         num_classes = int(getattr(pl_module, "num_classes", 0))
         ignore_index = int(getattr(pl_module, "ignore_index", 255))

@@ -20,6 +20,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """``float32[3, H, W]`` from a transformed ``[H, W, 3]`` image; uint8 (no Normalize in the pipeline) is
+    scaled to [0, 1], as the network saw in training. Used by the datasets and by predict."""
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
 class SegmentationDataset(Dataset):
     """Base class: class names, palette and ignore index live on the dataset.
 
@@ -58,10 +66,8 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        if image.dtype == np.uint8:  # no Normalize in the pipeline: scale to [0, 1]
-            image = image.astype(np.float32) / 255.0
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "image": image_tensor(image),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "name": name,
         }

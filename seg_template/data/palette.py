@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from hydra.utils import get_class
-from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def default_palette(num_classes: int) -> np.ndarray:
@@ -32,6 +35,8 @@ def dataset_palette(data_cfg: DictConfig) -> np.ndarray:
     The class is the ``_target_`` of ``data.val_set`` (or ``data.train_set``); a dataset whose palette has
     fewer colours than ``data.num_classes`` (or none, like the folder dataset) gets the VOC colours.
     """
+    from hydra.utils import get_class  # only here: importing a dataset must not pull in Hydra
+
     num_classes = int(data_cfg.num_classes)
     split = data_cfg.get("val_set") or data_cfg.get("train_set")
     palette = getattr(get_class(split._target_), "palette", None) if split is not None else None

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch.utils.data import DistributedSampler, Sampler
 
+from seg_template.errors import ConfigError
+
 
 class SeededIndex(NamedTuple):
     """A dataset index that carries the seed of its augmentation: ``dataset[SeededIndex(i, seed, epoch)]``."""
@@ -39,6 +41,9 @@ def seed_transform(transform: Any, key: SeededIndex) -> None:
     set_random_state = getattr(transform, "set_random_state", None)
     if callable(set_random_state):
         set_random_state(*key.generators())
+    elif type(transform).__module__.startswith("albumentations"):  # an albumentations without its own RNG API
+        raise ConfigError("this albumentations has no Compose.set_random_state, so a seed cannot reproduce the "
+                          "augmentation: pip install -U 'albumentations>=2'")
 
 
 class SeededTrainSampler(DistributedSampler):
@@ -51,9 +56,8 @@ class SeededTrainSampler(DistributedSampler):
     gradient all-reduce needs (training, unlike evaluation, does not mind a repeated sample).
     """
 
-    def __init__(self, dataset: Any, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+    def __init__(self, dataset: Any, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
                          drop_last=False)
 
     def __iter__(self) -> Iterator[SeededIndex]:  # type: ignore[override]

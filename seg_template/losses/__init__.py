@@ -16,7 +16,7 @@ Shapes: ``logits`` float ``[N, C, h, w]`` at the model's native stride, ``target
 """
 
 from seg_template.losses.aux import SegmentationLoss
-from seg_template.losses.class_weights import WeightSpec, check_weights_cover, load_class_weights
+from seg_template.losses.class_weights import WeightSpec, load_class_weights
 from seg_template.losses.cross_entropy import CrossEntropy, upsampled_nll, weighted_cross_entropy
 from seg_template.losses.memory_efficient import (
     memory_efficient_cross_entropy,
@@ -31,7 +31,6 @@ __all__ = [
     "SegmentationLoss",
     "WeightSpec",
     "check_target",
-    "check_weights_cover",
     "load_class_weights",
     "memory_efficient_cross_entropy",
     "memory_efficient_ohem_cross_entropy",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +58,6 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
 
 def _error(source: str, problem: str) -> ConfigError:
     return ConfigError(f"{source}: {problem} (set by {KEYS})")
-
-
-def check_weights_cover(weight: Tensor | None, present: Iterable[int]) -> None:
-    """Raise ``ConfigError`` when the class weights are 0 for every class in ``present`` (the labels found in
-    the training data, e.g. by a pre-flight scan): the loss would then be 0.0 on every batch. Nothing to
-    check without weights or without labels."""
-    present = sorted({int(c) for c in present})
-    if weight is None or not present:
-        return
-    known = [c for c in present if 0 <= c < weight.numel()]
-    if known and not weight[known].any():
-        raise _error("class weights", f"0 for every class in the training data {known}, so the loss would stay "
-                                      "0.0; give those classes positive weights")
 
 
 def _read_weight_file(path: Path) -> np.ndarray | list[float]:
