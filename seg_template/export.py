@@ -4,7 +4,8 @@
 comes from the checkpoint's recipe, which also travels inside the ONNX file (``predict.py model_file=`` reads
 it). The file has dynamic batch, height and width; onnxruntime (CPU) and PyTorch then run the same random
 inputs of every ``export.check_shapes`` and the export fails, leaving no ``model.onnx``, unless the logits
-agree within ``export.atol`` and the argmax on at least ``export.min_agreement`` of the pixels.
+agree within ``export.atol`` and the argmax on at least ``export.min_agreement`` of the pixels. A NaN or inf
+logit on either side fails it too (a checkpoint holding NaN/inf is refused when it is read).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 from seg_template.build import build_net, require_ckpt_path
 from seg_template.cli import hydra_main
-from seg_template.errors import ConfigError
+from seg_template.errors import CheckpointError, ConfigError
 from seg_template.recipe import read_checkpoint_recipe, recipe_argv, recipe_from, with_recipe
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,12 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
                 bool(cfg.export.get("dynamo", True)))
     parity = check_parity(net, unverified, shapes, align_corners, threads=int(cfg.export.threads))
     log.info("%s", parity.summary())
+    if not parity.finite("PyTorch"):  # the weights are finite (the loader checked), the model's logits are not
+        raise CheckpointError(
+            f"ckpt_path: the model of '{ckpt_path}' gives non-finite logits on random normalised images "
+            f"({parity.summary()}), so its exported file could not be trusted either; its weights are finite, yet "
+            f"too large to compute with (the state of a run on the edge of diverging?): export an earlier "
+            f"checkpoint of the run. The file is left at {unverified} for inspection")
     if not parity.ok(float(cfg.export.atol), float(cfg.export.min_agreement)):
         raise ExportMismatch(
             f"the ONNX export of {ckpt_path} does not reproduce PyTorch: {parity.summary()}; required: max "

@@ -16,9 +16,10 @@ import contextlib
 import io
 import json
 import logging
+import math
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,48 @@ def read_onnx_recipe(path: str | Path) -> dict[str, Any] | None:
     return onnx_recipe(ort_session(path, optimize=False))
 
 
+def onnx_weights(path: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, array)`` for every floating-point weight of the ONNX file at ``path``: the initializers and
+    the constants of the graph and its sub-graphs. The protobuf is read without its external data; each
+    external tensor is then read alone, so a big model is never held twice."""
+    require_onnx("onnx")
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    base_dir = str(Path(path).parent)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+    def tensors(graph: Any) -> Iterator[tuple[str, Any]]:
+        yield from ((t.name, t) for t in graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield f"{node.name or node.op_type}.{attr.name}", attr.t
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from tensors(sub)
+
+    for name, tensor in tensors(model.graph):
+        if tensor.data_type in floats:
+            yield name, numpy_helper.to_array(tensor, base_dir)
+
+
+def refuse_nonfinite_onnx(path: str | Path, option: str = "model_file") -> None:
+    """Raise a ``CheckpointError`` naming the file and the weights when the ONNX file at ``path`` holds NaN or
+    inf: it would give NaN logits, i.e. class 0 everywhere. Min and max are NaN / inf exactly when some
+    element is, so no boolean copy of a tensor is made."""
+    bad, total = [], 0
+    for name, array in onnx_weights(path):
+        total += 1
+        if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+            bad.append(name)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f", ... and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise CheckpointError(f"{option}: '{path}' holds NaN/inf in {len(bad)} of its {total} weight tensors "
+                              f"({shown}): it was exported from a diverged model (or is a damaged copy); export a "
+                              f"checkpoint written before the run diverged")
+
+
 class OnnxNet(nn.Module):
     """An ONNX file as a network: ``forward(images[N, 3, H, W]) -> logits[N, C, H, W]`` through onnxruntime,
     so the inference code (sliding window, flips, scales) runs it as it runs a PyTorch network."""
@@ -156,7 +199,9 @@ class OnnxNet(nn.Module):
     def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0) -> None:
         super().__init__()
         self.path = Path(path)
-        self.session = ort_session(self.path, device, threads)
+        self.session = ort_session(self.path, device, threads)  # first: it names an unreadable file
+        refuse_nonfinite_onnx(self.path)
+        self.weights_source = f"model_file: '{self.path}'"  # for InferenceModel's messages
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise CheckpointError(f"model_file: '{path}' takes {[(i.name, i.shape) for i in inputs]}; expected one "
@@ -176,30 +221,53 @@ class OnnxNet(nn.Module):
 
 @dataclass
 class Parity:
-    """How closely onnxruntime reproduced PyTorch: the worst ``max_abs`` logit difference and the fraction
-    of pixels with the same argmax, over every checked input shape."""
+    """How closely onnxruntime reproduced PyTorch over every checked input shape: the worst ``max_abs`` logit
+    difference, the fraction of pixels with the same argmax, and how many logits were NaN / inf.
+
+    NaN-aware: a non-finite logit on either side makes ``max_abs`` NaN (a difference that cannot be measured,
+    never 0), its pixel counts as disagreeing, and ``ok`` false. ``nonfinite`` maps ``"onnxruntime"`` and
+    ``"PyTorch"`` to their ``(NaN count, inf count)`` out of ``values`` logits."""
 
     max_abs: float
     agreement: float
     shapes: list[tuple[int, ...]]
+    nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
+    values: int = 0
+
+    def finite(self, side: str | None = None) -> bool:
+        """Whether every logit of ``side`` (both sides when None) was finite."""
+        return not any(sum(v) for k, v in self.nonfinite.items() if side in (None, k))
 
     def ok(self, atol: float, min_agreement: float) -> bool:
-        return self.max_abs <= atol and self.agreement >= min_agreement
+        # comparisons with NaN are False: a NaN difference or agreement fails here, as it must
+        return self.finite() and self.max_abs <= atol and self.agreement >= min_agreement
 
     def summary(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.shapes)
-        return (f"onnxruntime (CPU) vs PyTorch on inputs {shapes}: max |logit difference| {self.max_abs:.2e}, "
+        text = (f"onnxruntime (CPU) vs PyTorch on inputs {shapes}: max |logit difference| {self.max_abs:.2e}, "
                 f"argmax agreement {100 * self.agreement:.3f}%")
+        for side, (nan, inf) in self.nonfinite.items():
+            parts = [f"NaN in {_share(nan, self.values)}" if nan else "",
+                     f"inf in {_share(inf, self.values)}" if inf else ""]
+            if nan or inf:
+                text += f"; {side} output holds {' and '.join(p for p in parts if p)} of its values"
+        return text
+
+
+def _share(count: int, total: int) -> str:
+    return f"{100 * count / max(total, 1):.3g}%" if count < total else "100%"
 
 
 def check_parity(net: nn.Module, path: str | Path, shapes: Sequence[Sequence[int]], align_corners: bool = False,
                  seed: int = 0, threads: int = 0) -> Parity:
     """Run the ONNX file at ``path`` (onnxruntime, CPU) and ``net`` (PyTorch, CPU) on random normalised
-    images of each ``[N, H, W]`` in ``shapes``; returns the worst logit difference and the argmax agreement."""
+    images of each ``[N, H, W]`` in ``shapes``; returns the worst logit difference, the argmax agreement and
+    the NaN / inf counts of both sides (:class:`Parity`)."""
     net = net.eval().cpu()
     session = ort_session(path, "cpu", threads)
     generator = torch.Generator().manual_seed(seed)
-    worst, same, total, seen = 0.0, 0, 0, []
+    worst, same, total, values, seen = 0.0, 0, 0, 0, []
+    counts = {"onnxruntime": [0, 0], "PyTorch": [0, 0]}
     for n, h, w in shapes:
         images = torch.randn(int(n), 3, int(h), int(w), generator=generator)
         with torch.no_grad():  # the PyTorch inference path itself (not the export wrapper): net, then upsample
@@ -211,8 +279,17 @@ def check_parity(net: nn.Module, path: str | Path, shapes: Sequence[Sequence[int
         if got.shape != expected.shape:
             raise RuntimeError(f"ONNX output {got.shape} differs from PyTorch's {expected.shape} for input "
                                f"{tuple(images.shape)}")
-        worst = max(worst, float(np.abs(got - expected).max()))
-        same += int((got.argmax(1) == expected.argmax(1)).sum())
+        for side, array in (("onnxruntime", got), ("PyTorch", expected)):
+            counts[side][0] += int(np.isnan(array).sum())
+            counts[side][1] += int(np.isinf(array).sum())
+        # np.max propagates NaN (Python's max(0.0, nan) would drop it): a NaN here stays NaN in the result
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, as it should be
+            diff = float(np.abs(got - expected).max())
+        worst = diff if math.isnan(diff) or diff > worst else worst
+        # a pixel agrees only when both logit vectors are finite and their argmax is the same
+        finite = np.isfinite(got).all(1) & np.isfinite(expected).all(1)
+        same += int(((got.argmax(1) == expected.argmax(1)) & finite).sum())
         total += expected.shape[0] * expected.shape[2] * expected.shape[3]
+        values += expected.size
         seen.append(tuple(images.shape))
-    return Parity(worst, same / max(total, 1), seen)
+    return Parity(worst, same / max(total, 1), seen, {k: (v[0], v[1]) for k, v in counts.items()}, values)

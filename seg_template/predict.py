@@ -145,7 +145,8 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
                 skipped.append((file, reason))
             if "image" in batch:
                 # class ids in every inference mode, including bounded sliding windows on huge images
-                labels = model.predict_labels(batch["image"].to(device, non_blocking=True), dtype=torch.uint8).cpu()
+                labels = model.predict_labels(batch["image"].to(device, non_blocking=True), dtype=torch.uint8,
+                                              names=batch["name"]).cpu()  # names: for an error's message
                 for name, rgb, mask in zip(batch["name"], batch["rgb"], labels.numpy(), strict=True):
                     written.append(writer.write(name, rgb, mask))
             progress.update(len(batch["errors"]) + len(batch["name"]))

@@ -43,12 +43,19 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _float(value: Any) -> float | None:
+def _number(value: Any) -> float | None:
+    """``value`` as a float (NaN and inf included), or None when it is no number."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(number) else number
+
+
+def _float(value: Any) -> float | None:
+    """A finite metric value, or None: a NaN / inf row of ``metrics.csv`` (a validation without labelled
+    pixels, a diverged run) is no score to rank or plot."""
+    number = _number(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _is_multirun(config: DictConfig) -> bool:
@@ -100,7 +107,9 @@ class SweepSummary(Callback):
         status, wall = dict(self._current), time.monotonic() - self._started
         status["wall_s"] = round(wall, 1)
         if job_return.status == JobStatus.COMPLETED:
-            status["status"], status["objective"] = "completed", _float(job_return.return_value)
+            # NaN stays NaN (JSON writes it as NaN): the job is ranked after every job with a number, never
+            # by the best epoch it reached before it diverged
+            status["status"], status["objective"] = "completed", _number(job_return.return_value)
         else:  # the return value is the exception; reading .return_value would raise it
             error = job_return._return_value
             first_line = (str(error).strip().splitlines() or [""])[0]
@@ -210,8 +219,9 @@ _ORDER = {"completed": 0, "running": 1, "failed": 2}
 
 
 def collect_jobs(sweep_dir: Path, final: bool) -> list[dict[str, Any]]:
-    """Every job under ``sweep_dir`` with a status file, best first: completed jobs by their objective,
-    then running ones, then failed ones. In the ``final`` summary a job still "running" never ended."""
+    """Every job under ``sweep_dir`` with a status file, best first: completed jobs by their objective (their
+    best val/mIoU when they returned none), those whose objective is NaN / inf or missing after them, then
+    running ones, then failed ones. In the ``final`` summary a job still "running" never ended."""
     jobs = [read_job(p.parent) for p in sorted(sweep_dir.rglob(STATUS_FILE))]
     for job in jobs:
         if final and job["status"] == "running":
@@ -221,7 +231,8 @@ def collect_jobs(sweep_dir: Path, final: bool) -> list[dict[str, Any]]:
 
     def key(job: dict[str, Any]) -> tuple:
         score = job["objective"] if job["objective"] is not None else job["best_val"]
-        return (_ORDER.get(job["status"], 3), score is None, -sign * (score or 0.0), job.get("num", 0))
+        ranked = score is not None and math.isfinite(score)  # NaN would make the sort order arbitrary
+        return (_ORDER.get(job["status"], 3), not ranked, -sign * score if ranked else 0.0, job.get("num", 0))
 
     return sorted(jobs, key=key)
 

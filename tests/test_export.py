@@ -69,13 +69,16 @@ def test_export_small_then_predict_with_onnxruntime(compose_cfg, tmp_path, caplo
                 "data.num_classes=5")
 
 
-def test_export_fails_loudly_over_tolerance(compose_cfg, tmp_path) -> None:
+def test_export_fails_loudly_over_tolerance(compose_cfg, tmp_path, monkeypatch) -> None:
     from seg_template.export import ExportMismatch
 
     ckpt = save_checkpoint(compose_cfg(overrides=TRAINED, output_dir=tmp_path / "t"), tmp_path / "m.ckpt")
-    with pytest.raises(ExportMismatch, match=r"max \|logit difference\| .* agreement >= 101\.00%"):
+    traced = ImageSizeLogits.forward  # a faulty exporter: the file computes every logit + 1
+    monkeypatch.setattr(ImageSizeLogits, "forward", lambda self, images: traced(self, images) + 1.0)
+    with pytest.raises(ExportMismatch, match=r"max \|logit difference\| 1\.00e\+00.*required: max \|difference\| "
+                                             r"<= 0\.001"):
         export(compose_cfg, tmp_path / "export", f"ckpt_path={ckpt}", "export.check_shapes=[[1,32,32]]",
-               "export.min_agreement=1.01", "export.threads=1")
+               "export.threads=1")
     assert not (tmp_path / "export" / "model.onnx").exists()
     assert (tmp_path / "export" / "model.unverified.onnx").is_file()
 

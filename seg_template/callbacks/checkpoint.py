@@ -232,4 +232,8 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
             classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
             raise CheckpointError(mismatch_message(report, "ckpt_path", f"the configured {type(module).__name__}",
                                                    classes))
+    from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
+
+    refuse_nonfinite({"state_dict": ckpt["state_dict"], "optimizer_states": ckpt["optimizer_states"]}, source,
+                     "ckpt_path")
     return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"])}

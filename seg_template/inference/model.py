@@ -2,6 +2,11 @@
 
 ``predict`` returns image-size logits (what eval's loss and metrics need); ``predict_labels`` returns class
 ids, and with ``bounded=True`` computes them in memory that does not grow with the image area.
+
+Logits holding NaN or inf never become a result: their argmax would be class 0 (all-NaN pixels), so eval
+would print an all-zero table and predict write class-0 masks. Both functions raise ``NonFiniteLogits``, and
+:class:`InferenceModel` turns that into a user error naming the model file (the loader's
+``net.weights_source``) and the images.
 """
 
 from __future__ import annotations
@@ -12,14 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from seg_template.errors import ConfigError
+from seg_template.errors import CheckpointError, ConfigError, DataError, UserError
 from seg_template.inference.slide import (
     DEFAULT_WINDOW_BATCH,
     check_windows,
     predict_slide,
     predict_slide_labels,
 )
-from seg_template.inference.whole import class_ids, predict_whole, resize
+from seg_template.inference.whole import NonFiniteLogits, check_finite, class_ids, predict_whole, resize
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,8 @@ def predict(net: nn.Module, images: Tensor, mode: str = "whole", crop_size: Sequ
     """Logits averaged over ``scales`` (image resized by each) and, with ``flip``, horizontal flips.
 
     ``mode`` is ``"whole"`` or ``"slide"`` (then ``crop_size``/``stride`` are required and apply at every
-    scale; ``window_batch`` crops per forward pass). ``[N, 3, H, W] -> [N, C, H, W]``.
+    scale; ``window_batch`` crops per forward pass). ``[N, 3, H, W] -> [N, C, H, W]``. Raises
+    ``NonFiniteLogits`` when the logits hold NaN or inf.
     """
     check_settings(mode, crop_size, stride, scales, window_batch)
     size = images.shape[-2:]
@@ -68,7 +74,7 @@ def predict(net: nn.Module, images: Tensor, mode: str = "whole", crop_size: Sequ
         logits = resize(logits, size, align_corners)
         total = logits if total is None else total + logits
     assert total is not None
-    return total if len(scales) == 1 else total / len(scales)
+    return check_finite(total if len(scales) == 1 else total / len(scales))
 
 
 def predict_labels(net: nn.Module, images: Tensor, mode: str = "whole", crop_size: Sequence[int] | None = None,
@@ -125,15 +131,50 @@ class InferenceModel(nn.Module):
         """Whether ``forward`` gives logits (every mode but ``bounded``); otherwise call ``predict_labels``."""
         return not self.bounded
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, names: Sequence[str] | None = None) -> Tensor:
+        """Image-size logits ``[N, C, H, W]``; ``names`` (of the images, optional) only serve the messages."""
         if self.bounded:
             raise ConfigError("inference.bounded=true gives class ids, never image-size logits, so it cannot "
                               "feed a loss: set inference.bounded=false here (predict.py takes bounded=true)")
         self._check_window(images)
-        return predict(self.net, images, **self.settings)
+        try:
+            return predict(self.net, images, **self.settings)
+        except NonFiniteLogits as err:
+            raise self._nonfinite_error(err, images, names) from err
 
-    def predict_labels(self, images: Tensor, dtype: torch.dtype = torch.int64) -> Tensor:
+    def predict_labels(self, images: Tensor, dtype: torch.dtype = torch.int64,
+                       names: Sequence[str] | None = None) -> Tensor:
         """Class ids ``[N, H, W]`` (``dtype``; ``torch.uint8`` takes an eighth of int64's memory for up to
         256 classes). Bounded mode: band by band; otherwise the argmax of ``forward``."""
         self._check_window(images)
-        return predict_labels(self.net, images, **self.settings, bounded=self.bounded, dtype=dtype)
+        try:
+            return predict_labels(self.net, images, **self.settings, bounded=self.bounded, dtype=dtype)
+        except NonFiniteLogits as err:
+            raise self._nonfinite_error(err, images, names) from err
+
+    def _nonfinite_error(self, err: NonFiniteLogits, images: Tensor, names: Sequence[str] | None) -> UserError:
+        """Whose fault non-finite logits are: the images (``DataError``) or the model (``CheckpointError``,
+        naming its file, and whether its weights are finite)."""
+        from seg_template.models.finite import is_finite, nonfinite_names
+
+        n, _, h, w = images.shape
+        batch = f"a batch of {n} {h}x{w} image(s)"
+        if names:
+            batch = "image(s) " + ", ".join(map(str, names[:4])) + (f" and {len(names) - 4} more" if len(names) > 4
+                                                                     else "")
+        if not is_finite(images):
+            return DataError(f"{batch} hold NaN/inf once data.val_transform has normalised them, so no prediction "
+                             f"can be made; check the transform's normalisation (a std of 0?)")
+        source = getattr(self.net, "weights_source", None) or f"the network ({type(self.net).__name__})"
+        bad, total = nonfinite_names(self.net.state_dict())
+        if bad:
+            why = (f"its weights hold NaN/inf in {len(bad)} of {total} tensors ({', '.join(bad[:4])}); use a "
+                   f"checkpoint written before the run diverged")
+        elif err.dtype in (torch.float16, torch.bfloat16):
+            why = (f"its weights are finite but the logits overflow {str(err.dtype).removeprefix('torch.')}; run "
+                   f"in 32-bit (e.g. trainer.precision=32-true)")
+        else:
+            why = ("its weights are finite, yet too large to compute with (the state of a run on the edge of "
+                   "diverging?); use an earlier checkpoint of the run")
+        return CheckpointError(f"{source} gives {err} on {batch}, so no prediction can be made (their argmax "
+                               f"would be class 0): {why}")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from seg_template.errors import ConfigError
-from seg_template.inference.whole import class_ids
+from seg_template.inference.whole import check_finite, class_ids
 from seg_template.inference.windows import Window, coverage, window_logits, window_starts
 
 #: crops per forward pass unless told otherwise (``inference.window_batch``)
@@ -127,13 +127,14 @@ def predict_slide_labels(net: nn.Module, images: Tensor, crop_size: Sequence[int
                          window_batch: int = DEFAULT_WINDOW_BATCH, dtype: torch.dtype = torch.int64) -> Tensor:
     """Class ids ``[N, H, W]`` (``dtype``) of the sliding-window logits, in memory that does not grow with
     the image area beyond the images and the ids themselves (bounded mode). Equal to
-    ``predict_slide(...).argmax(1)`` bit for bit: same windows, same batches, same sums."""
+    ``predict_slide(...).argmax(1)`` bit for bit: same windows, same batches, same sums. Raises
+    ``NonFiniteLogits`` when a band's logits hold NaN or inf (their argmax would be made up)."""
     n, _, h, w = images.shape
     labels = torch.empty((n, h, w), dtype=dtype, device=images.device)
     for top, logits in slide_bands(net, images, crop_size, stride, flip=flip, align_corners=align_corners,
                                    window_batch=window_batch, bounded=True):
         if logits.shape[1] - 1 > torch.iinfo(dtype).max:
             raise ValueError(f"{logits.shape[1]} classes do not fit in {dtype} class ids")
-        labels[:, top:top + logits.shape[2]] = class_ids(logits).to(labels.device, dtype)
+        labels[:, top:top + logits.shape[2]] = class_ids(check_finite(logits)).to(labels.device, dtype)
     return labels
 

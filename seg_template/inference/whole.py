@@ -8,8 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class NonFiniteLogits(ValueError):
+    """Logits holding NaN or inf: their argmax would be a made-up class (class 0 for all-NaN pixels).
+    ``dtype`` is the logits' dtype. :class:`~seg_template.inference.InferenceModel` turns it into a user error
+    naming the model file."""
+
+    dtype: torch.dtype = torch.float32
+
+
+def _share(count: int, total: int) -> str:
+    return "all" if count == total else f"{count} ({100 * count / total:.2g}%)"
 
 
 def net_logits(net: nn.Module, images: Tensor) -> Tensor:
@@ -34,3 +47,16 @@ def class_ids(logits: Tensor) -> Tensor:
     """``logits[N, C, H, W] -> int64[N, H, W]``: ``argmax(1)`` (the first maximum on ties), computed as
     ``max(1).indices``, which torch's CPU kernels run 2-9x faster for tens of classes."""
     return logits.max(1).indices
+
+
+def check_finite(logits: Tensor) -> Tensor:
+    """``logits`` itself, or :class:`NonFiniteLogits` when a value is NaN or inf. One min/max reduction
+    (NaN propagates through both), which waits for the device: for eval and predict, not the training step."""
+    if not logits.numel() or bool(torch.isfinite(torch.stack(torch.aminmax(logits.detach()))).all()):
+        return logits
+    nan, inf, total = int(logits.isnan().sum()), int(logits.isinf().sum()), logits.numel()
+    parts = [f"NaN in {_share(nan, total)}" if nan else "", f"inf in {_share(inf, total)}" if inf else ""]
+    err = NonFiniteLogits(f"{' and '.join(p for p in parts if p)} of its {str(logits.dtype).removeprefix('torch.')} "
+                          f"logits {list(logits.shape)}")
+    err.dtype = logits.dtype
+    raise err

@@ -16,6 +16,8 @@ Two ways to put the weights into a model:
   ``torch.compile``); a backbone-only file (an ImageNet ResNet, a timm HRNet) is matched under ``backbone.``.
   Tensors of another shape (a head for another class count) are skipped and logged; if too little of the
   backbone is covered, the file is for another architecture and we raise instead of training from scratch.
+
+Both refuse weights holding NaN or inf (:mod:`seg_template.models.finite`), naming the file and the tensors.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from seg_template.errors import CheckpointError, MissingFileError
+from seg_template.models.finite import START_ELSEWHERE, refuse_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +220,8 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str =
     what did not match.
     """
     target = model.state_dict()
-    report, to_load = compare_state(state, target, source, match_keys(state, set(target)))
+    mapping = match_keys(state, set(target))
+    report, to_load = compare_state(state, target, source, mapping)
     core = [k for k in target if k.startswith("backbone.")]
     scope = "backbone tensors" if core else "tensors"
     core = core or list(target)
@@ -230,6 +234,8 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str =
             f"the file is probably for another architecture. Unmatched file keys ({len(report.unexpected)}): "
             f"{_preview(report.unexpected)}. Shape mismatches ({len(mism)}): {_preview(mism)}. "
             f"Model keys not found ({len(report.missing)}): {_preview(report.missing)}.")
+    loaded = {file_key: state[file_key] for file_key, model_key in mapping.items() if model_key in to_load}
+    refuse_nonfinite(loaded, source, "model.pretrained", START_ELSEWHERE)  # tensors left out do no harm
     model.load_state_dict(to_load, strict=False)
     log.info("Pretrained weights %s", report.summary())
     if report.mismatched:
@@ -289,13 +295,15 @@ def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path"
     A Lightning ``.ckpt`` of ours contributes its ``net.*`` tensors; any other file is taken as the
     network's own state dict (``module.`` / ``_orig_mod.`` wrapper prefixes dropped). Every tensor of
     ``net`` must be present with its shape, and nothing else, else ``CheckpointError`` names the file,
-    the differing tensors with both shapes, and the options to pass.
+    the differing tensors with both shapes, and the options to pass. A file holding NaN or inf is refused
+    as well. ``net.weights_source`` then names the file (``"ckpt_path: '/abs/best.ckpt'"``).
     """
     source = str(resolve_path(path))
     obj = read_weights_file(path, option)
     state = unwrap_state_dict(obj, source, option)
     if any(k.startswith("net.") for k in state):
-        own = {k[len("net."):].replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("net.")}
+        state = {k: v for k, v in state.items() if k.startswith("net.")}  # not the loss's buffers
+        own = {k[len("net."):].replace("_orig_mod.", ""): v for k, v in state.items()}
     else:
         own = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
     target = getattr(net, "_orig_mod", net)
@@ -305,6 +313,8 @@ def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path"
         classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
         raise CheckpointError(mismatch_message(report, option, f"the configured model ({type(target).__name__})",
                                                classes))
+    refuse_nonfinite(state, source, option)  # NaN weights give NaN logits, whose argmax is class 0 everywhere
     target.load_state_dict(to_load)
+    net.weights_source = f"{option}: '{source}'"  # for InferenceModel's messages (seg_template/inference)
     log.info("Loaded %d tensors from %s", len(report.loaded), source)
     return report

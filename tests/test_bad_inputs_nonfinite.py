@@ -1,0 +1,344 @@
+"""Catalogue of bad inputs, family "non-finite models" (issue 17): a model whose weights or logits hold NaN or
+inf is never reported as fine.
+
+NaN weights give NaN logits, whose argmax is class 0: eval used to print an all-zero table and predict to
+write class 0 everywhere, both exiting 0, and export to report "max |logit difference| 0.00e+00, argmax
+agreement 100 %" for an ONNX file whose outputs were all NaN. Now every loader refuses non-finite weights
+naming the file and the tensors (checkpoints for eval / predict / export / resume, ``model.pretrained``, ONNX
+files), inference refuses non-finite logits naming the model file, the parity check is NaN-aware, and class
+weights and sweep rankings treat NaN as what it is.
+
+``pytest tests/test_bad_inputs_nonfinite.py -rxX`` (add ``-m slow`` for the real ``predict.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from seg_template.cli import user_message
+from seg_template.errors import CheckpointError, ConfigError, DataError, UserError
+from seg_template.eval import evaluate
+from seg_template.inference import InferenceModel
+from seg_template.predict import run_predict
+from seg_template.train import train
+from tests.bad_input_files import PREDICT, SMALL, TRAIN, Workspace, assert_short_named, raised_user_error
+from tests.helpers import importable, run_script
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
+NAN, INF = float("nan"), float("inf")
+#: the synthetic data's 6 classes, ``model.width=4``: the tensors the poisoned files touch
+HEAD, BN_VAR = "net.classifier.weight", "net.stem.0.1.running_var"
+#: the exporter that takes seconds, and a parity check on one small shape
+ONNX_FAST = ["export.dynamo=false", "export.check_shapes=[[1,32,32]]", "export.threads=1"]
+
+
+def _set(key: str, value: float, everywhere: bool = False) -> Callable[[dict], None]:
+    def change(state: dict) -> None:
+        if everywhere:
+            state[key].fill_(value)
+        else:
+            state[key].view(-1)[0] = value
+    return change
+
+
+class Files(Workspace):
+    """The bad-input workspace plus poisoned checkpoints: ``{nan}`` (one NaN in the head), ``{bninf}`` (inf in a
+    batch-norm running variance), ``{huge}`` (finite weights so large the logits overflow), ``{nantrain}`` /
+    ``{nanmomentum}`` (training checkpoints with a NaN weight / a NaN SGD momentum), ``{nanonnx}``."""
+
+    def _poisoned(self, path: Path, *changes: Callable[[dict], None], training: bool = False,
+                  optimizer: list | None = None) -> None:
+        ckpt = self.checkpoint()
+        for change in changes:
+            change(ckpt["state_dict"])
+        if training:
+            ckpt.update({"epoch": 0, "global_step": 2, "loops": {}, "optimizer_states": optimizer or []})
+        torch.save(ckpt, path)
+
+    def _make_nan(self, path: Path, _: str) -> None:
+        self._poisoned(path, _set(HEAD, NAN))
+
+    def _make_bninf(self, path: Path, _: str) -> None:
+        self._poisoned(path, _set(BN_VAR, INF))
+
+    def _make_huge(self, path: Path, _: str) -> None:  # finite, but every logit overflows float32
+        # features after the last ReLU >= 10 (its batch norm's shift), times 3e38
+        self._poisoned(path, _set(HEAD, 3e38, everywhere=True), _set("net.fuse.1.bias", 10.0, everywhere=True))
+
+    def _make_nantrain(self, path: Path, _: str) -> None:
+        self._poisoned(path, _set(HEAD, NAN), training=True)
+
+    def _make_nanmomentum(self, path: Path, _: str) -> None:
+        state = {0: {"momentum_buffer": torch.tensor([1.0, NAN])}}
+        self._poisoned(path, training=True, optimizer=[{"state": state, "param_groups": [{"params": [0]}]}])
+
+    def _make_nanweights(self, path: Path, _: str) -> None:  # a plain state dict, for model.pretrained
+        state = self.module_state()
+        _set(HEAD, NAN)(state)
+        torch.save(state, path)
+
+    def _make_nanonnx(self, path: Path, _: str) -> Path:
+        """An ONNX export of ``{good}`` (recipe inside), one of its initializers then set to NaN."""
+        import onnx
+        from onnx import numpy_helper
+
+        from seg_template.export import run_export
+
+        path = path.with_suffix(".onnx")
+        cfg = self.compose("export", [*PREDICT, f"ckpt_path={self['good']}", *ONNX_FAST,
+                                      f"output_file={path}"], output_dir=self.root / "export")
+        run_export(cfg, overrides=[])
+        model = onnx.load(str(path))
+        weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the biggest one
+        array = numpy_helper.to_array(weight).copy()
+        array.reshape(-1)[0] = np.nan
+        weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+        onnx.save(model, str(path))
+        return path
+
+
+@pytest.fixture
+def files(compose_cfg, tmp_path: Path) -> Files:
+    workspace = Files(tmp_path / "files", compose_cfg)
+    workspace.root.mkdir()
+    return workspace
+
+
+def _run(compose_cfg, task: str, overrides: list[str], out: Path) -> UserError:
+    cfg = compose_cfg(task, overrides, output_dir=out)
+    if task == "predict":
+        cfg.output_dir = str(out)
+    call = {"train": lambda: train(cfg), "eval": lambda: evaluate(cfg, overrides),
+            "predict": lambda: run_predict(cfg, overrides)}[task]
+    return raised_user_error(call)
+
+
+def _no_masks(out: Path) -> None:
+    assert not list((out / "masks").rglob("*.png")), "masks were written"
+
+
+needs_onnx = pytest.mark.skipif(not all(importable(m) for m in ("onnx", "onnxruntime", "onnxscript")),
+                                reason="needs the onnx extra")
+
+#: (id, task, overrides with {file}s, error class, culprit regex, whether predict must have written nothing)
+CASES = [
+    ("nonfinite/eval_nan_weight", "eval", [*SMALL, "ckpt_path={nan}"], CheckpointError,
+     rf"ckpt_path: '.*/nan' holds NaN/inf in 1 of its \d+ weight tensors \({HEAD}\).*diverged", False),
+    ("nonfinite/predict_nan_weight", "predict", [*PREDICT, "device=cpu", "ckpt_path={nan}", "input={images}"],
+     CheckpointError, rf"ckpt_path: '.*/nan' holds NaN/inf.*{HEAD}", True),
+    ("nonfinite/eval_inf_batchnorm_var", "eval", [*SMALL, "ckpt_path={bninf}"], CheckpointError,
+     rf"bninf' holds NaN/inf in 1 .*{BN_VAR}", False),
+    ("nonfinite/predict_inf_batchnorm_var", "predict",
+     [*PREDICT, "device=cpu", "ckpt_path={bninf}", "input={images}"], CheckpointError, rf"bninf'.*{BN_VAR}", True),
+    ("nonfinite/pretrained_nan", "train", [*TRAIN, "model.pretrained={nanweights}"], CheckpointError,
+     r"model\.pretrained: '.*nanweights' holds NaN/inf in 1 .*classifier\.weight.*training from it", False),
+    ("nonfinite/resume_nan_weight", "train", [*TRAIN, "ckpt_path={nantrain}"], CheckpointError,
+     rf"ckpt_path: '.*nantrain' holds NaN/inf in 1 .*state_dict\.{HEAD}", False),
+    ("nonfinite/resume_nan_momentum", "train", [*TRAIN, "ckpt_path={nanmomentum}"], CheckpointError,
+     r"nanmomentum' holds NaN/inf .*optimizer_states\[0\]\.state\.0\.momentum_buffer", False),
+    ("nonfinite/eval_logits_overflow", "eval", [*SMALL, "ckpt_path={huge}"], CheckpointError,
+     r"ckpt_path: '.*huge' gives (NaN|inf) in .* logits .*weights are finite", False),
+    ("nonfinite/eval_bounded_logits_overflow", "eval",
+     [*SMALL, "ckpt_path={huge}", "inference=slide", "inference.crop_size=[32,32]", "inference.stride=[16,16]",
+      "inference.bounded=true"], CheckpointError, r"huge' gives (NaN|inf) in", False),
+    ("nonfinite/predict_logits_overflow", "predict",
+     [*PREDICT, "device=cpu", "ckpt_path={huge}", "input={images}"], CheckpointError,
+     r"huge' gives (NaN|inf) in .* on image\(s\) img0\.png", True),
+    ("nonfinite/predict_ms_flip_logits_overflow", "predict",
+     [*PREDICT, "device=cpu", "ckpt_path={huge}", "input={images}", "inference=ms_flip"], CheckpointError,
+     r"huge' gives (NaN|inf) in", True),
+    pytest.param("nonfinite/predict_onnx_nan_initializer", "predict",
+                 [*PREDICT, "device=cpu", "model_file={nanonnx}", "input={images}"], CheckpointError,
+                 r"model_file: '.*nanonnx\.onnx' holds NaN/inf in 1 of its \d+ weight tensors", True,
+                 marks=needs_onnx, id="nonfinite/predict_onnx_nan_initializer"),
+    pytest.param("nonfinite/export_nan_weight", "export", [*PREDICT, "ckpt_path={nan}", *ONNX_FAST],
+                 CheckpointError, rf"ckpt_path: '.*/nan' holds NaN/inf.*{HEAD}", False,
+                 marks=needs_onnx, id="nonfinite/export_nan_weight"),
+    pytest.param("nonfinite/export_logits_overflow", "export", [*PREDICT, "ckpt_path={huge}", *ONNX_FAST],
+                 CheckpointError, r"huge' gives non-finite logits.*PyTorch output holds", False,
+                 marks=needs_onnx, id="nonfinite/export_logits_overflow"),
+    ("nonfinite/class_weights_nan_list", "train", [*TRAIN, "loss=wce", "data.class_weights=[1,nan,1,1,1,1]"],
+     ConfigError, r"class weights must be finite.*\[nan\].*data\.class_weights", False),
+    ("nonfinite/class_weights_inf_list", "train", [*TRAIN, "loss=wce", "data.class_weights=[1,1,inf,1,1,1]"],
+     ConfigError, r"\[inf\].*data\.class_weights", False),
+]
+
+
+def _case_id(case) -> str:
+    return case.id if hasattr(case, "id") else case[0]
+
+
+@pytest.mark.parametrize(("id_", "task", "overrides", "error", "culprit", "nothing_written"),
+                         CASES, ids=[_case_id(c) for c in CASES])
+def test_non_finite_model_gets_one_short_named_message(id_, task, overrides, error, culprit, nothing_written,
+                                                       compose_cfg, files: Files, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    overrides = [o.format_map(files) for o in overrides]
+    if task == "export":
+        from seg_template.export import run_export
+
+        overrides.append(f"output_file={out / 'model.onnx'}")
+        cfg = compose_cfg("export", overrides, output_dir=out)
+        err = raised_user_error(lambda: run_export(cfg, overrides))
+        assert not (out / "model.onnx").exists()
+    else:
+        err = _run(compose_cfg, task, overrides, out)
+    assert isinstance(err, error), f"{type(err).__name__}, expected {error.__name__}: {err}"
+    assert_short_named(user_message(err), culprit)
+    if nothing_written:
+        _no_masks(out)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".json", ".npy"])
+def test_class_weight_files_with_nan_are_refused_naming_the_file(suffix: str, compose_cfg, tmp_path: Path) -> None:
+    path = tmp_path / f"weights{suffix}"
+    values = [1.0, NAN, 1.0, 1.0, INF, 1.0]
+    if suffix == ".npy":
+        np.save(path, np.array(values))
+    elif suffix == ".json":
+        path.write_text(json.dumps(values))  # Python writes NaN / Infinity, which json.loads reads back
+    else:
+        path.write_text("1 nan 1\n1 inf 1\n")
+    err = _run(compose_cfg, "train", [*TRAIN, "loss=wce", f"data.class_weights={path}"], tmp_path / "out")
+    assert isinstance(err, ConfigError)
+    assert_short_named(user_message(err), rf"weights{suffix}.*finite.*\[nan, inf\]")
+
+
+# ------------------------------------------------------------------------ the one inference path
+class ConstantNet(nn.Module):
+    """Logits ``[N, classes, H/4, W/4]`` all equal to ``value``, from finite (zero) weights."""
+
+    def __init__(self, value: float, classes: int = 3) -> None:
+        super().__init__()
+        self.value = value
+        self.conv = nn.Conv2d(3, classes, 4, stride=4)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.conv(images) + self.value
+
+
+SETTINGS = {"whole": {}, "flip": {"flip": True}, "scales": {"scales": [0.5, 1.0]},
+            "slide": {"mode": "slide", "crop_size": [16, 16], "stride": [8, 8]},
+            "bounded": {"mode": "slide", "crop_size": [16, 16], "stride": [8, 8], "bounded": True}}
+
+
+@pytest.mark.parametrize("mode", sorted(SETTINGS))
+def test_nan_logits_from_finite_weights_never_become_class_ids(mode: str) -> None:
+    net = ConstantNet(NAN).eval()
+    net.weights_source = "ckpt_path: '/runs/x/best.ckpt'"  # what load_net_weights sets
+    model = InferenceModel(net, **SETTINGS[mode])
+    images = torch.randn(2, 3, 24, 40)
+    err = raised_user_error(lambda: model.predict_labels(images, names=["a.png", "b.png"]))
+    assert isinstance(err, CheckpointError)
+    assert_short_named(user_message(err), r"ckpt_path: '/runs/x/best\.ckpt' gives NaN in all of its float32 "
+                                          r"logits.* on image\(s\) a\.png, b\.png.*weights are finite")
+    if mode != "bounded":
+        err = raised_user_error(lambda: model(images))  # what eval's module calls: no names
+        assert_short_named(user_message(err), r"gives NaN in all .* on a batch of 2 24x40 image\(s\)")
+
+
+def test_finite_logits_pass_unchanged() -> None:
+    model = InferenceModel(ConstantNet(2.5).eval())
+    images = torch.randn(1, 3, 16, 16)
+    assert torch.equal(model(images), torch.full((1, 3, 16, 16), 2.5))
+
+
+def test_non_finite_images_are_a_data_error() -> None:
+    model = InferenceModel(ConstantNet(0.0).eval())
+    model.net.conv.weight.data.fill_(1.0)  # the NaN pixel reaches the logits
+    images = torch.zeros(1, 3, 16, 16)
+    images[0, 0, 3, 3] = NAN
+    err = raised_user_error(lambda: model.predict_labels(images, names=["x.tif"]))
+    assert isinstance(err, DataError)
+    assert_short_named(user_message(err), r"image\(s\) x\.tif hold NaN/inf .*data\.val_transform")
+
+
+def test_a_net_with_nan_weights_that_skipped_the_loader_is_named() -> None:
+    net = ConstantNet(0.0).eval()
+    net.conv.weight.data[0, 0, 0, 0] = NAN
+    err = raised_user_error(lambda: InferenceModel(net)(torch.ones(1, 3, 8, 8)))
+    assert_short_named(user_message(err), r"the network \(ConstantNet\) gives NaN.*weights hold NaN/inf in 1 .*"
+                                          r"conv\.weight")
+
+
+# ------------------------------------------------------------------------------------- ONNX parity
+@needs_onnx
+def test_parity_with_nan_outputs_fails_and_says_so(files: Files) -> None:
+    from seg_template.onnx_model import check_parity
+
+    net = ConstantNet(0.5, classes=6).eval()  # any net of the file's class count: its outputs are finite
+    parity = check_parity(net, files["nanonnx"], [[1, 32, 32]], threads=1)
+    assert not parity.ok(1e3, 0.0), parity
+    text = parity.summary()
+    assert "0.00e+00" not in text and "100.000%" not in text and "max |logit difference| nan" in text, text
+    assert "onnxruntime output holds NaN in" in text and "PyTorch output" not in text, text
+    assert parity.agreement < 1.0
+
+
+@needs_onnx
+def test_parity_counts_nan_on_the_pytorch_side_too(files: Files) -> None:
+    from seg_template.onnx_model import Parity, check_parity
+
+    onnx_file = files["nanonnx"]
+    parity = check_parity(ConstantNet(NAN, classes=6).eval(), onnx_file, [[1, 32, 32]], threads=1)
+    assert parity.nonfinite["PyTorch"][0] == parity.values and not parity.finite("PyTorch")
+    assert "PyTorch output holds NaN in 100% of its values" in parity.summary()
+    assert parity.agreement == 0.0  # all-NaN pixels on both sides: argmax 0 == 0 is no agreement
+    assert not Parity(float("nan"), 1.0, [(1, 8, 8)]).ok(1.0, 0.5)  # a NaN difference never passes
+
+
+# ------------------------------------------------------------------------------------- sweep summary
+def test_sweep_summary_ranks_a_job_with_a_nan_objective_last(tmp_path: Path) -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from seg_template.sweep_summary import SweepSummary, collect_jobs
+    from tests.test_sweep_summary import job_config
+
+    callback = SweepSummary()
+    for num, override, value in ((0, "loss=ce", 0.4), (1, "loss=wce", NAN), (2, "loss=ohem", 0.3)):
+        config = job_config(tmp_path, num, override)
+        callback.on_job_start(config)
+        job = tmp_path / f"{num}_{override}"
+        # job 1 had the best epoch of all before it diverged: its returned value is NaN
+        (job / "metrics.csv").write_text("epoch,step,val/mIoU\n0,0,0.2\n1,1,0.9\n2,2,nan\n")
+        ret = JobReturn(status=JobStatus.COMPLETED)
+        ret.return_value = value
+        callback.on_job_end(config, ret)
+    jobs = collect_jobs(tmp_path, final=True)
+    assert [j["num"] for j in jobs] == [0, 2, 1]
+    assert jobs[-1]["best_val"] == 0.9 and math.isnan(jobs[-1]["objective"])
+
+
+def test_sweep_summary_ignores_non_finite_metric_rows(tmp_path: Path) -> None:
+    from seg_template.sweep_summary import STATUS_FILE, read_job
+
+    (tmp_path / STATUS_FILE).write_text(json.dumps({"job": "0", "status": "completed", "objective": None}))
+    (tmp_path / "metrics.csv").write_text("epoch,step,val/mIoU,test/mIoU\n0,0,0.5,\n1,1,inf,\n2,2,nan,\n3,3,,nan\n")
+    job = read_job(tmp_path)
+    assert (job["best_val"], job["best_epoch"], job["test"]) == (0.5, 0, None)
+
+
+# ------------------------------------------------------------------------------------- the real script
+@pytest.mark.slow
+def test_predict_script_refuses_a_nan_checkpoint(files: Files, tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    result = run_script("predict.py", *PREDICT, "device=cpu", f"ckpt_path={files['nan']}",
+                        f"input={files['images']}", f"output_dir={out}", f"paths.log_dir={tmp_path / 'logs'}",
+                        timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if "][ERROR] - " in line]
+    assert len(errors) == 1, output[-3000:]
+    assert_short_named(output[output.index(errors[0]):], rf"CheckpointError: ckpt_path: '.*nan' holds NaN/inf.*{HEAD}")
+    _no_masks(out)
