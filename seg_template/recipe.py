@@ -10,6 +10,10 @@ training, so the same machine finds its data without retyping anything.
 Reading (eval, predict, export): :func:`with_recipe` puts the recipe's nodes in place of the task config's
 defaults, then applies the options typed on the command line again, so they win: ``data.root=``,
 ``data.val_set.length=``, ``model.*``; a whole group typed again (``data=voc``) replaces the recipe's node.
+
+A recipe comes from a file, so it may have been crafted: every way it is read or applied here passes
+``seg_template.file_config.check_recipe`` first, which refuses any ``_target_`` the project's own configs do
+not name before anything is instantiated.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seg_template.errors import CheckpointError
+from seg_template.file_config import check_recipe, is_option_name
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,8 @@ def _choices() -> dict[str, str]:
 
 def read_checkpoint_recipe(path: str | Path) -> dict[str, Any] | None:
     """The recipe stored in the checkpoint at ``path``, or None (a plain state dict, an older or foreign
-    checkpoint). Unreadable files raise the weights loader's ``CheckpointError`` / ``MissingFileError``."""
+    checkpoint). Unreadable files raise the weights loader's ``CheckpointError`` / ``MissingFileError``, a
+    recipe that could call anything but the project's own targets a ``CheckpointError`` (file_config.py)."""
     import torch
 
     from seg_template.models.weights import read_weights_file, resolve_path
@@ -107,6 +113,7 @@ def read_checkpoint_recipe(path: str | Path) -> dict[str, Any] | None:
     if not isinstance(recipe, Mapping) or not isinstance(recipe.get("data"), Mapping):
         raise CheckpointError(f"ckpt_path: '{file}' has a 'recipe' entry that is not a training recipe "
                               f"(expected a mapping with data/model/loss, got {type(recipe).__name__})")
+    check_recipe(recipe, str(file), "ckpt_path")
     return dict(recipe)
 
 
@@ -119,11 +126,17 @@ def typed_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def apply_recipe(cfg: DictConfig, recipe: Mapping[str, Any], overrides: Sequence[str]) -> DictConfig:
+def apply_recipe(cfg: DictConfig, recipe: Mapping[str, Any], overrides: Sequence[str], *,
+                 source: str = "<recipe>", option: str = "ckpt_path") -> DictConfig:
     """A copy of ``cfg`` whose ``data`` / ``model`` / ``loss`` come from ``recipe``, with ``overrides``
     (Hydra syntax, as typed) applied on top. A node whose group is in ``overrides`` (``data=voc``) keeps the
-    composed one; ``key=value``, ``+key=value`` and ``~key`` under a replaced node are applied again."""
+    composed one; ``key=value``, ``+key=value`` and ``~key`` under a replaced node are applied again.
+
+    ``recipe`` is checked first (``file_config.check_recipe``: a ``CheckpointError`` naming ``option``, the
+    file ``source``, the key and the target when it could call anything but the project's own targets)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    check_recipe(recipe, source, option)
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     trained = recipe.get("choices") or {}
@@ -184,7 +197,9 @@ def with_recipe(cfg: DictConfig, source: str, recipe: Mapping[str, Any] | None,
         log.warning("%s carries no recipe: using the data / model options given", source)
         out = copy.deepcopy(cfg)
     else:
-        out = apply_recipe(cfg, recipe, overrides)
+        from seg_template.models.weights import resolve_path
+
+        out = apply_recipe(cfg, recipe, overrides, source=str(resolve_path(source)), option=option)
         chosen = " ".join(f"{k}={v}" for k, v in (recipe.get("choices") or {}).items())
         mine = [o for o in overrides if _typed_roots([o]) & set(RECIPE_NODES)]
         log.info("Recipe of %s%s%s", source, f": {chosen}" if chosen else "",
@@ -198,12 +213,17 @@ def with_recipe(cfg: DictConfig, source: str, recipe: Mapping[str, Any] | None,
 
 
 def read_recipe(path: str | Path) -> dict[str, Any] | None:
-    """The recipe of a checkpoint or of an exported ``.onnx`` file (its metadata), or None."""
+    """The recipe of a checkpoint or of an exported ``.onnx`` file (its metadata), or None; checked as
+    :func:`read_checkpoint_recipe` checks it."""
     if str(path).lower().endswith(".onnx"):
         from seg_template.models.weights import resolve_path
         from seg_template.onnx_model import read_onnx_recipe
 
-        return read_onnx_recipe(resolve_path(path))
+        file = resolve_path(path)
+        recipe = read_onnx_recipe(file)
+        if recipe is not None:
+            check_recipe(recipe, str(file), "model_file")
+        return recipe
     return read_checkpoint_recipe(path)
 
 
@@ -214,7 +234,8 @@ def recipe_argv(argv: list[str], groups: Sequence[str], sources: Sequence[str] =
     Hydra then composes the same config files as training did, so options that exist only there
     (``data.val_set.label_type=`` of Cityscapes, ``model.width=`` of ``small``) can be typed; the recipe's
     stored values still replace the composed ones (:func:`apply_recipe`). Left as it is for help, sweeps,
-    a file that cannot be read (the task reports it) and options whose config file is not here.
+    a file that cannot be read or is refused (the task reports it) and options that are not plain names
+    of a config file here (a crafted ``../x`` or ``a b`` never becomes an option).
     """
     from seg_template.paths import CONFIG_DIR
 
@@ -230,6 +251,6 @@ def recipe_argv(argv: list[str], groups: Sequence[str], sources: Sequence[str] =
     except Exception:  # missing or unreadable: the task reads it again and names the problem
         return argv
     choices = (recipe or {}).get("choices") or {}
-    extra = [f"{g}={choices[g]}" for g in groups
-             if g in choices and g not in values and (CONFIG_DIR / g / f"{choices[g]}.yaml").is_file()]
+    extra = [f"{g}={choices[g]}" for g in groups if g in choices and g not in values
+             and is_option_name(choices[g]) and (CONFIG_DIR / g / f"{choices[g]}.yaml").is_file()]
     return [*argv, *extra]

@@ -4,16 +4,19 @@ command line's options are laid over it."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from seg_template.errors import CheckpointError
-from seg_template.paths import PROJECT_ROOT
+from seg_template.file_config import allowed_targets, check_file_config, check_recipe, is_plain_reference
+from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
 from seg_template.recipe import (
     apply_recipe,
     read_checkpoint_recipe,
+    read_recipe,
     recipe_argv,
     recipe_from,
     with_recipe,
@@ -114,3 +117,69 @@ def test_recipe_holds_plain_containers_only(compose_cfg) -> None:
     recipe = recipe_from(compose_cfg())
     assert plain(recipe)  # no DictConfig, Path or numpy: what weights_only=True reads back
     assert set(recipe) >= {"format", "data", "model", "loss", "class_names", "palette", "choices"}
+
+
+# ------------------------------------------------------------------ the door (seg_template/file_config.py)
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_every_recipe_the_configs_can_train_passes_the_door(compose_cfg) -> None:
+    """No false refusals: the recipe of every data, model, loss and experiment config is accepted."""
+    runs = [[f"data={d}"] for d in _options("data")] + [[f"model={m}"] for m in _options("model")]
+    runs += [[f"loss={loss}"] for loss in _options("loss")] + [[f"experiment={e}"] for e in _options("experiment")]
+    for overrides in runs:
+        recipe = recipe_from(compose_cfg(overrides=overrides))
+        recipe["choices"] = {"data": "cityscapes", "data/class_weights": "cityscapes_hrnet", "loss": "ohem"}
+        check_recipe(recipe, "x.ckpt")
+
+
+def test_allowed_targets_are_the_exact_names_written_in_the_yaml_files(tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.yaml").write_text(
+        "_target_: my_fork.data.MyData  # a forker's dataset\n"
+        "aug:\n  - _target_: my_fork.aug.Flip\n  - {p: 0.5, inner: {_target_: my_fork.aug.Crop}}\n"
+        "other: {_target_: '${data.x}'}\n# _target_: commented.Out\n")
+    (tmp_path / "broken.yaml").write_text("a: [unclosed\n")
+    allowed = allowed_targets(tmp_path)
+    assert allowed == {"my_fork.data.MyData", "my_fork.aug.Flip", "my_fork.aug.Crop"}
+    check_file_config({"data": {"_target_": "my_fork.aug.Flip"}}, "f.ckpt", allowed=allowed)
+    for lookalike in ("my_fork.aug.Flip.__init__", "my_fork.aug", "my_fork.aug.Flip ", "my_fork.aug.flip"):
+        with pytest.raises(CheckpointError, match=re.escape(f"would call {lookalike}")):
+            check_file_config({"data": {"_target_": lookalike}}, "f.ckpt", allowed=allowed)
+    assert {"seg_template.data.transforms.eval_transform", "torch.optim.SGD"} <= allowed_targets()
+
+
+def test_only_plain_references_pass_as_interpolations() -> None:
+    for text in ("${data.root}", "${..memory_efficient}", "${oc.select:data.imagenet_pretrained,null}",
+                 "${data.root}/val", "no interpolation", "${data.train_set.image_size}"):
+        assert is_plain_reference(text), text
+    for text in ("${oc.create:{_target_: builtins.open}}", "${oc.decode:'{a: 1}'}", "${oc.env:HOME}",
+                 "${now:%H}", "${data.${key}}", "${oc.select:nokey,{_target_: os.system}}", "${}", "${unclosed"):
+        assert not is_plain_reference(text), text
+
+
+def test_the_door_names_the_file_the_key_and_the_target() -> None:
+    crafted = {"data": {"val_transform": {"_target_": "builtins.open", "_args_": ["/etc/passwd", "w"]}}}
+    with pytest.raises(CheckpointError) as err:
+        check_recipe(crafted, "/x/evil.ckpt")
+    assert str(err.value).startswith("ckpt_path: '/x/evil.ckpt' carries a recipe that would call builtins.open "
+                                     "(at data.val_transform._target_). The file was not used")
+    for odd in ({"data": [1]}, {"data": {}, "model": "hrnet"}, {"data": {}, "choices": ["data"]},
+                {"data": {}, "choices": {"data": "a b"}}, {"data": {}, "choices": {"../data": "x"}},
+                {"data": {3.5: "x"}}, {"data": {"x": b"bytes"}}):
+        with pytest.raises(CheckpointError, match="x.ckpt"):
+            check_recipe(odd, "x.ckpt")
+
+
+def test_the_door_is_on_every_way_a_recipe_is_read(compose_cfg, tmp_path, cityscapes_recipe) -> None:
+    cityscapes_recipe["model"]["_target_"] = "os.system"
+    torch.save({"state_dict": {}, "recipe": cityscapes_recipe}, tmp_path / "a.ckpt")
+    for read in (read_checkpoint_recipe, read_recipe):
+        with pytest.raises(CheckpointError, match=r"a\.ckpt' carries a recipe that would call os\.system"):
+            read(tmp_path / "a.ckpt")
+    cfg = compose_cfg("eval", ["ckpt_path=x"])
+    with pytest.raises(CheckpointError, match=r"model_file: '.*m\.onnx' .*os\.system \(at model\._target_\)"):
+        with_recipe(cfg, "m.onnx", cityscapes_recipe, [], "predict.py", "model_file")
+    with pytest.raises(CheckpointError, match=r"os\.system"):
+        apply_recipe(cfg, cityscapes_recipe, [])
