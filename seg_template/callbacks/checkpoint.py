@@ -217,6 +217,10 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
     ckpt = read_weights_file(path, "ckpt_path")
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"ckpt_path: '{source}' holds a {type(ckpt).__name__}, not a Lightning checkpoint")
+    if ckpt.get("recipe") is not None:  # resume never builds from it, but a crafted recipe = a crafted file
+        from seg_template.file_config import check_recipe
+
+        check_recipe(ckpt["recipe"], source, "ckpt_path")
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(
