@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from seg_template.build import build_net  # noqa: E402
 from seg_template.inference import InferenceModel, window_starts  # noqa: E402
+from seg_template.options import positive_int  # noqa: E402
 from seg_template.paths import CONFIG_DIR  # noqa: E402
 
 MIB = 1 << 20
@@ -85,16 +86,14 @@ def measure(mode: str, window_batch: int, args: argparse.Namespace, labels_file:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     slide = OmegaConf.load(CONFIG_DIR / "inference" / "slide.yaml")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=8192, help="image height and width (default 8192)")
-    parser.add_argument("--classes", type=int, default=19, help="num_classes of the network (default 19, Cityscapes)")
-    parser.add_argument("--crop", type=int, nargs=2, default=list(slide.crop_size), metavar=("H", "W"))
-    parser.add_argument("--stride", type=int, nargs=2, default=list(slide.stride), metavar=("H", "W"))
-    parser.add_argument("--window-batches", type=int, nargs="+", default=[1, 4], metavar="B",
+    parser.add_argument("--size", type=positive_int, default=8192, help="image height and width (default 8192)")
+    parser.add_argument("--classes", type=positive_int, default=19, help="num_classes of the network (default 19, Cityscapes)")
+    parser.add_argument("--crop", type=positive_int, nargs=2, default=list(slide.crop_size), metavar=("H", "W"))
+    parser.add_argument("--stride", type=positive_int, nargs=2, default=list(slide.stride), metavar=("H", "W"))
+    parser.add_argument("--window-batches", type=positive_int, nargs="+", default=[1, 4], metavar="B",
                         help="inference.window_batch values; the first is the baseline's (default 1 4)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per run")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(), help="torch threads per run")
     args = parser.parse_args(argv)
-    if args.size < 1 or args.classes < 1 or args.threads < 1 or min(args.window_batches) < 1:
-        parser.error("--size, --classes, --threads and --window-batches must be >= 1")
     if args.classes > 256:
         parser.error("--classes: the labels are uint8, at most 256 classes")
     return args

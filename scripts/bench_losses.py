@@ -38,6 +38,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seg_template.losses import CrossEntropy, OhemCrossEntropy  # noqa: E402
 from seg_template.losses.reference import ohem_reference  # noqa: E402
+from seg_template.options import non_negative_int, positive_int  # noqa: E402
 
 IGNORE = 255
 SHAPES = {"a": "2x19x128x256:512x1024", "b": "8x150x128x128:512x512"}  # (a) Cityscapes-like, (b) ADE20K-like
@@ -160,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inputs", default="random,confident", help="comma list of random, confident")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list from: {', '.join(ROWS)}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per case (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    parser.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per case (median reported)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed repetitions first")
     args = parser.parse_args(argv)
     shapes, kinds = args.shapes.split(","), args.inputs.split(",")
     rows = [BASELINE] + [r for r in args.rows.split(",") if r != BASELINE]

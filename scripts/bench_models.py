@@ -31,6 +31,8 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from seg_template.options import non_negative_int, positive_int  # noqa: E402
+
 MODEL_DIR = ROOT / "configs" / "model"
 
 
@@ -141,12 +143,12 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     all_models = sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if p.stem != "small")
     parser.add_argument("--models", nargs="+", default=all_models)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--num-classes", type=int, default=19)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--size", type=positive_int, default=512)
+    parser.add_argument("--batch", type=positive_int, default=2)
+    parser.add_argument("--reps", type=positive_int, default=3)
+    parser.add_argument("--warmup", type=non_negative_int, default=1)
+    parser.add_argument("--num-classes", type=positive_int, default=19)
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--onnx", action="store_true",
                         help="also time onnxruntime (exports each model first; needs pip install -e '.[onnx]')")
     args = parser.parse_args(argv)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from seg_template.data.class_weights import METHODS, class_weights, pixel_statistics, save_weights  # noqa: E402
 from seg_template.data.config import build_split, compose_data_config  # noqa: E402
+from seg_template.options import positive_int  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output file (.json/.npy/.txt); "
                         "default class_weights_<method>.json in the current directory")
     parser.add_argument("--split", default="train", help="split to count pixels in (default train)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N masks")
+    parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N masks")
     args = parser.parse_intermixed_args(argv)
     data_cfg = compose_data_config(args.overrides)
     dataset = build_split(data_cfg, args.split, files_only=False)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from seg_template.data.cityscapes import LAYOUT  # noqa: E402
 from seg_template.data.io import require_dir  # noqa: E402
+from seg_template.options import positive_int  # noqa: E402
 
 POLYGON_SUFFIX = "_gtFine_polygons.json"
 TRAIN_ID_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -64,7 +65,7 @@ def prepare(root: Path, nproc: int = 1, overwrite: bool = False) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="Cityscapes root (holds gtFine/ and leftImg8bit/)")
-    parser.add_argument("--nproc", type=int, default=1, help="worker processes")
+    parser.add_argument("--nproc", type=positive_int, default=1, help="worker processes")
     parser.add_argument("--overwrite", action="store_true", help="redo existing labelTrainIds files")
     args = parser.parse_args(argv)
     written = prepare(args.root, args.nproc, args.overwrite)

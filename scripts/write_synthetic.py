@@ -23,6 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from seg_template.data.synthetic import CLASS_NAMES, PALETTE, SyntheticShapes  # noqa: E402
+from seg_template.options import int_at_least, positive_int, seed_int  # noqa: E402
 
 
 def palette_bytes(ignore_index: int) -> list[int]:
@@ -55,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="dataset root to write into")
     parser.add_argument("--split", default="train", help="split name (train / val / test / any)")
-    parser.add_argument("--length", type=int, default=100, help="number of samples")
-    parser.add_argument("--image-size", type=int, nargs="+", default=[96, 96], metavar="PX",
+    parser.add_argument("--length", type=positive_int, default=100, help="number of samples")
+    parser.add_argument("--image-size", type=int_at_least(16), nargs="+", default=[96, 96], metavar="PX",
                         help="H W (or one value for square images)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     args = parser.parse_args(argv)
     if len(args.image_size) not in (1, 2):
         parser.error(f"--image-size takes H W or one value, got {args.image_size}")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from seg_template.errors import ConfigError
+from seg_template.options import require
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -80,9 +81,8 @@ def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    every = cfg.get("check_val_every_n_epoch")
-    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-        raise ConfigError(f"trainer.check_val_every_n_epoch must be an integer >= 1 (or null), got {every!r}")
+    # Lightning accepts check_val_every_n_epoch=0 and fails mid-fit: the option check refuses it first
+    require("trainer.check_val_every_n_epoch", cfg.get("check_val_every_n_epoch"))
     try:
         return instantiate(cfg, callbacks=callbacks, logger=loggers or False)
     except InstantiationException as err:

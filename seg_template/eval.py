@@ -21,7 +21,7 @@ from seg_template.build import (
     require_ckpt_path,
 )
 from seg_template.cli import hydra_main
-from seg_template.errors import ConfigError
+from seg_template.options import check_options
 from seg_template.recipe import read_checkpoint_recipe, recipe_argv, with_recipe
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> tuple[d
     from seg_template.models.weights import load_net_weights
 
     ckpt_path = require_ckpt_path(cfg, "eval.py")
-    if cfg.split not in ("val", "test"):
-        raise ConfigError(f"split must be 'val' or 'test', got {cfg.split!r}")
     cfg = with_recipe(cfg, ckpt_path, read_checkpoint_recipe(ckpt_path), overrides, "eval.py")
+    check_options(cfg)  # split, inference.*, and the options typed over the recipe
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     datamodule.preflight([cfg.split])

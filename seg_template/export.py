@@ -48,9 +48,11 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
 
     from seg_template.models.weights import load_net_weights
     from seg_template.onnx_model import check_parity, export_onnx, require_onnx
+    from seg_template.options import check_options
 
     ckpt_path = require_ckpt_path(cfg, "export.py")
     require_onnx("onnx", "onnxruntime", "onnxscript")
+    check_options(cfg)  # typed options (export.check_shapes=[[1,abc,3]]...) before anything is read
     shapes = _shapes(cfg)
     recipe = read_checkpoint_recipe(ckpt_path)
     cfg = with_recipe(cfg, ckpt_path, recipe, overrides, "export.py")

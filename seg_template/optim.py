@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from seg_template.errors import ConfigError
+from seg_template.options import require
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -60,15 +61,7 @@ def poly_warmup(optimizer: Optimizer, total_steps: int, power: float = 0.9, warm
                           "trainer.max_epochs, trainer.max_steps and trainer.limit_train_batches)")
     for key, value in (("power", power), ("warmup_steps", warmup_steps), ("warmup_ratio", warmup_ratio),
                        ("min_lr_ratio", min_lr_ratio)):
-        if isinstance(value, bool) or not isinstance(value, int | float):  # scheduler.power=abc
-            raise ConfigError(f"scheduler.{key} must be a number, got {value!r}")
-    if power < 0:
-        raise ConfigError(f"scheduler.power must be >= 0, got {power}")
-    if not 0 < warmup_ratio <= 1 or not 0 <= min_lr_ratio <= 1:
-        raise ConfigError(f"scheduler.warmup_ratio must be in (0, 1] and scheduler.min_lr_ratio in [0, 1], got "
-                          f"{warmup_ratio}, {min_lr_ratio}")
-    if warmup_steps < 0:
-        raise ConfigError(f"scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+        require(f"scheduler.{key}", value)  # the task checked the config already; this is for Python callers
     warmup = int(round(warmup_steps * total_steps)) if isinstance(warmup_steps, float) and warmup_steps < 1 \
         else int(warmup_steps)
     return LambdaLR(optimizer, lambda step: poly_factor(step, total_steps, power, warmup, warmup_ratio,

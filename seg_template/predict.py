@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seg_template.cli import hydra_main
 from seg_template.errors import ConfigError, DataError
+from seg_template.options import check_options
 from seg_template.predict_inputs import input_files
 from seg_template.recipe import recipe_argv, with_recipe
 
@@ -83,6 +84,7 @@ def _build_net(cfg: DictConfig, option: str, path: str, device: torch.device,
             raise MissingFileError(f"model_file: no file at '{file}' (given as '{path}')")
         net = OnnxNet(file, device=str(device))
         cfg = with_recipe(cfg, path, net.recipe, overrides, "predict.py", option)
+        check_options(cfg)
         classes = int(cfg.data.num_classes)
         if net.num_classes is not None and net.num_classes != classes:
             raise ConfigError(f"model_file={path} outputs {net.num_classes} classes but the data config has "
@@ -93,9 +95,26 @@ def _build_net(cfg: DictConfig, option: str, path: str, device: torch.device,
     from seg_template.recipe import read_checkpoint_recipe
 
     cfg = with_recipe(cfg, path, read_checkpoint_recipe(path), overrides, "predict.py", option)
+    check_options(cfg)
     net, _ = build_net(cfg.model)
     load_net_weights(net, path)
     return net.to(device), cfg
+
+
+def _inputs_only(files: list[tuple[Path, Path]], spec: Any, output_dir: Path,
+                 log_dir: str | None) -> list[tuple[Path, Path]]:
+    """``files`` without predict's own outputs (``predict_outputs.without_outputs``), saying how many were
+    left out; a ``ConfigError`` when nothing is left."""
+    from seg_template.predict_outputs import without_outputs
+
+    kept, left_out = without_outputs(files, output_dir, Path(log_dir) if log_dir else None)
+    where = f"predict's output folders (output_dir={output_dir} and earlier runs') or paths.log_dir={log_dir}"
+    if left_out and not kept:
+        raise ConfigError(f"input={spec}: all {left_out} images found lie in {where}, which are never inputs; "
+                          "point input at the images themselves")
+    if left_out:
+        log.info("Left out %d of the %d images found: they lie in %s", left_out, len(files), where)
+    return kept
 
 
 def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list[Path]:
@@ -112,12 +131,14 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
     from seg_template.predict_inputs import image_loader
     from seg_template.predict_outputs import OutputWriter, ProgressReport, check_writable, submission_table
 
+    check_options(cfg)  # the typed options, before anything is read (again below, under the file's recipe)
     option, path = _source(cfg)
     if OmegaConf.is_missing(cfg, "input") or not cfg.get("input"):
         raise ConfigError("input is required: python predict.py ckpt_path=<ckpt> input=<image | folder>")
     spec = cfg.input
     files = input_files(list(spec) if isinstance(spec, ListConfig) else str(spec))
     output_dir = check_writable(Path(cfg.output_dir))  # before any model is built or image read
+    files = _inputs_only(files, spec, output_dir, OmegaConf.select(cfg, "paths.log_dir", default=None))
     device = resolve_device(cfg.device)
     net, cfg = _build_net(cfg, option, path, device, overrides)
     if option == "model_file" and net.device != device.type:
@@ -145,8 +166,7 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
                 skipped.append((file, reason))
             if "image" in batch:
                 # class ids in every inference mode, including bounded sliding windows on huge images
-                labels = model.predict_labels(batch["image"].to(device, non_blocking=True), dtype=torch.uint8,
-                                              names=batch["name"]).cpu()  # names: for an error's message
+                labels = model.predict_labels(batch["image"].to(device, non_blocking=True), dtype=torch.uint8).cpu()
                 for name, rgb, mask in zip(batch["name"], batch["rgb"], labels.numpy(), strict=True):
                     written.append(writer.write(name, rgb, mask))
             progress.update(len(batch["errors"]) + len(batch["name"]))

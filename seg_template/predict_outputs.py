@@ -23,25 +23,49 @@ import numpy as np
 from PIL import Image
 
 from seg_template.errors import ConfigError
+from seg_template.options import require
 from seg_template.visualize import add_legend, colorize, overlay
 
 log = logging.getLogger("seg_template")
 
-FOLDERS = ("masks", "color", "overlay")
+FOLDERS = ("masks", "color", "overlay", "submission")
+#: written into every output folder: images in its FOLDERS are outputs, never inputs of a later run
+MARKER = ".seg_template_predict"
 
 
 def check_writable(folder: Path, option: str = "output_dir") -> Path:
-    """Create ``folder`` and write a probe file into it; a ``ConfigError`` names the folder otherwise, so a
-    read-only or mistyped destination fails before any image is processed."""
+    """Create ``folder`` and write its :data:`MARKER` into it; a ``ConfigError`` names the folder otherwise,
+    so a read-only or mistyped destination fails before any image is processed."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
-            pass
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".write_test_", delete=False) as probe:
+            probe.write(f"predict.py writes {', '.join(f + '/' for f in FOLDERS)} here; it never reads them\n")
+        os.replace(probe.name, folder / MARKER)
     except OSError as err:
         raise ConfigError(f"{option}={folder} cannot be written: {err.strerror or err} "
                           f"(pass a writable folder: {option}=<folder>)") from err
     return folder
+
+
+def without_outputs(files: Sequence[tuple[Path, Path]], output_dir: Path,
+                    log_dir: Path | None) -> tuple[list[tuple[Path, Path]], int]:
+    """``(files, how many were left out)``: the ``(path, output name)`` pairs of ``input_files`` minus the
+    images found inside a folder searched for inputs that are predict's outputs — under ``output_dir``'s
+    :data:`FOLDERS`, those of any folder holding a :data:`MARKER` (earlier runs), or under ``log_dir``
+    (run folders: earlier predictions, validation grids). Without this a second run over a folder that
+    holds its ``output_dir`` segments its own masks and overlays. A file named on its own is always kept."""
+    output, logs = Path(os.path.abspath(output_dir)), Path(os.path.abspath(log_dir)) if log_dir else None
+    marked: dict[Path, bool] = {}
+    kept = []
+    for path, name in files:
+        full = Path(os.path.abspath(path))
+        inside = full.parents[:len(name.parts) - 1]  # its folders below the one searched (none: a single file)
+        if not any(p == logs or p.name in FOLDERS and (
+                p.parent == output or marked.setdefault(p.parent, (p.parent / MARKER).is_file()))
+                for p in inside):
+            kept.append((path, name))
+    return kept, len(files) - len(kept)
 
 
 def submission_table(dataset_class: type, num_classes: int) -> np.ndarray:
@@ -71,9 +95,7 @@ class OutputWriter:
     def __init__(self, root: Path, palette: np.ndarray, class_names: Sequence[str], alpha: float = 0.5,
                  submission: np.ndarray | None = None, legend: bool = True) -> None:
         self.root, self.palette, self.class_names = Path(root), np.asarray(palette, np.uint8), list(class_names)
-        self.alpha, self.submission, self.legend = float(alpha), submission, legend
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"overlay_alpha must be in [0, 1], got {alpha}")
+        self.alpha, self.submission, self.legend = float(require("overlay_alpha", alpha)), submission, legend
 
     def _save(self, folder: str, name: str, pixels: np.ndarray) -> Path:
         path = self.root / folder / name

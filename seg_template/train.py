@@ -42,7 +42,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from hydra.utils import instantiate
 
     from seg_template.jobs import is_global_zero, prepare_ddp_relaunch
+    from seg_template.options import check_options
 
+    check_options(cfg)  # every typed option's type, range and NaN, before anything is built
     seed = cfg.get("seed")
     if seed is not None:
         if not isinstance(seed, int) or isinstance(seed, bool):

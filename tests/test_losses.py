@@ -201,11 +201,12 @@ def test_negative_or_nan_weights_rejected(weight):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"min_kept": 0}, "min_kept must be an integer >= 1, got 0"),
-    ({"min_kept": 2.5}, "min_kept must be an integer >= 1, got 2.5"),
-    ({"thresh": 0.0}, r"thresh must be in \(0, 1\], got 0.0"),
-    ({"thresh": 1.5}, r"thresh must be in \(0, 1\], got 1.5"),
-    ({"thresh": -0.1}, r"thresh must be in \(0, 1\], got -0.1")])
+    ({"min_kept": 0}, r"loss\.main\.min_kept=0: expected an integer >= 1"),
+    ({"min_kept": 2.5}, r"loss\.main\.min_kept=2\.5: expected an integer >= 1"),
+    ({"thresh": 0.0}, r"loss\.main\.thresh=0\.0: expected a finite number in \(0, 1\]"),
+    ({"thresh": 1.5}, r"loss\.main\.thresh=1\.5: expected a finite number in \(0, 1\]"),
+    ({"thresh": -0.1}, r"loss\.main\.thresh=-0\.1: expected a finite number in \(0, 1\]"),
+    ({"thresh": float("nan")}, r"loss\.main\.thresh=nan: expected a finite number in \(0, 1\]")])
 def test_ohem_rejects_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OhemCrossEntropy(**kwargs)
@@ -218,7 +219,7 @@ def test_ohem_accepts_thresh_one():
 
 
 def test_unknown_reduction_rejected():
-    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none', got 'avg'"):
+    with pytest.raises(ValueError, match=r"loss\.main\.reduction='avg': expected one of 'mean', 'sum', 'none'"):
         CrossEntropy(reduction="avg")
 
 

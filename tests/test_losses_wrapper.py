@@ -82,7 +82,7 @@ def test_wrapper_rejects_bad_input():
         SegmentationLoss(CrossEntropy())({"logits": out}, target)
     with pytest.raises(TypeError, match="got list"):
         SegmentationLoss(CrossEntropy())([out], target)
-    with pytest.raises(ValueError, match="aux_weight must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"loss\.aux_weight=-1: expected a finite number >= 0"):
         SegmentationLoss(CrossEntropy(), aux_weight=-1)
 
 

@@ -41,6 +41,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from seg_template.callbacks.nan_guard import divergence_advice, nonfinite_tensors
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
+from seg_template.options import require
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if kwargs.get("save_last") == "link":
             raise ConfigError("callbacks.model_checkpoint.save_last=link would make last.ckpt a link to the best "
                               "checkpoint, not the latest state; use save_last=true")
-        steps = every_n_train_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ConfigError(f"callbacks.model_checkpoint.every_n_train_steps must be an integer >= 0 (0: only at "
-                              f"epoch ends), got {every_n_train_steps!r}")
+        require("callbacks.model_checkpoint.every_n_train_steps", every_n_train_steps)  # seg_template/options.py
         try:
             super().__init__(*args, **kwargs)
         except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning's checks: mode=maximum...

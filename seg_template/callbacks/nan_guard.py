@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from seg_template.errors import ConfigError, TrainingDiverged
+from seg_template.errors import TrainingDiverged
+from seg_template.options import require
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,8 @@ class NaNGuard(pl.Callback):
 
     def __init__(self, patience: int = 3, check_gradients: bool = True) -> None:
         super().__init__()
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ConfigError(f"callbacks.nan_guard.patience must be an integer >= 1, got {patience!r}")
-        if not isinstance(check_gradients, bool):  # bool("false ") would silently be True
-            raise ConfigError(f"callbacks.nan_guard.check_gradients must be true or false, got {check_gradients!r}")
+        require("callbacks.nan_guard.patience", patience)
+        require("callbacks.nan_guard.check_gradients", check_gradients)  # bool("false ") would be True
         self.patience, self.check_gradients = int(patience), bool(check_gradients)
         self.streak = 0  # bad steps in a row
         self.first_bad = ""  # where the current streak began

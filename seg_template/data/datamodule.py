@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from seg_template.data.base import SegmentationDataset
-from seg_template.data.preflight import PREFLIGHT_MODES
 from seg_template.data.preflight import preflight as run_preflight
 from seg_template.data.samplers import SeededTrainSampler, ShardSampler
 from seg_template.errors import ConfigError, DataError
 from seg_template.jobs import is_global_zero
+from seg_template.options import check_class_names, require
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,9 @@ DatasetFactory = Callable[..., SegmentationDataset]
 SPLITS = ("train", "val", "test")
 
 
-def _int_option(key: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``, else a ConfigError naming ``data.<key>`` and the value (a
-    command-line typo such as ``data.batch_size=abc`` arrives here as a string)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"data.{key} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}), "
-                          f"e.g. data.{key}={max(minimum, 1)}")
-    if value < minimum:
-        raise ConfigError(f"data.{key} must be >= {minimum}, got {value}")
-    return int(value)
+def _int_option(key: str, value: Any) -> int:
+    """``value`` as an int, once ``data.<key>``'s rule (seg_template/options.py) accepts it."""
+    return int(require(f"data.{key}", value))
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -67,20 +61,20 @@ class SegDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, seed: int | None = None, preflight: str = "sample",
                  ohem_min_kept: int | None = None, imagenet_pretrained: bool | None = None) -> None:
         super().__init__()
-        num_classes = _int_option("num_classes", num_classes, 1)
+        num_classes = _int_option("num_classes", num_classes)
         if class_names and len(class_names) != num_classes:
             raise ConfigError(f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}")
-        if preflight not in PREFLIGHT_MODES:
-            raise ConfigError(f"data.preflight must be one of {', '.join(PREFLIGHT_MODES)}, got {preflight!r}")
+        check_class_names(class_names or None)  # two classes of one name would share one metrics column
+        require("data.preflight", preflight)
         self.factories = {"train": train_set, "val": val_set, "test": test_set}
         self.train_transform, self.val_transform = train_transform, val_transform
         self._num_classes, self._ignore_index = num_classes, int(ignore_index)
         self._class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
-        self.batch_size = _int_option("batch_size", batch_size, 1)
+        self.batch_size = _int_option("batch_size", batch_size)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else _int_option(
-            "eval_batch_size", eval_batch_size, 1)
-        self.num_workers = _int_option("num_workers", num_workers, 0)
-        self.seed = None if seed is None else _int_option("seed", seed, 0)
+            "eval_batch_size", eval_batch_size)
+        self.num_workers = _int_option("num_workers", num_workers)
+        self.seed = None if seed is None else _int_option("seed", seed)
         self.pin_memory, self.preflight_mode = bool(pin_memory), preflight
         # persistent workers only exist when there are workers: DataLoader raises otherwise
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0

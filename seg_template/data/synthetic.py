@@ -21,6 +21,7 @@ import numpy as np
 
 from seg_template.data.base import SegmentationDataset
 from seg_template.errors import ConfigError
+from seg_template.options import require
 
 CLASS_NAMES = ("background", "circle", "rectangle", "triangle", "ring", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -109,9 +110,7 @@ class SyntheticShapes(SegmentationDataset):
         if len(size) != 2 or min(size) < 16:
             raise ConfigError(f"SyntheticShapes image_size (data.train_set.image_size) must be [H, W] with both "
                               f">= 16, got {image_size!r}")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise ConfigError(f"SyntheticShapes length (data.{split}_set.length) must be an integer >= 0, "
-                              f"got {length!r}")
+        require(f"data.{split}_set.length", length)
         lo, hi = int(objects[0]), int(objects[1])
         if not 1 <= lo <= hi:
             raise ConfigError(f"SyntheticShapes objects must be [min, max] with 1 <= min <= max, got {objects!r}")

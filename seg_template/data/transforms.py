@@ -14,6 +14,7 @@ import cv2
 
 from seg_template.data.base import IMAGENET_MEAN, IMAGENET_STD
 from seg_template.errors import ConfigError
+from seg_template.options import require
 
 
 def _crop_hw(crop_size: Sequence[int] | int) -> tuple[int, int]:
@@ -33,17 +34,13 @@ def train_transform(crop_size: Sequence[int] | int, scale_range: Sequence[float]
     ``scale_range``: ``[min, max]`` scale factors (``[1, 1]`` disables scaling). ``color_jitter``: strength
     of brightness / contrast / saturation jitter (hue gets a fifth of it), 0 disables it.
     """
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):  # data.ignore_index=abc
-        raise ConfigError(f"data.ignore_index must be an integer (255 in most datasets), got {ignore_index!r}")
-    if isinstance(color_jitter, bool) or not isinstance(color_jitter, int | float):
-        raise ConfigError(f"data.train_transform.color_jitter must be a number >= 0, got {color_jitter!r}")
+    require("data.ignore_index", ignore_index)
+    require("data.train_transform.color_jitter", color_jitter)
     crop_h, crop_w = _crop_hw(crop_size)
     lo, hi = float(scale_range[0]), float(scale_range[1])
     if not 0 < lo <= hi:
         raise ConfigError(f"data.train_transform.scale_range must be [min, max] with 0 < min <= max, "
                           f"got {scale_range!r}")
-    if color_jitter < 0:
-        raise ConfigError(f"data.train_transform.color_jitter must be >= 0, got {color_jitter}")
     steps: list[A.BasicTransform] = []
     if (lo, hi) != (1.0, 1.0):
         # RandomScale draws the factor as 1 + uniform(scale_limit)

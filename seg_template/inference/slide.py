@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from seg_template.errors import ConfigError
 from seg_template.inference.whole import check_finite, class_ids
 from seg_template.inference.windows import Window, coverage, window_logits, window_starts
+from seg_template.options import require
 
 #: crops per forward pass unless told otherwise (``inference.window_batch``)
 DEFAULT_WINDOW_BATCH = 4
@@ -38,9 +39,7 @@ def check_windows(crop_size: Sequence[int] | None, stride: Sequence[int] | None,
     if min(ch, cw, sh, sw) <= 0 or sh > ch or sw > cw:
         raise ConfigError(f"sliding window needs 0 < inference.stride <= inference.crop_size, got "
                           f"crop_size={list(crop_size)} stride={list(stride)}")
-    if isinstance(window_batch, bool) or not isinstance(window_batch, int) or window_batch < 1:
-        raise ConfigError(f"inference.window_batch is the number of crops per forward pass (>= 1), "
-                          f"got {window_batch!r}")
+    require("inference.window_batch", window_batch)  # crops per forward pass (seg_template/options.py)
     return (ch, cw), (sh, sw)
 
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from seg_template.errors import ConfigError
 from seg_template.losses.cross_entropy import CrossEntropy
+from seg_template.options import require
 
 
 class SegmentationLoss(nn.Module):
@@ -24,8 +24,7 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         if not hasattr(main, "ignore_index"):
             raise TypeError(f"main loss {type(main).__name__} needs an ignore_index attribute")
-        if isinstance(aux_weight, bool) or not isinstance(aux_weight, int | float) or aux_weight < 0:
-            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight!r} (loss.aux_weight)")
+        require("loss.aux_weight", aux_weight)
         self.main = main
         self.aux_weight = float(aux_weight)
         self.aux = CrossEntropy(ignore_index=main.ignore_index, weight=getattr(main, "weight", None),

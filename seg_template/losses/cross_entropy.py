@@ -15,6 +15,7 @@ from seg_template.losses.rules import (
     pixel_weight,
     report_nonfinite,
 )
+from seg_template.options import require
 
 
 def upsampled_nll(logits: Tensor, target: Tensor, ignore_index: int, align_corners: bool) -> Tensor:
@@ -34,9 +35,8 @@ class PixelCrossEntropy(nn.Module):
     def __init__(self, ignore_index: int, weight: WeightSpec, align_corners: bool,
                  memory_efficient: bool = False) -> None:
         super().__init__()
-        for key, value in (("memory_efficient", memory_efficient), ("align_corners", align_corners)):
-            if not isinstance(value, bool):  # bool("flase") would silently be True
-                raise ConfigError(f"{key} must be true or false, got {value!r} (loss.{key} / model.{key})")
+        require("loss.memory_efficient", memory_efficient)  # bool("flase") would silently be True
+        require("model.align_corners", align_corners)  # the model config owns the convention
         self.ignore_index = int(ignore_index)
         self.align_corners = bool(align_corners)
         # 4-D logits then go through memory_efficient.py: same values and gradients, no [N, C, H, W] tensors
@@ -75,10 +75,7 @@ class CrossEntropy(PixelCrossEntropy):
     def __init__(self, ignore_index: int = 255, weight: WeightSpec = None, align_corners: bool = False,
                  reduction: str = "mean", memory_efficient: bool = False) -> None:
         super().__init__(ignore_index, weight, align_corners, memory_efficient)
-        if reduction not in ("mean", "sum", "none"):
-            raise ConfigError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r} "
-                              "(loss.main.reduction)")
-        self.reduction = reduction
+        self.reduction = require("loss.main.reduction", reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = self.check(logits, target)

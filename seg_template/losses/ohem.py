@@ -6,11 +6,11 @@ import logging
 
 from torch import Tensor
 
-from seg_template.errors import ConfigError
 from seg_template.losses.class_weights import WeightSpec
 from seg_template.losses.cross_entropy import PixelCrossEntropy, upsampled_nll
 from seg_template.losses.memory_efficient import memory_efficient_ohem_cross_entropy
 from seg_template.losses.rules import CheckedTarget, mean_or_zero, report_nonfinite, select_hard_pixels
+from seg_template.options import require
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,8 @@ class OhemCrossEntropy(PixelCrossEntropy):
     def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
                  weight: WeightSpec = None, align_corners: bool = False, memory_efficient: bool = False) -> None:
         super().__init__(ignore_index, weight, align_corners, memory_efficient)
-        for key, value in (("thresh", thresh), ("min_kept", min_kept)):
-            if isinstance(value, bool) or not isinstance(value, int | float):  # loss.main.thresh=abc
-                raise ConfigError(f"OHEM {key} must be a number, got {value!r} (loss.main.{key})")
-        if not 0.0 < thresh <= 1.0:
-            raise ConfigError(f"OHEM thresh must be in (0, 1], got {thresh} (loss.main.thresh)")
-        if int(min_kept) != min_kept or min_kept < 1:
-            raise ConfigError(f"OHEM min_kept must be an integer >= 1, got {min_kept} (loss.main.min_kept)")
+        require("loss.main.thresh", thresh)
+        require("loss.main.min_kept", min_kept)
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)
         self._said_plain_ce = False  # the "min_kept covers the whole batch" note, logged once per instance

@@ -1,0 +1,114 @@
+"""The option schema read from the project's own config files: which kinds of values each key is given.
+
+:func:`schema` scans ``configs/**/*.yaml`` and records, for every key at its composed path
+(``configs/inference/slide.yaml`` -> ``inference.bounded``; a ``# @package`` header wins, ``_global_`` is the top
+level; ``configs/train.yaml`` is the top level), the kinds of the literal values the files give it (bool, int,
+real, str, list, mapping, null) and of the entries of its lists. An interpolation tells nothing. Hydra's own
+node and the defaults lists are left out. seg_template/options.py turns the kinds into types.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seg_template.paths import CONFIG_DIR
+
+
+@dataclass
+class Seen:
+    """What the config files give one key: the kinds of its values, of its list entries, a first example."""
+
+    kinds: set[str]
+    entries: set[str]
+    example: Any = None
+
+
+def kind_of(value: Any) -> str | None:
+    """The kind of a literal config value; None for an interpolation or ``???`` (they tell nothing)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "real"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return None if "${" in value or value == "???" else "str"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return "list" if isinstance(value, list | tuple) else None
+
+
+def package_of(file: Path, config_dir: Path) -> str | None:
+    """The dotted package a config file's keys land in ("" = top level), or None for Hydra's own configs.
+
+    A ``# @package`` line in the file's first comment block wins; otherwise a file in a group folder lands in
+    the group (``trainer/cpu.yaml`` -> ``trainer``), a file at the top (``train.yaml``) at the top level."""
+    group = file.relative_to(config_dir).parent.as_posix()
+    group = "" if group == "." else group.replace("/", ".")
+    for line in file.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            break
+        found = re.match(r"#\s*@package\s+(\S+)", line)
+        if found:
+            package = found.group(1).replace("_group_", group)
+            group = "" if package == "_global_" else package.removeprefix("_global_.")
+            break
+    return None if group == "hydra" or group.startswith("hydra.") else group
+
+
+def _flat_entries(values: list) -> Iterator[str | None]:
+    for value in values:
+        if isinstance(value, list):
+            yield from _flat_entries(value)
+        else:
+            yield kind_of(value)
+
+
+def _record(table: dict[str, Seen], prefix: str, node: Mapping, root: bool = False) -> None:
+    for key, value in node.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if (root and key == "defaults") or path == "hydra" or path.startswith("hydra."):
+            continue  # a file's defaults list is not an option; Hydra's own node is Hydra's business
+        seen = table.setdefault(path, Seen(set(), set()))
+        kind = kind_of(value)
+        if kind is not None:
+            seen.kinds.add(kind)
+            if seen.example is None and kind not in ("null", "mapping"):
+                seen.example = value
+        if kind == "list":
+            seen.entries.update(k for k in _flat_entries(value) if k is not None)
+        elif kind == "mapping":
+            _record(table, path, value)
+
+
+@functools.lru_cache(maxsize=4)
+def schema(config_dir: Path = CONFIG_DIR) -> dict[str, Seen]:
+    """``{dotted key: Seen}`` over every YAML file under ``config_dir``. Hydra's own node (``hydra.*``) and
+    the files' ``defaults`` lists are left out."""
+    from omegaconf import OmegaConf
+
+    config_dir = Path(config_dir)
+    table: dict[str, Seen] = {}
+    found = [(file, package_of(file, config_dir)) for file in config_dir.rglob("*.yaml")]
+
+    def order(item: tuple[Path, str | None]) -> tuple[bool, bool, str]:
+        # examples come from the primary configs, then from each group's own options, then from the files
+        # that set keys of other groups (experiments, debug...)
+        file, package = item
+        own = file.relative_to(config_dir).parent.as_posix().replace("/", ".")
+        return file.parent != config_dir, package != own, file.as_posix()
+
+    for file, package in sorted(found, key=order):
+        if package is None:
+            continue
+        content = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
+        if isinstance(content, Mapping):
+            _record(table, package, content, root=True)
+    return table
