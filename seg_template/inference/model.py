@@ -170,9 +170,9 @@ class InferenceModel(nn.Module):
         if bad:
             why = (f"its weights hold NaN/inf in {len(bad)} of {total} tensors ({', '.join(bad[:4])}); use a "
                    f"checkpoint written before the run diverged")
-        elif err.dtype in (torch.float16, torch.bfloat16):
-            why = (f"its weights are finite but the logits overflow {str(err.dtype).removeprefix('torch.')}; run "
-                   f"in 32-bit (e.g. trainer.precision=32-true)")
+        elif err.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(images.device.type):
+            why = ("its weights are finite, but in 16-bit (mixed) precision they may overflow: run in 32-bit "
+                   "(trainer.precision=32-true); if that fails too, use an earlier checkpoint of the run")
         else:
             why = ("its weights are finite, yet too large to compute with (the state of a run on the edge of "
                    "diverging?); use an earlier checkpoint of the run")
