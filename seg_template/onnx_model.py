@@ -139,15 +139,20 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int = 0, optimiz
                               f"({type(err).__name__}: {str(err)[:300]})") from err
 
 
-def onnx_recipe(session: Any) -> dict[str, Any] | None:
-    """The training recipe in an ONNX file's metadata (None for a file exported elsewhere)."""
+def onnx_recipe(session: Any, path: str | Path = "") -> dict[str, Any] | None:
+    """The training recipe in an ONNX file's metadata (None for a file exported elsewhere); a
+    ``CheckpointError`` naming the file ``path`` when it is not JSON (damaged or crafted)."""
     text = session.get_modelmeta().custom_metadata_map.get(RECIPE_KEY)
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except (ValueError, RecursionError) as err:  # RecursionError: nested deeper than json can read
+        raise CheckpointError(f"model_file: '{path}' has metadata {RECIPE_KEY} that is not readable JSON "
+                              f"({type(err).__name__}: {str(err)[:120]}); the file was not used") from None
 
 
 def read_onnx_recipe(path: str | Path) -> dict[str, Any] | None:
     """:func:`onnx_recipe` of the file at ``path`` (a session without graph optimisation: metadata only)."""
-    return onnx_recipe(ort_session(path, optimize=False))
+    return onnx_recipe(ort_session(path, optimize=False), path)
 
 
 def onnx_weights(path: str | Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -209,7 +214,7 @@ class OnnxNet(nn.Module):
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         classes = outputs[0].shape[1] if len(outputs[0].shape) == 4 else None
         self.num_classes = classes if isinstance(classes, int) else None
-        self.recipe = onnx_recipe(self.session)
+        self.recipe = onnx_recipe(self.session, self.path)
         #: where the inputs are best kept: onnxruntime without its CUDA provider reads host memory
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
 

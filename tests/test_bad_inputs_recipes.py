@@ -162,17 +162,20 @@ def crafted_checkpoint(ws: Workspace, crafted: Crafted) -> Path:
 
 def crafted_onnx(ws: Workspace, crafted: Crafted) -> Path:
     """An ONNX file (a 1x1 convolution to the recipe's 6 classes) whose metadata holds the crafted recipe."""
-    from seg_template.onnx_model import export_onnx
-
     recipe = genuine_checkpoint(ws)["recipe"]
     crafted.edit(recipe, ws.root)
-    path = ws.root / f"{crafted.id}.onnx"
-    export_onnx(torch.nn.Conv2d(3, 6, 1), path, torch.zeros(1, 3, 8, 8), dynamo=False)
+    return onnx_with_metadata(ws.root / f"{crafted.id}.onnx", json.dumps(recipe))
+
+
+def onnx_with_metadata(path: Path, text: str) -> Path:
     import onnx
 
+    from seg_template.onnx_model import RECIPE_KEY, export_onnx
+
+    export_onnx(torch.nn.Conv2d(3, 6, 1), path, torch.zeros(1, 3, 8, 8), dynamo=False)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "seg_template.recipe", json.dumps(recipe)
+    entry.key, entry.value = RECIPE_KEY, text
     onnx.save(proto, str(path))
     return path
 
@@ -240,6 +243,26 @@ def test_crafted_nodes_are_live(name: str, workspace: Workspace, tmp_path: Path)
             made()  # whoever calls the partial opens the victim for writing
         raise RuntimeError("ran")
     assert (scratch / "victim.txt").read_bytes() == b"", "the crafted node did not truncate its victim"
+
+
+@pytest.mark.parametrize(("text", "culprit"), [
+    ("{not json", r"not readable JSON \(JSONDecodeError"),
+    ("[" * 100_000 + "]" * 100_000, r"not readable JSON \(RecursionError"),
+    ("[1, 2]", r"carries a recipe that is a list, not a mapping"),
+    ('{"data": "synthetic"}', r"not a training recipe \(data, model and loss must be mappings"),
+], ids=["not_json", "nested_past_the_json_reader", "a_list", "data_not_a_mapping"])
+def test_onnx_metadata_that_is_no_recipe_is_named(text: str, culprit: str, compose_cfg, workspace: Workspace,
+                                                  tmp_path: Path) -> None:
+    from seg_template.predict import run_predict
+
+    pytest.importorskip("onnxruntime")
+    file = onnx_with_metadata(workspace.root / "odd.onnx", text)
+    overrides = [*PREDICT, "device=cpu", f"model_file={file}", f"input={workspace['images']}",
+                 f"output_dir={tmp_path / 'out'}"]
+    assert recipe_argv(["predict.py", f"model_file={file}"], ("data",)) == ["predict.py", f"model_file={file}"]
+    err = raised_user_error(lambda: run_predict(compose_cfg("predict", overrides, output_dir=tmp_path), overrides))
+    assert isinstance(err, CheckpointError)
+    assert_short_named(user_message(err), rf"model_file: '{re.escape(str(file))}' .*{culprit}")
 
 
 def test_recipe_argv_never_turns_a_crafted_choice_into_an_option(workspace: Workspace) -> None:
