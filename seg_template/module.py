@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from seg_template import resume
 from seg_template.errors import ConfigError
 from seg_template.metrics import format_table, segmentation_scores
 from seg_template.optim import param_groups
@@ -75,6 +76,10 @@ class SegmentationModule(pl.LightningModule):
         self.last_confmat: dict[str, Tensor] = {}  # the latest computed matrix per stage, for the reports callback
         self.best_val: dict[str, Any] | None = None
         self._checked_output = False
+        # resuming (seg_template/resume.py): the options as configured, the schedule's length, the checkpoint's
+        self._configured_groups: list[dict[str, Any]] = []
+        self._total_steps: int | None = None
+        self._resumed: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- setup and checks
     def setup(self, stage: str) -> None:
@@ -173,8 +178,37 @@ class SegmentationModule(pl.LightningModule):
         # eval / predict / export rebuild the data and the model from it with only ckpt_path given
         if self.recipe is not None:
             checkpoint["recipe"] = self.recipe
+        # what a resume compares its options with (seg_template/resume.py)
+        checkpoint[resume.RECORD_KEY] = self._optimization_record()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        # before the optimiser exists: another optimiser class is refused here, changed values applied later
+        resume.check_optimizer(checkpoint, self.optimizer_factory, str(self.trainer.ckpt_path))
+        self._resumed = {"record": checkpoint.get(resume.RECORD_KEY),
+                         "had_scheduler": bool(checkpoint.get("lr_schedulers"))}
+
+    def on_train_start(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is None or not self._configured_groups or not self.trainer.optimizers:
+            return
+        configs = self.trainer.lr_scheduler_configs
+        scheduler = configs[0].scheduler if configs else None
+        optimizer = self.trainer.optimizers[0]
+        changes = resume.apply_changed_options(optimizer, scheduler, self._configured_groups, resumed["record"],
+                                               self._optimization_record(), resumed["had_scheduler"],
+                                               self.trainer.global_step)
+        if changes and self.trainer.is_global_zero:
+            log.info("Resuming with changed options, applied from step %d: %s; learning rate now %.4g",
+                     self.trainer.global_step, ", ".join(changes), optimizer.param_groups[0]["lr"])
 
     # ----------------------------------------------------------------- optimisation
+    def _optimization_record(self) -> dict[str, Any]:
+        trainer = self._trainer
+        optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
+        return resume.optimization_record(optimizer, self.scheduler_factory, self._total_steps, trainer)
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise RuntimeError("SegmentationModule was built without an optimizer (evaluation only)")
@@ -183,10 +217,14 @@ class SegmentationModule(pl.LightningModule):
         except (TypeError, ValueError) as err:  # torch's checks ("Invalid learning rate: -1"), unknown options
             raise ConfigError(f"optimizer: {err} (check optimizer.lr, optimizer.weight_decay, ...)") from err
         if self.scheduler_factory is None:
+            self._configured_groups = resume.snapshot_groups(optimizer)
             return optimizer
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ConfigError("the scheduler needs a finite number of steps, but trainer.max_epochs=-1 and "
                               "trainer.max_steps=-1 train forever: set one of them, or scheduler=none")
+        self._total_steps = int(total)
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total))
+        # the options as configured, before a resume replaces them with the checkpoint's
+        self._configured_groups = resume.snapshot_groups(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -65,6 +65,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         from seg_template.callbacks.checkpoint import check_resume_checkpoint
 
         state = check_resume_checkpoint(cfg.ckpt_path, module)
+        max_epochs = cfg.trainer.get("max_epochs")
+        if cfg.get("train", True) and isinstance(max_epochs, int) and 0 <= max_epochs <= state["epoch"]:
+            # Lightning fails with a traceback below, and silently trains nothing at the epoch itself
+            raise ConfigError(f"trainer.max_epochs={max_epochs}, but ckpt_path '{cfg.ckpt_path}' has trained "
+                              f"{state['epoch'] + 1} epochs already: raise trainer.max_epochs to train on (the "
+                              "schedule is recomputed for it), or pass train=false to only test it")
         say("Resuming %s (epoch %d, step %d)", cfg.ckpt_path, state["epoch"], state["global_step"])
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))

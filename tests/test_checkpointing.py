@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from seg_template.callbacks.checkpoint import (
     remove_partial_files,
 )
 from seg_template.callbacks.nan_guard import NaNGuard
-from seg_template.errors import CheckpointError, TrainingDiverged
+from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.models.weights import load_net_weights, load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
@@ -302,3 +303,89 @@ def test_a_real_training_run_writes_safe_resumable_checkpoints(compose_tmp, tmp_
     load_net_weights(net, folder / "best.ckpt")
     with pytest.raises(CheckpointError, match=r"num_classes=6.*Pass the model= / data= options"):
         load_net_weights(small_segnet(5, width=4), folder / "best.ckpt")
+
+
+# ---------------------------------------------------------------- run folders moved or copied, then resumed
+def checkpoint_callbacks(compose_cfg, folder: Path) -> list[pl.Callback]:
+    cfg = compose_cfg(overrides=[], output_dir=folder).callbacks
+    return [instantiate(cfg.model_checkpoint), instantiate(cfg.nan_guard)]
+
+
+def resume(module, callbacks, folder: Path, max_epochs: int) -> pl.Trainer:
+    trainer = pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, default_root_dir=folder, logger=False,
+                         accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    trainer.fit(module, ckpt_path=folder / "checkpoints" / "last.ckpt")
+    return trainer
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_run_keeps_best_and_last_in_place(compose_cfg, tmp_path, how):
+    import shutil
+
+    scores = (0.5, 0.4, 0.3, 0.45)  # the best is epoch 0; the resumed epochs 2 and 3 are worse
+    first, second = tmp_path / "first", tmp_path / "second"
+    fit(Tiny(scores=scores), checkpoint_callbacks(compose_cfg, first), first, max_epochs=2)
+    (shutil.move if how == "moved" else shutil.copytree)(first, second)
+    before = {p.name: p.read_bytes() for p in (first / "checkpoints").iterdir()} if how == "copied" else {}
+    trainer = resume(Tiny(scores=scores), checkpoint_callbacks(compose_cfg, second), second, max_epochs=4)
+    folder = second / "checkpoints"
+    assert sorted(os.listdir(folder)) == ["best.ckpt", "last.ckpt"]  # Lightning alone: best-v1, last-v1 too
+    assert read(folder / "last.ckpt")["epoch"] == 3
+    assert read(folder / "best.ckpt")["epoch"] == 0  # the old best score was kept: 0.3 and 0.45 are worse
+    callback = trainer.checkpoint_callback
+    assert callback.best_model_path == str(folder / "best.ckpt") and float(callback.best_model_score) == 0.5
+    if how == "copied":  # the original folder is left alone
+        assert {p.name: p.read_bytes() for p in (first / "checkpoints").iterdir()} == before
+
+
+def test_a_resumed_run_without_its_best_file_writes_a_new_one(compose_cfg, tmp_path, caplog):
+    first, second = tmp_path / "first", tmp_path / "second"
+    fit(Tiny(scores=(0.5, 0.4, 0.3)), checkpoint_callbacks(compose_cfg, first), first, max_epochs=2)
+    (second / "checkpoints").mkdir(parents=True)
+    (first / "checkpoints" / "last.ckpt").rename(second / "checkpoints" / "last.ckpt")
+    with caplog.at_level("WARNING"):
+        trainer = resume(Tiny(scores=(0.5, 0.4, 0.3)), checkpoint_callbacks(compose_cfg, second), second, 3)
+    assert "best.ckpt of the resumed run is not in" in caplog.text and "writes a new best checkpoint" in caplog.text
+    assert read(second / "checkpoints" / "best.ckpt")["epoch"] == 2
+    assert trainer.checkpoint_callback.best_model_path == str(second / "checkpoints" / "best.ckpt")
+
+
+def test_relocated_state_maps_paths_to_this_folder(tmp_path):
+    from seg_template.callbacks.checkpoint import relocated_state
+
+    (tmp_path / "best.ckpt").write_bytes(b"x")
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    score = torch.tensor(0.7)
+    state = {"dirpath": "/old/run/checkpoints", "best_model_path": "/old/run/checkpoints/best.ckpt",
+             "best_model_score": score, "kth_best_model_path": "/old/run/checkpoints/best.ckpt", "kth_value": score,
+             "last_model_path": "/old/run/checkpoints/last.ckpt",
+             "best_k_models": {"/old/run/checkpoints/best.ckpt": score}}
+    out, notes = relocated_state(state, str(tmp_path))
+    assert out["dirpath"] == str(tmp_path) and not notes
+    assert out["best_model_path"] == out["kth_best_model_path"] == str(tmp_path / "best.ckpt")
+    assert out["last_model_path"] == str(tmp_path / "last.ckpt") and out["best_model_score"] is score
+    assert out["best_k_models"] == {str(tmp_path / "best.ckpt"): score}
+    (tmp_path / "best.ckpt").unlink()
+    out, notes = relocated_state(state, str(tmp_path))
+    assert out["best_k_models"] == {} and out["best_model_score"] is None and out["best_model_path"] == ""
+    assert "kth_value" not in out and "best.ckpt of the resumed run is not in" in notes[0]
+
+
+@pytest.mark.parametrize(("override", "culprit"), [
+    ("+callbacks.model_checkpoint.enable_version_counter=true", r"enable_version_counter=true would write best-v1"),
+    ("callbacks.model_checkpoint.save_top_k=3", r"save_top_k=3 keeps several checkpoints, but filename='best'"),
+])
+def test_versioned_or_clashing_checkpoint_names_are_refused(callbacks, override, culprit):
+    from seg_template.cli import find_user_error
+
+    with pytest.raises(Exception) as err:  # noqa: B017 - Hydra's instantiate wraps it
+        callbacks(override)
+    found = find_user_error(err.value)
+    assert isinstance(found, ConfigError) and re.search(culprit, str(found)), err.value
+
+
+def test_top_k_with_a_templated_name_is_accepted(callbacks):
+    checkpoint, _ = callbacks("callbacks.model_checkpoint.save_top_k=3",
+                              "callbacks.model_checkpoint.filename='best-{epoch:03d}'")
+    assert checkpoint.save_top_k == 3 and not checkpoint._enable_version_counter

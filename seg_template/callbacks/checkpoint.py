@@ -37,11 +37,13 @@ from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_only
 
 from seg_template.callbacks.nan_guard import divergence_advice, nonfinite_tensors
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
 from seg_template.options import require
+from seg_template.resume import check_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +122,28 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     rewritten every N optimiser steps (for long epochs); ``best.ckpt`` is judged after validation only, as
     the monitored metric only changes then. ``save_last='link'`` is refused: a link to the best file is
     not the latest state.
+
+    ``best.ckpt`` and ``last.ckpt`` are always rewritten in place, never versioned: Lightning's version counter
+    wrote ``last-v1.ckpt`` / ``best-v1.ckpt`` beside the old files whenever its restored paths did not match the
+    folder (a run folder moved or copied, then resumed), leaving ``last.ckpt`` stale. A resumed run's paths
+    are mapped to this folder's files instead (:func:`relocated_state`), keeping the best score.
     """
 
     def __init__(self, *args: Any, every_n_train_steps: int = 0, **kwargs: Any) -> None:
         if kwargs.get("save_last") == "link":
             raise ConfigError("callbacks.model_checkpoint.save_last=link would make last.ckpt a link to the best "
                               "checkpoint, not the latest state; use save_last=true")
+        if kwargs.pop("enable_version_counter", False):
+            raise ConfigError("callbacks.model_checkpoint.enable_version_counter=true would write best-v1.ckpt / "
+                              "last-v1.ckpt beside the older files instead of replacing them; leave it out")
+        top_k, filename = kwargs.get("save_top_k", 1), kwargs.get("filename")
+        if isinstance(top_k, int) and top_k not in (0, 1) and filename is not None and "{" not in str(filename):
+            raise ConfigError(f"callbacks.model_checkpoint.save_top_k={top_k} keeps several checkpoints, but "
+                              f"filename={filename!r} gives them all one name; use e.g. "
+                              "callbacks.model_checkpoint.filename='best-{epoch:03d}'")
         require("callbacks.model_checkpoint.every_n_train_steps", every_n_train_steps)  # seg_template/options.py
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, enable_version_counter=False, **kwargs)
         except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning's checks: mode=maximum...
             raise ConfigError(f"callbacks.model_checkpoint: {err} (given: {kwargs})") from err
         self.last_every_n_train_steps = int(every_n_train_steps)
@@ -142,6 +157,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if trainer.is_global_zero and self.dirpath and _is_local_file_protocol(self.dirpath):
             remove_partial_files(self.dirpath)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's restore of the best score and paths, with the paths mapped to this folder."""
+        if self.dirpath is None or not _is_local_file_protocol(self.dirpath):
+            super().load_state_dict(state_dict)
+            return
+        state, notes = relocated_state(state_dict, str(self.dirpath))
+        if notes and getattr(rank_zero_only, "rank", 0) == 0:
+            log.warning("Resuming: %s", "; ".join(notes))
+        super().load_state_dict(state)
 
     # ------------------------------------------------------------ when last.ckpt is written
     def _writes_now(self, trainer: pl.Trainer) -> bool:
@@ -172,6 +197,15 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._last_global_step_saved = step_saved
         self._last_written_at_step = trainer.global_step
 
+    def write_last(self, trainer: pl.Trainer) -> str | None:
+        """Write ``last.ckpt`` now, for the current state (mid-epoch when a signal stops the run:
+        ``callbacks/stop_on_signal.py``); its path, or None when this run writes none (``save_last=false``,
+        ``fast_dev_run``, not fitting)."""
+        if not self._writes_now(trainer):
+            return None
+        self._write_last(trainer)
+        return self.last_model_path or None
+
     # ------------------------------------------------------------ every write
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         bad = nonfinite_tensors(trainer.lightning_module)
@@ -199,6 +233,44 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super()._save_topk_checkpoint(trainer, monitor_candidates)
 
 
+def relocated_state(state: Mapping[str, Any], dirpath: str) -> tuple[dict[str, Any], list[str]]:
+    """``ModelCheckpoint``'s saved ``state`` with its paths mapped to the files of the same name in ``dirpath``,
+    and what was dropped.
+
+    A run folder moved or copied since the checkpoint was written: its best/last/k-th paths and ``best_k_models``
+    point to the old folder. Lightning then restores only ``best_model_path`` (the old folder's file, which
+    ``train.py``'s test would use), forgets the best score (the next validation replaced ``best.ckpt`` even when
+    worse) and versions the new files (``last-v1.ckpt``). Here each path becomes ``dirpath/<its name>`` when that
+    file exists, else it is dropped; the score is kept while the best file is here, and reset when it is not, so
+    that the next validation writes a new ``best.ckpt``.
+    """
+    here = Path(dirpath)
+
+    def local(path: Any) -> str:
+        if not path:
+            return ""
+        mapped = here / Path(str(path)).name
+        return str(mapped) if mapped.is_file() else ""
+
+    out = {**state, "dirpath": dirpath}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in out:
+            out[key] = local(out[key])
+    best_k = {local(path): score for path, score in (state.get("best_k_models") or {}).items()}
+    lost = [Path(str(p)).name for p in (state.get("best_k_models") or {}) if not local(p)]
+    best_k.pop("", None)
+    out["best_k_models"] = best_k
+    notes = []
+    if lost:
+        notes.append(f"{', '.join(lost)} of the resumed run {'is' if len(lost) == 1 else 'are'} not in {dirpath}")
+    if not best_k:  # no best checkpoint here: the next validation writes one, whatever its score
+        out.update(best_model_score=None, best_model_path="", kth_best_model_path="")
+        out.pop("kth_value", None)
+        if lost:
+            notes.append("the next validation writes a new best checkpoint")
+    return out, notes
+
+
 #: what a checkpoint written by ``Trainer.fit`` holds and resuming needs
 RESUME_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
 
@@ -208,8 +280,9 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
 
     Returns ``{"epoch": ..., "global_step": ...}`` of the checkpoint. Raises ``MissingFileError`` or
     ``CheckpointError`` naming the file: unreadable or unsafe, not a Lightning training checkpoint (a
-    weights-only file: use ``model.pretrained`` instead), or tensors that do not fit ``module`` (another
-    model or class count: both shapes and the training run's options are given).
+    weights-only file: use ``model.pretrained`` instead), tensors that do not fit ``module`` (another
+    model or class count: both shapes and the training run's options are given), or a state written by
+    another optimiser class than ``module``'s (``seg_template.resume.check_optimizer``).
     """
     source = str(resolve_path(path))
     ckpt = read_weights_file(path, "ckpt_path")
@@ -234,6 +307,8 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
             classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
             raise CheckpointError(mismatch_message(report, "ckpt_path", f"the configured {type(module).__name__}",
                                                    classes))
+        # another optimiser class than the one that wrote the state: refused before any folder fills up
+        check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
     from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
 
     refuse_nonfinite({"state_dict": ckpt["state_dict"], "optimizer_states": ckpt["optimizer_states"]}, source,
