@@ -29,7 +29,7 @@ import functools
 import re
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from seg_template.errors import CheckpointError
 from seg_template.paths import CONFIG_DIR
@@ -74,7 +74,7 @@ def _walk(config: Any) -> Iterator[tuple[Any, Any, str, int]]:
         if depth >= MAX_DEPTH:
             continue
         if isinstance(value, Mapping):
-            children = [(k, v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()]
+            children = [(k, v, f"{where}.{_shown(k)}" if where else _shown(k), depth + 1) for k, v in value.items()]
         elif isinstance(value, (list, tuple)):
             children = [(i, v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
         else:
@@ -106,7 +106,7 @@ def _problem(key: Any, value: Any, where: str, depth: int, allowed: Collection[s
         if "${" in value:
             return f"picks its _target_ by interpolation ({value!r:.120}) (at {where})"
         if value not in allowed:
-            return f"would call {value:.200} (at {where})"
+            return f"would call {_shown(value)[:200]} (at {where})"
     elif isinstance(value, str) and "${" in value and not is_plain_reference(value):
         return (f"has an interpolation that would build config when resolved ({value!r:.120}) (at {where}); "
                 "a recipe holds only references to its own keys")
@@ -158,7 +158,13 @@ def is_option_name(name: Any) -> bool:
     return isinstance(name, str) and bool(_OPTION.fullmatch(name)) and ".." not in name
 
 
-def _refuse(source: str, option: str, what: str, problem: str) -> None:
+def _shown(text: Any) -> str:
+    """``text`` as it can be printed in a one-block message: a file's newlines or escape codes as ``repr``."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
+
+
+def _refuse(source: str, option: str, what: str, problem: str) -> NoReturn:
     raise CheckpointError(
         f"{option}: '{source}' carries {what} that {problem}. The file was not used: it may have been crafted. "
         f"Only the project's own targets are allowed (the _target_ values written in configs/**/*.yaml): if "

@@ -165,6 +165,9 @@ def test_the_door_names_the_file_the_key_and_the_target() -> None:
         check_recipe(crafted, "/x/evil.ckpt")
     assert str(err.value).startswith("ckpt_path: '/x/evil.ckpt' carries a recipe that would call builtins.open "
                                      "(at data.val_transform._target_). The file was not used")
+    with pytest.raises(CheckpointError) as err:  # a file's newlines never forge lines of the message
+        check_recipe({"data": {"a\nb": {"_target_": "os.system\n[ERROR] - all fine"}}}, "x.ckpt")
+    assert "\n" not in str(err.value) and r"would call 'os.system\n[ERROR] - all fine' (at data.'a\nb'." in str(err.value)
     for odd in ({"data": [1]}, {"data": {}, "model": "hrnet"}, {"data": {}, "choices": ["data"]},
                 {"data": {}, "choices": {"data": "a b"}}, {"data": {}, "choices": {"../data": "x"}},
                 {"data": {3.5: "x"}}, {"data": {"x": b"bytes"}}):
