@@ -6,8 +6,11 @@
         'data.class_names=[bg,road,car]' --splits train val --limit 100 --workers 4
 
 Walks every split of the composed data config (configs/ at the repo root, any Hydra override works) and
-prints image/mask counts, unpaired files, unreadable files, size mismatches, label values outside
-[0, C) ∪ {ignore} and per-class pixel frequencies. Exits 1 if anything is wrong, naming the files.
+prints image/mask counts, unpaired files and dangling symlinks, unreadable or refused files (lossy masks,
+multi-page files, files over the pixel limit), size mismatches, label values outside [0, C) ∪ {ignore}
+and per-class pixel frequencies (ERROR, naming the files); repeated class names and an ignore index that
+is also a class occurring in the masks (WARNING); and what the reader does to files (NOTE: EXIF orientation
+applied, 16-bit samples scaled, a byte-order mark dropped). Exits 1 on any error or warning.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if not reports:
         print(f"no splits to check: the data config defines none of {args.splits}")
         return 1
-    return 1 if any(r.errors for r in reports) else 0
+    return 1 if any(r.errors or r.warnings for r in reports) else 0
 
 
 if __name__ == "__main__":

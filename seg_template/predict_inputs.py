@@ -1,9 +1,11 @@
 """What predict.py reads: the input files, and a DataLoader that batches images of one size together.
 
-Images of different sizes cannot share a batch tensor, so the loader's batches are grouped by image size
-(read from the file headers, without decoding): a folder of same-size camera frames runs in full batches,
-a mixed folder still works. An unreadable file does not stop the run: its item carries the error, and the
-caller names and skips it.
+Images are read by the datasets' reader (``data/io.py``): upright as viewers show them (EXIF orientation),
+scaled by their real bit depth, refused when multi-page or over ``max_image_pixels``. Images of different
+sizes cannot share a batch tensor, so the loader's batches are grouped by the size a file displays at (read
+from its header, without decoding): a folder of same-size camera frames runs in full batches, a mixed folder
+still works. An unreadable or refused file does not stop the run: its item carries the error, and the caller
+names and skips it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
-from seg_template.data.io import IMAGE_EXTENSIONS, list_images, read_image
+from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
+from seg_template.data.io import IMAGE_EXTENSIONS, dangling_target, list_images, probe_image, read_image
 from seg_template.errors import ConfigError, DataError, MissingFileError
 
 if TYPE_CHECKING:
@@ -32,12 +33,14 @@ def input_files(spec: str | Sequence[str]) -> list[tuple[Path, Path]]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = list_images(path, recursive=True)
+            found = list_images(path, recursive=True, dangling=True)  # a dangling link is named, then skipped
             if not found:
                 raise MissingFileError(f"input folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             files.extend((f, f.relative_to(path).with_suffix(".png")) for f in found)
         elif path.is_file():
             files.append((path, Path(path.name).with_suffix(".png")))
+        elif dangling_target(path):
+            raise MissingFileError(f"input={path} is a dangling symlink: {dangling_target(path)} does not exist")
         else:
             raise MissingFileError(f"input={path} is neither an image file nor a folder")
     names = [name for _, name in files]
@@ -48,21 +51,21 @@ def input_files(spec: str | Sequence[str]) -> list[tuple[Path, Path]]:
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from the file header (no decoding), or None when the file is not an image."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # any failure is reported with the file's name when the loader decodes it
-        return None
+    """``(width, height)`` as the file displays (its EXIF orientation applied) from its header, without
+    decoding; None when the file is not an image (the loader names the cause when it reads it)."""
+    info = probe_image(path)
+    return None if info is None else info.displayed_size
 
 
 class ImageFiles:
     """``files[i] = (path, name)`` -> ``{"image": float[3, H, W] (normalised by transform), "rgb": uint8[H, W, 3]
     (numpy, for the overlay), "name": str, "path": str}``, or ``{"error": str, "name", "path"}`` when the file
-    cannot be read."""
+    cannot be read or is refused (multi-page, over ``max_image_pixels`` pixels; None: no limit)."""
 
-    def __init__(self, files: Sequence[tuple[Path, Path]], transform: Callable[..., dict[str, Any]]) -> None:
+    def __init__(self, files: Sequence[tuple[Path, Path]], transform: Callable[..., dict[str, Any]],
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.files, self.transform = list(files), transform
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -71,7 +74,7 @@ class ImageFiles:
         path, name = self.files[index]
         item: dict[str, Any] = {"name": str(name), "path": str(path)}
         try:
-            rgb = read_image(path)
+            rgb = read_image(path, self.max_image_pixels)
         except (DataError, OSError) as err:  # OSError: a file removed or unreadable since it was listed
             return {**item, "error": str(err)}
         from seg_template.data.base import image_tensor
@@ -118,8 +121,10 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def image_loader(files: Sequence[tuple[Path, Path]], transform: Callable[..., dict[str, Any]], batch_size: int,
-                 num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over ``files`` yielding :func:`collate` batches of same-size images."""
+                 num_workers: int, pin_memory: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> DataLoader:
+    """A DataLoader over ``files`` yielding :func:`collate` batches of same-size images; a file over
+    ``max_image_pixels`` pixels (predict's option of that name; None: no limit) is named and skipped."""
     from torch.utils.data import DataLoader
 
     if int(batch_size) < 1:
@@ -127,5 +132,6 @@ def image_loader(files: Sequence[tuple[Path, Path]], transform: Callable[..., di
     if int(num_workers) < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
     sampler = SameSizeBatches([header_size(path) for path, _ in files], int(batch_size))
-    return DataLoader(ImageFiles(files, transform), batch_sampler=sampler, num_workers=int(num_workers),
+    limit = pixel_limit(max_image_pixels, "max_image_pixels")
+    return DataLoader(ImageFiles(files, transform, limit), batch_sampler=sampler, num_workers=int(num_workers),
                       collate_fn=collate, pin_memory=pin_memory)

@@ -4,6 +4,7 @@ loader options stop it with a ConfigError naming the key and value."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +136,12 @@ def test_bad_loader_option_names_key_and_value(key: str, value) -> None:
     kwargs = dict(train_set=functools.partial(SyntheticShapes, split="train", length=4), val_set=None,
                   num_classes=6)
     kwargs[key] = value
-    with pytest.raises(ConfigError, match=rf"data\.{key} must be .*{value!r}" if isinstance(value, str)
-                       else rf"data\.{key} must be .*{value}"):
+    # the key and the value, whatever the wording of seg_template/options.py
+    with pytest.raises(ConfigError, match=rf"data\.{key}\b.*{re.escape(repr(value))}" if isinstance(value, str)
+                       else rf"data\.{key}\b.*{re.escape(str(value))}"):
         SegDataModule(**kwargs)
 
 
 def test_unknown_preflight_mode_is_named() -> None:
-    with pytest.raises(ConfigError, match="data.preflight must be one of sample, full, none, got 'fast'"):
+    with pytest.raises(ConfigError, match=r"data\.preflight\b.*'fast'"):
         SegDataModule(train_set=None, val_set=None, num_classes=2, preflight="fast")

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from seg_template.data.io import list_images, read_label_png, require_dir
+from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from seg_template.data.io import list_images, require_dir
 from seg_template.data.paired import PairedFilesDataset, keyed, pair_by_key
 from seg_template.errors import ConfigError
 
@@ -79,11 +80,13 @@ class ADE20KDataset(PairedFilesDataset):
     layout = LAYOUT
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
-                 ignore_index: int = 255, reduce_zero_label: bool = True, strict: bool = True) -> None:
+                 ignore_index: int = 255, reduce_zero_label: bool = True, strict: bool = True,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         if split not in SPLIT_DIRS:
             raise ConfigError(f"ADE20K split (data.*_set.split) must be one of {sorted(SPLIT_DIRS)}, got {split!r}")
         self.reduce_zero_label = reduce_zero_label
-        super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict)
+        super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict,
+                         max_image_pixels=max_image_pixels)
 
     def index_files(self) -> tuple[list[tuple[Path, Path]], list[str]]:
         require_dir(self.root, LAYOUT, "ADE20K root")
@@ -92,13 +95,13 @@ class ADE20KDataset(PairedFilesDataset):
         split = SPLIT_DIRS[self.split]
         image_dir = require_dir(base / "images" / split, LAYOUT, f"ADE20K {split!r} images")
         mask_dir = require_dir(base / "annotations" / split, LAYOUT, f"ADE20K {split!r} annotations")
-        images, dupes = keyed(list_images(image_dir), "", image_dir)
+        images, dupes = keyed(list_images(image_dir, dangling=True), "", image_dir)
         masks, mask_dupes = keyed(sorted(mask_dir.glob("*.png")), ".png", mask_dir)
         pairs, unpaired = pair_by_key(images, masks)
         return pairs, dupes + mask_dupes + unpaired
 
     def read_mask(self, path: Path) -> np.ndarray:
-        mask = read_label_png(path)
+        mask = self.read_label(path)
         if self.reduce_zero_label:
             # 0 ("other") is not a class: it becomes ignore, and every class id moves down by one
             mask = np.where(mask == 0, self.ignore_index, mask - 1)

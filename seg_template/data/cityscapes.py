@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from seg_template.data.io import read_label_png, require_dir
+from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from seg_template.data.io import require_dir
 from seg_template.data.paired import PairedFilesDataset, keyed, pair_by_key
 from seg_template.errors import ConfigError, DataError
 
@@ -74,12 +75,14 @@ class CityscapesDataset(PairedFilesDataset):
     layout = LAYOUT
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
-                 ignore_index: int = 255, label_type: str = "auto", strict: bool = True) -> None:
+                 ignore_index: int = 255, label_type: str = "auto", strict: bool = True,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         if label_type not in ("auto", "trainIds", "labelIds"):
             raise ConfigError(f"data.train_set.label_type must be 'auto', 'trainIds' or 'labelIds', got {label_type!r}")
         self.label_type = label_type
         self._lut = label_id_lut(ignore_index)
-        super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict)
+        super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict,
+                         max_image_pixels=max_image_pixels)
 
     def index_files(self) -> tuple[list[tuple[Path, Path]], list[str]]:
         require_dir(self.root, LAYOUT, "Cityscapes root")
@@ -98,7 +101,7 @@ class CityscapesDataset(PairedFilesDataset):
         return pairs, unpaired + orphans
 
     def read_mask(self, path: Path) -> np.ndarray:
-        mask = read_label_png(path)
+        mask = self.read_label(path)
         if path.name.endswith(LABEL_ID_SUFFIX):
             if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
                 raise DataError(f"mask file {path}: label ids must be 0..255, got {mask.min()}..{mask.max()}")

@@ -1,27 +1,47 @@
 """The dataset doctor: walk every split of a data config and report what is wrong with the files.
 
-Reports per split: image / mask counts, unpaired files, unreadable files, image/mask size mismatches,
-label values outside ``[0, C)`` ∪ {ignore} and per-class pixel frequencies. Every error names its file.
+Reports per split: image / mask counts, unpaired files and dangling symlinks, unreadable or refused files
+(lossy masks, multi-page files, files over the pixel limit), image/mask size mismatches (saying when an EXIF
+orientation explains one), label values outside ``[0, C)`` ∪ {ignore} and per-class pixel frequencies. Every
+error names its file. Warnings are likely mistakes training would not stop on (the ignore index used by a
+class; repeated class names); notes say what the reader does to files that users may not expect (EXIF
+orientation applied, 16-bit samples scaled, a byte-order mark dropped). The doctor never says "no problems"
+while there is a note: a user should know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
 
-from seg_template.data.base import SegmentationDataset
 from seg_template.data.config import SPLITS, build_split, split_config
-from seg_template.data.io import read_image
 from seg_template.data.paired import PairedFilesDataset
+from seg_template.data.sample_check import NOTE_KINDS, count_labels, ignored_class, scan
+
+__all__ = ["SplitReport", "check_config", "check_dataset", "check_split", "count_labels", "format_report"]
+
+#: what a note kind means, printed above its files
+NOTE_HEADLINES = {
+    "orientation": "image(s) with an EXIF orientation, applied as image viewers show them; each mask must match "
+                   "the displayed (turned) image",
+    "mask orientation": "mask(s) with an EXIF orientation, applied to the mask as well",
+    "bit depth": "image(s) with more than 8 bits per sample, scaled to 8 bits by their real range "
+                 "(round(v * 255 / 65535) for 16-bit)",
+    "lossy mask": "mask(s) in a lossy format, accepted by lossy_masks=true: their labels may be altered along edges",
+    "list file": "split list file(s) corrected while reading",
+}
+#: files listed under one note (the count says how many there are)
+NOTE_FILES_SHOWN = 5
 
 
 @dataclass
 class SplitReport:
-    """What the doctor found in one split; ``class_pixels[k]`` counts pixels of class ``k``."""
+    """What the doctor found in one split; ``class_pixels[k]`` counts pixels of class ``k``; ``notes`` maps a
+    kind (``NOTE_KINDS``) to the files it concerns."""
 
     split: str
     num_images: int = 0
@@ -31,120 +51,63 @@ class SplitReport:
     errors: list[str] = field(default_factory=list)
     class_pixels: np.ndarray | None = None
     ignore_pixels: int = 0
-
-
-def count_labels(mask: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, int, list[int]]:
-    """``(pixels per class int64[C], ignored pixels, sorted bad values)`` for a label map ``[H, W]``."""
-    flat = mask.ravel()
-    if flat.size and flat.min() >= 0 and flat.max() < 65536:  # a histogram beats sorting 2-Mpx Cityscapes masks
-        hist = np.bincount(flat)
-        values = np.flatnonzero(hist)
-        counts = hist[values]
-    else:
-        values, counts = np.unique(flat, return_counts=True)
-    per_class = np.zeros(num_classes, dtype=np.int64)
-    inside = (values >= 0) & (values < num_classes)
-    per_class[values[inside]] = counts[inside]
-    ignored = int(counts[values == ignore_index].sum())
-    bad = [int(v) for v in values[~inside & (values != ignore_index)]]
-    return per_class, ignored, bad
-
-
-@dataclass
-class SampleCheck:
-    """What reading one sample found: problems (each naming its file) and its label histogram int64[C]."""
-
-    errors: list[str]
-    class_pixels: np.ndarray
-    ignore_pixels: int = 0
-
-
-def check_sample(dataset: SegmentationDataset, index: int) -> SampleCheck:
-    """Read sample ``index`` of ``dataset`` and check it: readable files, image and mask of one size, labels
-    in ``[0, C)`` or the ignore index. File-backed datasets read image and mask separately so that both
-    problems of a pair are reported; other datasets (synthetic) go through ``load``."""
-    empty = np.zeros(dataset.num_classes, dtype=np.int64)
-    errors: list[str] = []
-    image = mask = None
-    if isinstance(dataset, PairedFilesDataset):
-        image_path, mask_path = dataset.samples[index]
-        where, image_where = str(mask_path), str(image_path)
-        try:
-            image = read_image(image_path)
-        except (OSError, ValueError) as err:
-            errors.append(f"unreadable image: {err}")
-        try:
-            mask = dataset.read_mask(mask_path)
-        except (OSError, ValueError) as err:
-            errors.append(f"unreadable mask: {err}")
-    else:
-        where = image_where = f"{type(dataset).__name__}[{index}]"
-        try:
-            image, mask, name = dataset.load(index)
-            where = image_where = f"{where} ({name})"
-        except (OSError, ValueError) as err:
-            errors.append(f"unreadable sample {where}: {err}")
-    if mask is None:
-        return SampleCheck(errors, empty)
-    if image is not None and image.shape[:2] != mask.shape[:2]:
-        errors.append(f"size mismatch: image {image_where} is {image.shape[1]}x{image.shape[0]} (WxH), "
-                      f"mask {where} is {mask.shape[1]}x{mask.shape[0]}")
-    per_class, ignored, bad = count_labels(mask, dataset.num_classes, dataset.ignore_index)
-    if bad:
-        errors.append(f"label value(s) {bad[:10]} outside [0, {dataset.num_classes}) and not the ignore "
-                      f"index {dataset.ignore_index}: {where}")
-    return SampleCheck(errors, per_class, ignored)
-
-
-class _Checks(Dataset):
-    """``check_sample`` over chosen indices, as a Dataset so that a DataLoader's workers can share the reading."""
-
-    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]) -> None:
-        self.dataset, self.indices = dataset, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> SampleCheck:
-        return check_sample(self.dataset, self.indices[i])
-
-
-def _as_is(check: SampleCheck) -> SampleCheck:
-    return check
-
-
-def scan(dataset: SegmentationDataset, indices: Sequence[int], workers: int = 0) -> Iterator[SampleCheck]:
-    """``check_sample`` for each of ``indices``, in order; ``workers > 0`` reads in that many processes (the
-    DataLoader's worker machinery, the same the training uses)."""
-    workers = min(int(workers), len(indices))
-    if workers <= 1:
-        return (check_sample(dataset, i) for i in indices)
-    loader = DataLoader(_Checks(dataset, indices), batch_size=None, num_workers=workers, collate_fn=_as_is)
-    return iter(loader)
+    warnings: list[str] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def check_split(dataset: PairedFilesDataset, split: str, limit: int | None = None, workers: int = 0) -> SplitReport:
     """Read every (image, mask) pair of ``dataset`` (the first ``limit`` if given) and collect problems;
     ``workers`` processes read in parallel."""
     report = SplitReport(split=split, class_pixels=np.zeros(dataset.num_classes, dtype=np.int64))
-    report.errors += dataset.unpaired
+    report.errors += dataset.unpaired + dataset.refused
+    if dataset.notes:
+        report.notes["list file"] = list(dataset.notes)
     report.num_pairs = len(dataset.samples)
-    report.num_images = report.num_pairs + sum(u.startswith("image without mask") for u in dataset.unpaired)
-    report.num_masks = report.num_pairs + sum(u.startswith("mask without image") for u in dataset.unpaired)
+    refused = len(dataset.refused)  # pairs left out for their lossy masks
+    report.num_images = report.num_pairs + refused + sum(u.startswith("image without mask") for u in dataset.unpaired)
+    report.num_masks = report.num_pairs + refused + sum(u.startswith("mask without image") for u in dataset.unpaired)
     count = report.num_pairs if limit is None else min(limit, report.num_pairs)
+    masks_ignored = 0
     for check in scan(dataset, range(count), workers):
         report.num_checked += 1
         report.errors += check.errors
         report.class_pixels += check.class_pixels
         report.ignore_pixels += check.ignore_pixels
+        masks_ignored += check.ignore_pixels > 0
+        for kind, detail in check.notes:
+            report.notes.setdefault(kind, []).append(detail)
+    warning = ignored_class(dataset, masks_ignored, report.ignore_pixels, report.num_checked)
+    if warning:
+        report.warnings.append(warning)
     return report
+
+
+def check_config(data_cfg: DictConfig) -> list[str]:
+    """Problems of the data config itself: repeated class names, a class-name count other than
+    ``data.num_classes``."""
+    names = data_cfg.get("class_names")
+    if not names:
+        return []
+    names = [str(n) for n in names]
+    problems = []
+    repeated = {name: count for name, count in Counter(names).items() if count > 1}
+    for name, count in repeated.items():
+        positions = [i for i, n in enumerate(names) if n == name]
+        problems.append(f"data.class_names: {name!r} is given {count} times (classes {positions}); classes of one "
+                        f"name share one metrics column (val/IoU/{name}) and one legend entry: name each class "
+                        "once")
+    expected = data_cfg.get("num_classes")
+    if isinstance(expected, int) and expected != len(names):
+        problems.append(f"data.class_names has {len(names)} names but data.num_classes is {expected}")
+    return problems
 
 
 def check_dataset(data_cfg: DictConfig, splits: Sequence[str] = SPLITS, limit: int | None = None,
                   workers: int = 0) -> list[SplitReport]:
     """Check every split that ``data_cfg`` defines (``data.<split>_set`` not null), reading with ``workers``
-    processes."""
-    reports = []
+    processes. Problems of the config itself come first, as a report of split ``config``."""
+    config_problems = check_config(data_cfg)
+    reports = [SplitReport(split="config", errors=config_problems)] if config_problems else []
     for split in splits:
         if split_config(data_cfg, split) is None:
             continue
@@ -164,13 +127,33 @@ def check_dataset(data_cfg: DictConfig, splits: Sequence[str] = SPLITS, limit: i
     return reports
 
 
+def _note_lines(notes: dict[str, list[str]]) -> list[str]:
+    lines = []
+    for kind in sorted(notes, key=lambda k: NOTE_KINDS.index(k) if k in NOTE_KINDS else len(NOTE_KINDS)):
+        details = notes[kind]
+        if kind == "list file":
+            lines += [f"  NOTE {d}" for d in details]
+            continue
+        lines.append(f"  NOTE {len(details)} {NOTE_HEADLINES.get(kind, kind)}:")
+        lines += [f"         {d}" for d in details[:NOTE_FILES_SHOWN]]
+        if len(details) > NOTE_FILES_SHOWN:
+            lines.append(f"         ... and {len(details) - NOTE_FILES_SHOWN} more")
+    return lines
+
+
 def format_report(reports: Sequence[SplitReport], class_names: Sequence[str]) -> str:
-    """A human-readable summary: counts, errors (each naming its file) and class pixel frequencies."""
+    """A human-readable summary: counts, errors (each naming its file), warnings, notes and class pixel
+    frequencies; the last line says FAILED (errors or warnings), OK with notes, or OK."""
     lines = []
     for r in reports:
-        lines.append(f"[{r.split}] images: {r.num_images}  masks: {r.num_masks}  pairs: {r.num_pairs}  "
-                     f"checked: {r.num_checked}  errors: {len(r.errors)}")
+        if r.split == "config":
+            lines.append(f"[config] errors: {len(r.errors)}")
+        else:
+            lines.append(f"[{r.split}] images: {r.num_images}  masks: {r.num_masks}  pairs: {r.num_pairs}  "
+                         f"checked: {r.num_checked}  errors: {len(r.errors)}")
         lines += [f"  ERROR {e}" for e in r.errors]
+        lines += [f"  WARNING {w}" for w in r.warnings]
+        lines += _note_lines(r.notes)
         if r.class_pixels is not None and r.num_checked:
             total = int(r.class_pixels.sum()) + r.ignore_pixels
             lines.append(f"  pixel frequencies ({total} px, {100 * r.ignore_pixels / max(total, 1):.2f}% ignored):")
@@ -179,5 +162,12 @@ def format_report(reports: Sequence[SplitReport], class_names: Sequence[str]) ->
                 flag = "   <- absent" if n == 0 else ""
                 lines.append(f"    {k:>3} {name:<24} {100 * n / max(total, 1):8.4f}%{flag}")
     n_errors = sum(len(r.errors) for r in reports)
-    lines.append("OK: no problems found" if n_errors == 0 else f"FAILED: {n_errors} problem(s)")
+    n_warnings = sum(len(r.warnings) for r in reports)
+    n_notes = sum(len(d) for r in reports for d in r.notes.values())
+    if n_errors or n_warnings:
+        lines.append(f"FAILED: {n_errors + n_warnings} problem(s) ({n_errors} error(s), {n_warnings} warning(s))")
+    elif n_notes:
+        lines.append(f"OK: nothing to fix, but read the NOTEs above: what the reader does to {n_notes} file(s)")
+    else:
+        lines.append("OK: no problems found")
     return "\n".join(lines)

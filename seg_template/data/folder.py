@@ -11,7 +11,8 @@ extension; ``<root>/splits/<split>.txt`` or ``<root>/<split>.txt``)::
     <root>/images/<name>.jpg   <root>/masks/<name>.png   <root>/splits/{train,val}.txt
 
 Masks are single-channel index PNGs or palette PNGs (the palette index is the class), or RGB colour
-masks (``mask_format="rgb"``) with ``colors[k]`` the RGB colour of class ``k``.
+masks (``mask_format="rgb"``) with ``colors[k]`` the RGB colour of class ``k``. Masks in a lossy format
+(JPEG, lossy WebP) are refused unless ``lossy_masks=True``: their compression changes labels along edges.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from seg_template.data.io import (
     IMAGE_EXTENSIONS,
     DatasetLayoutError,
     list_images,
-    read_label_png,
+    read_list_file,
     read_rgb_mask,
     require_dir,
 )
@@ -48,7 +50,8 @@ class FolderDataset(PairedFilesDataset):
                  images_dir: str = "images", masks_dir: str = "masks", mask_suffix: str = "",
                  split_file: str | None = None, mask_format: str = "index",
                  colors: Sequence[Sequence[int]] | None = None, ignore_colors: Sequence[Sequence[int]] = (),
-                 reduce_zero_label: bool = False, strict: bool = True) -> None:
+                 reduce_zero_label: bool = False, strict: bool = True, lossy_masks: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         if not class_names:
             raise ConfigError("FolderDataset needs class names (data.class_names)")
         if mask_format not in ("index", "rgb"):
@@ -64,7 +67,11 @@ class FolderDataset(PairedFilesDataset):
         self.colors = [list(c) for c in colors] if colors else []
         self.ignore_colors = [list(c) for c in ignore_colors]
         self.reduce_zero_label = reduce_zero_label
-        super().__init__(root, split or "", transform=transform, ignore_index=ignore_index, strict=strict)
+        if not isinstance(lossy_masks, bool):
+            raise ConfigError(f"data.train_set.lossy_masks must be true or false, got {lossy_masks!r}")
+        self.lossy_masks = lossy_masks
+        super().__init__(root, split or "", transform=transform, ignore_index=ignore_index, strict=strict,
+                         max_image_pixels=max_image_pixels)
 
     def _list_file(self) -> Path | None:
         if self.split_file:
@@ -89,16 +96,17 @@ class FolderDataset(PairedFilesDataset):
             image_root = require_dir(image_root / self.split, LAYOUT, f"image folder of split {self.split!r} "
                                      f"(and no list file {self.root}/splits/{self.split}.txt)")
             mask_root = require_dir(mask_root / self.split, LAYOUT, f"mask folder of split {self.split!r}")
-        images, dupes = keyed(list_images(image_root, recursive=list_file is None), "", image_root)
-        mask_files = [p for p in list_images(mask_root, recursive=list_file is None)
-                      if p.stem.endswith(self.mask_suffix)]
+        recursive = list_file is None
+        images, dupes = keyed(list_images(image_root, recursive, dangling=True), "", image_root)
+        mask_files = [p for p in list_images(mask_root, recursive, dangling=True) if p.stem.endswith(self.mask_suffix)]
         masks, mask_dupes = keyed(mask_files, "", mask_root)
         if self.mask_suffix:
             masks = {k[: -len(self.mask_suffix)]: v for k, v in masks.items()}
         if list_file is not None:
-            wanted = [Path(line.split()[0]).with_suffix("").as_posix() if Path(line.split()[0]).suffix.lower()
-                      in IMAGE_EXTENSIONS else line.split()[0] for line in list_file.read_text().splitlines()
-                      if line.strip()]
+            names, notes = read_list_file(list_file)
+            self.notes += notes
+            wanted = [Path(name).with_suffix("").as_posix() if Path(name).suffix.lower() in IMAGE_EXTENSIONS
+                      else name for name in names]
             missing = [f"listed in {list_file} but no image {image_root}/{name}.<ext>"
                        for name in wanted if name not in images]
             images = {k: images[k] for k in wanted if k in images}
@@ -109,9 +117,10 @@ class FolderDataset(PairedFilesDataset):
 
     def read_mask(self, path: Path) -> np.ndarray:
         if self.mask_format == "rgb":
-            mask = read_rgb_mask(path, self.colors, self.ignore_colors, self.ignore_index)
+            mask = read_rgb_mask(path, self.colors, self.ignore_colors, self.ignore_index, self.lossy_masks,
+                                 self.max_image_pixels)
         else:
-            mask = read_label_png(path)
+            mask = self.read_label(path)
         if self.reduce_zero_label:
             mask = np.where(mask == 0, self.ignore_index, np.where(mask == self.ignore_index, mask, mask - 1))
         return mask

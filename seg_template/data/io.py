@@ -1,18 +1,39 @@
-"""Reading images and masks from disk with errors that name the file at fault.
+"""The one reader of images and masks: datasets, predict, the pre-flight, the dataset doctor and the class-weight
+script all read files through these functions, so every file is decoded the same way and every problem is
+reported naming the file.
 
-Every dataset family reads through these helpers, so a corrupt JPEG, a mask with an
-unknown colour or a label out of range is reported the same way everywhere.
+An image arrives as viewers show it: EXIF orientation applied, 16-bit and float samples scaled by their real
+range (``decoding.py``). A mask keeps its stored integer values (8-, 16- or 1/2/4-bit grey, palette indices)
+and its EXIF orientation too; a lossy mask (JPEG, lossy WebP) is refused unless the dataset accepts them
+explicitly. Multi-page files and files over the pixel limit are refused, naming the page count or the size.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from seg_template.data.decoding import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    SWAPS_AXES,
+    ImageInfo,
+    check_pages,
+    check_size,
+    header_info,
+    image_rgb,
+    index_values,
+    orient,
+    own_size_check,
+)
 from seg_template.errors import ConfigError, DataError, MissingFileError
+
+#: how a dataset accepts lossy masks, for the error message
+LOSSY_OPTION = "data.train_set.lossy_masks=true (data=folder)"
 
 #: the image files the datasets, the dataset tools and predict.py accept (compared lower-case)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -35,44 +56,101 @@ def require_dir(path: Path, layout: str, what: str = "dataset root") -> Path:
     return path
 
 
-def _open(path: Path) -> Image.Image:
+def dangling_target(path: Path) -> str | None:
+    """``"<link> -> <target>"`` when ``path`` is a symbolic link whose target does not exist, else None."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        try:
+            return f"{path} -> {os.readlink(path)}"
+        except OSError:
+            return str(path)
+    return None
+
+
+def _missing(path: Path) -> MissingFileError:
+    link = dangling_target(path)
+    if link:
+        return MissingFileError(f"dangling symlink: {link} (the file it points to does not exist)")
+    return MissingFileError(f"image file not found: {path}")
+
+
+def open_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, ImageInfo]:
+    """Open and decode ``path``; raise naming the file when it is missing (or a dangling symlink), unreadable,
+    multi-page or over ``max_pixels`` pixels (checked from the header, before decoding)."""
+    path = Path(path)
     try:
-        img = Image.open(path)
-        img.load()  # decode now: PIL is lazy and a truncated file would only fail later, far from its name
-    except FileNotFoundError:
+        with own_size_check():
+            img = Image.open(path)
+            info = header_info(img)
+            check_size(info, path, max_pixels)
+            check_pages(info, path)
+            img.load()  # decode now: PIL is lazy and a truncated file would only fail later, far from its name
+    except FileNotFoundError as err:
+        raise _missing(path) from err
+    except DataError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableImageError(f"cannot read image file {path}: {err}") from err
-    return img
+    if img.format == "PNG" and info.orientation == 1:
+        info = replace(info, orientation=header_info(img, loaded=True).orientation)  # an eXIf after the pixels
+    return img, info
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB image as ``uint8[H, W, 3]`` (grey and RGBA are converted)."""
-    return np.asarray(_open(Path(path)).convert("RGB"))
+def probe_image(path: Path) -> ImageInfo | None:
+    """The facts in ``path``'s header (format, mode, stored size, bit depth, orientation, pages, lossy) without
+    decoding it or applying any limit; None when it is not a readable image (reading it names the cause)."""
+    try:
+        with own_size_check(), Image.open(path) as img:
+            return header_info(img)
+    except Exception:  # noqa: BLE001 - any failure is reported, with the file's name, when the file is read
+        return None
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    """Single-channel label map as ``int64[H, W]``.
+def load_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+    """``(uint8[H, W, 3] RGB as viewers show it, the file's facts)``: EXIF orientation applied, 16-bit and float
+    samples scaled by their real range, grey / palette / CMYK converted, alpha dropped."""
+    img, info = open_image(path, max_pixels)
+    return orient(image_rgb(img, info, Path(path)), info.orientation), info
 
-    A palette ('P') PNG yields its palette indices (VOC style), an 'L'/'I' PNG its values. An RGB file
-    is refused here because its colours need a colour table (``read_rgb_mask``).
+
+def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """RGB image as ``uint8[H, W, 3]``, as image viewers show it (see :func:`load_image`)."""
+    return load_image(path, max_pixels)[0]
+
+
+def _mask_image(path: Path, lossy_ok: bool, max_pixels: int | None) -> tuple[Image.Image, ImageInfo]:
+    img, info = open_image(path, max_pixels)
+    if info.lossy and not lossy_ok:
+        raise DataError(f"mask file {path} is {info.format}, a lossy format: its compression changes labels "
+                        "along edges (and invents values between classes). Save masks as PNG, or accept them "
+                        f"as they are with {LOSSY_OPTION}")
+    return img, info
+
+
+def read_label_png(path: Path, lossy_ok: bool = False,
+                   max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Single-channel label map as ``int64[H, W]``, in the orientation viewers show.
+
+    A palette ('P') image yields its palette indices (VOC style), a grey one its values as stored (8-bit,
+    16-bit, or 1/2/4-bit), an integer-valued float TIFF its values. An RGB file is refused here because its
+    colours need a colour table (``read_rgb_mask``); a lossy file (JPEG, lossy WebP) unless ``lossy_ok``.
     """
-    img = _open(Path(path))
+    img, info = _mask_image(Path(path), lossy_ok, max_pixels)
     if img.mode in ("RGB", "RGBA"):
         raise DataError(f"mask file {path} is an {img.mode} colour image; index masks must be single-channel "
                         "(grey or palette PNG). For colour masks set the colour table (mask_format: rgb)")
-    if img.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
-        img = img.convert("L")
-    return np.asarray(img).astype(np.int64)
+    return orient(index_values(img, info, Path(path)), info.orientation)
 
 
 def read_rgb_mask(path: Path, colors: Sequence[Sequence[int]], ignore_colors: Iterable[Sequence[int]] = (),
-                  ignore_index: int = 255) -> np.ndarray:
+                  ignore_index: int = 255, lossy_ok: bool = False,
+                  max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Colour mask -> ``int64[H, W]`` class indices: ``colors[k]`` is class ``k``'s RGB triple.
 
     Pixels in ``ignore_colors`` become ``ignore_index``; any other colour raises naming colour and file.
     """
-    rgb = np.asarray(_open(Path(path)).convert("RGB")).astype(np.int64)
+    img, info = _mask_image(Path(path), lossy_ok, max_pixels)
+    rgb = orient(image_rgb(img, info, Path(path)), info.orientation).astype(np.int64)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     table = {_code(c): k for k, c in enumerate(colors)}
     table.update({_code(c): ignore_index for c in ignore_colors})
@@ -107,17 +185,51 @@ def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, path: Pa
     return mask
 
 
-def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
+def size_mismatch(image_hw: Sequence[int], mask_hw: Sequence[int], image_path: Path | str, mask_path: Path | str,
+                  orientation: int = 1) -> str | None:
+    """The message for an image ``[H, W, ...]`` and a mask ``[H, W]`` of different sizes (None if they agree); when
+    the mask has the image's stored size but the image's EXIF orientation turns it, the message says so."""
+    (ih, iw), (mh, mw) = image_hw[:2], mask_hw[:2]
+    if (ih, iw) == (mh, mw):
+        return None
+    message = f"size mismatch: image {image_path} is {iw}x{ih} (WxH) but mask {mask_path} is {mw}x{mh}"
+    if orientation in SWAPS_AXES and (iw, ih) == (mh, mw):
+        message += (f"; the image's EXIF orientation {orientation} turns it, as every image viewer does, and the "
+                    "mask matches the unturned image: turn the mask the same way (or remove the tag from the image "
+                    "if the mask is right)")
+    return message
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path,
+                    orientation: int = 1) -> None:
     """Raise if image ``[H, W, 3]`` and mask ``[H, W]`` differ in size, naming both files."""
-    if image.shape[:2] != mask.shape[:2]:
-        raise DataError(f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but mask "
-                        f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}")
+    message = size_mismatch(image.shape, mask.shape, image_path, mask_path, orientation)
+    if message:
+        raise DataError(message)
 
 
-def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files (any of ``IMAGE_EXTENSIONS``, case-insensitive) in ``folder``, sorted."""
+def list_images(folder: Path, recursive: bool = False, dangling: bool = False) -> list[Path]:
+    """Image files (any of ``IMAGE_EXTENSIONS``, case-insensitive) in ``folder``, sorted; with ``dangling``
+    also symbolic links to files that do not exist (so that the reader names them)."""
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in Path(folder).glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in Path(folder).glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS
+                  and (p.is_file() or (dangling and dangling_target(p) is not None)))
+
+
+def read_list_file(path: Path) -> tuple[list[str], list[str]]:
+    """``(names, notes)`` from a split list: the first token of each non-blank line. A byte-order mark (which
+    Windows editors write and which would glue itself invisibly to the first name), CRLF line ends and
+    trailing spaces are dropped; ``notes`` says when a BOM was."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"split list {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
+                        "UTF-8, one name per line") from err
+    notes = []
+    if "\ufeff" in text:
+        notes.append(f"split list {path} holds an invisible byte-order mark (U+FEFF), ignored")
+        text = text.replace("\ufeff", "")
+    return [line.split()[0] for line in text.splitlines() if line.strip()], notes
 
 
 def format_paths(paths: Sequence[Path | str], limit: int = 10) -> str:

@@ -1,7 +1,8 @@
 """Base class for datasets stored as (image file, mask file) pairs on disk.
 
 Subclasses find their pairs (``index_files``) and say how a mask file becomes train ids
-(``read_mask``); reading, size / label validation and the dataset doctor's hooks live here.
+(``read_mask``, through ``read_label``); reading (the one reader in ``io.py``), size / label validation and
+the dataset doctor's hooks live here.
 """
 
 from __future__ import annotations
@@ -13,33 +14,60 @@ from typing import Any
 import numpy as np
 
 from seg_template.data.base import SegmentationDataset
-from seg_template.data.io import DatasetLayoutError, check_labels, check_same_size, format_paths, read_image
+from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
+from seg_template.data.io import (
+    LOSSY_OPTION,
+    DatasetLayoutError,
+    check_labels,
+    check_same_size,
+    dangling_target,
+    format_paths,
+    load_image,
+    probe_image,
+    read_label_png,
+)
+from seg_template.errors import DataError
+
+#: mask file suffixes that are always lossy (WebP may be either: its header says)
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
 class PairedFilesDataset(SegmentationDataset):
     """A dataset of ``samples = [(image_path, mask_path), ...]``.
 
-    ``strict=False`` keeps going when files are unpaired and records them in ``unpaired`` instead
-    of raising: that is how ``scripts/check_dataset.py`` reports every problem at once.
+    ``strict=False`` keeps going when files are unpaired (or masks lossy) and records them in ``unpaired``
+    (``refused``) instead of raising: that is how ``scripts/check_dataset.py`` reports every problem at once.
+    ``notes`` records what indexing corrected (a byte-order mark in a list file) for the doctor.
+    ``max_image_pixels``: larger files are refused before decoding (None: no limit).
     """
 
     #: the on-disk layout, printed when the root or a split is missing
     layout: str = ""
+    #: lossy masks (JPEG, lossy WebP) are refused unless a dataset accepts them (``FolderDataset(lossy_masks=)``)
+    lossy_masks: bool = False
 
     def __init__(self, root: str | Path, split: str, transform: Callable[..., dict[str, Any]] | None = None,
-                 ignore_index: int = 255, strict: bool = True) -> None:
+                 ignore_index: int = 255, strict: bool = True,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         super().__init__(transform=transform, ignore_index=ignore_index)
         if root is None:
             raise DatasetLayoutError(f"{type(self).__name__}: data.root is not set; expected layout:\n{self.layout}")
         self.root = Path(root).expanduser()
         self.split = split
         self.strict = strict
+        self.max_image_pixels = pixel_limit(max_image_pixels)
+        self.notes: list[str] = []
         pairs, unpaired = self.index_files()
+        pairs, self.refused = self.refuse_lossy_masks(pairs)
         self.samples: list[tuple[Path, Path]] = sorted(pairs)
         self.unpaired: list[str] = unpaired
         if unpaired and strict:
             raise DatasetLayoutError(f"{type(self).__name__} split {split!r} under {self.root}: "
-                                     f"{len(unpaired)} unpaired file(s):{format_paths(unpaired)}")
+                                     f"{len(unpaired)} unpaired or missing file(s):{format_paths(unpaired)}")
+        if self.refused and strict:
+            raise DataError(f"{type(self).__name__} split {split!r} under {self.root}: {len(self.refused)} "
+                            f"mask(s) in a lossy format:{format_paths(self.refused)}\nIts compression changes "
+                            f"labels along edges: save masks as PNG, or accept them with {LOSSY_OPTION}")
         if not self.samples and strict:
             raise DatasetLayoutError(f"{type(self).__name__} split {split!r}: no image/mask pairs found under "
                                      f"{self.root}; expected layout:\n{self.layout}")
@@ -52,6 +80,25 @@ class PairedFilesDataset(SegmentationDataset):
         """Mask file -> train ids ``int64[H, W]`` (not yet range-checked)."""
         raise NotImplementedError
 
+    def read_label(self, path: Path) -> np.ndarray:
+        """An index mask file as stored ``int64[H, W]``, through the one reader with this dataset's options."""
+        return read_label_png(path, lossy_ok=self.lossy_masks, max_pixels=self.max_image_pixels)
+
+    def refuse_lossy_masks(self, pairs: Sequence[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[str]]:
+        """``(pairs kept, messages)``: masks in a lossy format are found from their names (and a WebP's header)
+        while indexing, so that one JPEG mask among thousands stops the run before training, not hours in."""
+        if self.lossy_masks:
+            return list(pairs), []
+        kept, refused = [], []
+        for image, mask in pairs:
+            suffix = mask.suffix.lower()
+            info = probe_image(mask) if suffix == ".webp" else None
+            if suffix in LOSSY_SUFFIXES or (info is not None and info.lossy):
+                refused.append(f"lossy mask ({'JPEG' if info is None else info.format}): {mask}")
+            else:
+                kept.append((image, mask))
+        return kept, refused
+
     def sample_name(self, image_path: Path) -> str:
         return image_path.stem
 
@@ -60,9 +107,9 @@ class PairedFilesDataset(SegmentationDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         image_path, mask_path = self.samples[index]
-        image = read_image(image_path)
+        image, info = load_image(image_path, self.max_image_pixels)
         mask = self.read_mask(mask_path)
-        check_same_size(image, mask, image_path, mask_path)
+        check_same_size(image, mask, image_path, mask_path, info.orientation)
         check_labels(mask, self.num_classes, self.ignore_index, mask_path)
         # uint8 keeps albumentations/cv2 happy (cv2 cannot warp or pad int64 arrays)
         if 0 <= self.ignore_index <= 255 and self.num_classes <= 256:
@@ -73,10 +120,20 @@ class PairedFilesDataset(SegmentationDataset):
 
 
 def pair_by_key(images: dict[str, Path], masks: dict[str, Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Match two ``key -> path`` maps; return pairs and messages for the orphans on either side."""
-    pairs = [(images[k], masks[k]) for k in sorted(images.keys() & masks.keys())]
-    unpaired = [f"image without mask: {images[k]}" for k in sorted(images.keys() - masks.keys())]
-    unpaired += [f"mask without image: {masks[k]}" for k in sorted(masks.keys() - images.keys())]
+    """Match two ``key -> path`` maps; return pairs and messages for the orphans on either side. A path that is
+    a dangling symbolic link is named as one (not as the other file's missing partner)."""
+    pairs, unpaired = [], []
+    for key in sorted(images.keys() | masks.keys()):
+        image, mask = images.get(key), masks.get(key)
+        links = [link for link in (dangling_target(p) for p in (image, mask) if p is not None) if link]
+        if links:
+            unpaired += [f"dangling symlink: {link} (the file it points to does not exist)" for link in links]
+        elif mask is None:
+            unpaired.append(f"image without mask: {image}")
+        elif image is None:
+            unpaired.append(f"mask without image: {mask}")
+        else:
+            pairs.append((image, mask))
     return pairs, unpaired
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from seg_template.data.io import DatasetLayoutError, read_label_png, require_dir
+from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS
+from seg_template.data.io import DatasetLayoutError, dangling_target, read_list_file, require_dir
 from seg_template.data.paired import PairedFilesDataset
 from seg_template.data.palette import default_palette
 
@@ -40,11 +41,15 @@ LAYOUT = """\
   (optional SBD) VOCdevkit/VOC2012/SegmentationClassAug/<id>.png + ImageSets/Segmentation/aug.txt"""
 
 
-def read_id_list(path: Path) -> list[str]:
-    """Ids from a VOC list file (one per line; the first token, so 'id 1' style lines work too)."""
+def read_id_list(path: Path, notes: list[str] | None = None) -> list[str]:
+    """Ids from a VOC list file (one per line; the first token, so 'id 1' style lines work too); what the
+    reading corrected (a byte-order mark) is appended to ``notes``."""
     if not path.is_file():
         raise DatasetLayoutError(f"split list not found: {path}\nexpected layout:\n{LAYOUT}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids, found = read_list_file(path)
+    if notes is not None:
+        notes += found
+    return ids
 
 
 class VOCDataset(PairedFilesDataset):
@@ -56,11 +61,13 @@ class VOCDataset(PairedFilesDataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
                  ignore_index: int = 255, use_aug: bool = False, aug_list: str = "ImageSets/Segmentation/aug.txt",
-                 aug_dir: str = "SegmentationClassAug", strict: bool = True) -> None:
+                 aug_dir: str = "SegmentationClassAug", strict: bool = True,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.use_aug = use_aug
         self.aug_list = aug_list
         self.aug_dir = aug_dir
-        super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict)
+        super().__init__(root, split, transform=transform, ignore_index=ignore_index, strict=strict,
+                         max_image_pixels=max_image_pixels)
 
     @property
     def voc_dir(self) -> Path:
@@ -73,16 +80,20 @@ class VOCDataset(PairedFilesDataset):
         require_dir(self.root, LAYOUT, "VOC root")
         voc = require_dir(self.voc_dir, LAYOUT, "VOC2012 folder")
         lists = voc / "ImageSets" / "Segmentation"
-        ids = read_id_list(lists / f"{self.split}.txt")
+        ids = read_id_list(lists / f"{self.split}.txt", self.notes)
         entries = [(i, voc / "SegmentationClass") for i in ids]
         if self.use_aug and self.split == "train":
             aug_dir = require_dir(voc / self.aug_dir, LAYOUT, "SBD mask folder (data.train_set.aug_dir)")
             excluded = set(ids) | set(read_id_list(lists / "val.txt"))
-            entries += [(i, aug_dir) for i in dict.fromkeys(read_id_list(voc / self.aug_list)) if i not in excluded]
+            entries += [(i, aug_dir) for i in dict.fromkeys(read_id_list(voc / self.aug_list, self.notes))
+                        if i not in excluded]
         pairs, unpaired = [], []
         for sample_id, mask_dir in entries:
             image, mask = voc / "JPEGImages" / f"{sample_id}.jpg", mask_dir / f"{sample_id}.png"
-            if not image.is_file():
+            links = [link for link in map(dangling_target, (image, mask)) if link]
+            if links:
+                unpaired += [f"dangling symlink: {link} (the file it points to does not exist)" for link in links]
+            elif not image.is_file():
                 unpaired.append(f"listed id {sample_id!r} has no image: {image}")
             elif not mask.is_file():
                 unpaired.append(f"image without mask: {image} (expected {mask})")
@@ -91,4 +102,4 @@ class VOCDataset(PairedFilesDataset):
         return pairs, unpaired
 
     def read_mask(self, path: Path) -> np.ndarray:
-        return read_label_png(path)  # palette index == class index; 255 marks boundaries
+        return self.read_label(path)  # palette index == class index; 255 marks boundaries

@@ -1,0 +1,479 @@
+"""Catalogue of bad inputs, family "decoding" (issue 17): what a file holds is decoded right, by the one reader
+(``seg_template/data/io.py``) that datasets, predict, the pre-flight and the dataset doctor share.
+
+Each case builds its files in a tmp folder and asserts the right outcome (an image upright, samples scaled by
+their real depth, a mask's values kept) or one short message naming the file (a ``UserError``), and that the
+dataset doctor (``scripts/check_dataset.py``) never says "OK: no problems found" on any of them.
+
+    pytest tests/test_bad_inputs_decoding.py -v          # the family; -m slow adds the real scripts
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg_template.cli import user_message
+from seg_template.data.datamodule import SegDataModule
+from seg_template.data.doctor import check_dataset, format_report
+from seg_template.data.folder import FolderDataset
+from seg_template.data.io import read_image, read_label_png, read_rgb_mask
+from seg_template.data.transforms import eval_transform
+from seg_template.data.voc import VOCDataset
+from seg_template.errors import DataError, MissingFileError
+from seg_template.predict import run_predict
+from seg_template.predict_inputs import image_loader, input_files
+from seg_template.train import train
+from tests.bad_input_files import FOLDER, PREDICT, Workspace, assert_short_named, raised_user_error
+from tests.fixtures import folder_class_names, make_folder, make_voc
+from tests.helpers import run_script
+from tests.test_scripts import data_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
+NAMES = folder_class_names(3)
+H, W = 32, 48  # make_folder's default size: the displayed size every image of a case must have
+
+
+# ---- file writers --------------------------------------------------------------------------------------------
+
+def scene(h: int = H, w: int = W) -> tuple[np.ndarray, np.ndarray]:
+    """An upright ``(rgb uint8[h, w, 3], mask uint8[h, w])``: four quadrants of distinct colours and classes
+    (top-left red = 1, top-right green = 2, bottom-left blue = 0, bottom-right yellow = 1)."""
+    rgb = np.zeros((h, w, 3), np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    for (rows, cols), colour, label in (((slice(0, h // 2), slice(0, w // 2)), (255, 0, 0), 1),
+                                        ((slice(0, h // 2), slice(w // 2, w)), (0, 255, 0), 2),
+                                        ((slice(h // 2, h), slice(0, w // 2)), (0, 0, 255), 0),
+                                        ((slice(h // 2, h), slice(w // 2, w)), (255, 255, 0), 1)):
+        rgb[rows, cols], mask[rows, cols] = colour, label
+    return rgb, mask
+
+
+#: what a file must store so that a viewer applying its EXIF orientation shows the upright array
+STORED = {6: lambda a: np.rot90(a, 1), 8: lambda a: np.rot90(a, -1), 3: lambda a: a[::-1, ::-1]}
+
+
+def exif(orientation: int) -> bytes:
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    return tags.tobytes()
+
+
+def save_exif(path: Path, upright: np.ndarray, orientation: int) -> Path:
+    """``upright`` stored turned, with the EXIF orientation that turns it back (JPEG for images, PNG for masks)."""
+    stored = np.ascontiguousarray(STORED[orientation](upright))
+    options = {"quality": 95} if path.suffix == ".jpg" else {}
+    Image.fromarray(stored).save(path, exif=exif(orientation), **options)
+    return path
+
+
+def huge_png(path: Path, width: int = 10_000, height: int = 10_000) -> Path:
+    """A PNG whose header says ``width x height`` (100 Mpx: over PIL's limit) but holds almost no data: the
+    shape of a decompression bomb, in 60 bytes. A reader that decodes it before checking would fail."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def ramp16(h: int = H, w: int = W, channels: int = 1) -> np.ndarray:
+    """``uint16[h, w(, c)]`` spanning 0..65535 (every value of a channel distinct enough to tell rounding)."""
+    values = np.linspace(0, 65535, h * w * channels).round().astype(np.uint16)
+    return values.reshape((h, w, channels) if channels > 1 else (h, w))
+
+
+def scaled(values: np.ndarray) -> np.ndarray:
+    """What the reader must give for 16-bit samples: ``round(v * 255 / 65535)``."""
+    return np.rint(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+
+
+def folder(tmp_path: Path, **kwargs) -> Path:
+    return make_folder(tmp_path / "data", splits={"train": 3, "val": 1}, **kwargs)
+
+
+def replace_image(root: Path, new_name: str, write: Callable[[Path], object], old: str = "train_000.jpg") -> Path:
+    (root / "images" / "train" / old).unlink()
+    path = root / "images" / "train" / new_name
+    write(path)
+    return path
+
+
+def dataset(root: Path, **kwargs) -> FolderDataset:
+    return FolderDataset(root, kwargs.pop("class_names", NAMES), kwargs.pop("split", "train"), **kwargs)
+
+
+def doctor(root: Path, *overrides: str, num_classes: int = 3) -> tuple[str, list]:
+    """The dataset doctor on a folder root: ``(printed report, reports)``."""
+    names = ",".join(folder_class_names(num_classes))
+    reports = check_dataset(data_cfg("folder", root, f"data.num_classes={num_classes}",
+                                     f"data.class_names=[{names}]", *overrides))
+    return format_report(reports, folder_class_names(num_classes)), reports
+
+
+# ---- EXIF orientation ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_rotated_photo_reaches_the_model_upright(tmp_path: Path, orientation: int) -> None:
+    """A phone JPEG stored sideways with orientation 6 / 8 and a mask drawn on the upright picture: every
+    quadrant of the image arrives where its class is (square, so a size check could never have told)."""
+    root = folder(tmp_path, size=(32, 32))
+    rgb, mask = scene(32, 32)
+    path = replace_image(root, "train_000.jpg", lambda p: save_exif(p, rgb, orientation))
+    Image.fromarray(mask).save(root / "masks" / "train" / "train_000.png")
+    stored = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert np.abs(stored - rgb).mean() > 50  # read as stored (the old reader), every quadrant was elsewhere
+    sample = dataset(root)[0]
+    image = (sample["image"].numpy().transpose(1, 2, 0) * 255).round().astype(int)
+    inner = np.ones((32, 32), bool)  # away from the quadrant borders, where JPEG's chroma subsampling blurs
+    inner[12:20], inner[:, 12:20] = False, False
+    assert np.abs(image - rgb)[inner].max() < 40 and np.abs(image - rgb).mean() < 8
+    assert np.array_equal(sample["mask"].numpy(), mask)
+    text, _ = doctor(root)
+    assert f"{path} (EXIF orientation {orientation}:" in text and "OK: no problems found" not in text
+
+
+def test_exif_on_a_mask_is_applied_too(tmp_path: Path) -> None:
+    _, mask = scene()
+    path = save_exif(tmp_path / "mask.png", mask, 6)
+    assert Image.open(path).size == (H, W)  # stored sideways
+    assert np.array_equal(read_label_png(path), mask)
+
+
+def test_exif_size_mismatch_says_the_mask_matches_the_stored_image(tmp_path: Path) -> None:
+    """A mask drawn on the sideways (stored) picture: refused, and the message says why the sizes differ."""
+    root = folder(tmp_path)
+    rgb, _ = scene()
+    path = replace_image(root, "train_000.jpg", lambda p: save_exif(p, rgb, 6))
+    Image.fromarray(np.zeros((W, H), np.uint8)).save(root / "masks" / "train" / "train_000.png")
+    err = raised_user_error(lambda: dataset(root)[0])
+    assert isinstance(err, DataError)
+    assert_short_named(user_message(err), rf"size mismatch: image {re.escape(str(path))}.*EXIF orientation 6.*"
+                                          "unturned image")
+
+
+def test_predict_writes_masks_in_the_displayed_orientation(compose_cfg, tmp_path: Path) -> None:
+    """Stored 40x24 (WxH) with orientation 6: displayed 24x40, and so are its mask, colours and overlay."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 24, 3), dtype=np.uint8)  # upright: 24 wide, 40 high
+    save_exif(images / "phone.jpg", rgb, 6)
+    assert Image.open(images / "phone.jpg").size == (40, 24)
+    workspace = Workspace(tmp_path / "files", compose_cfg)
+    workspace.root.mkdir()
+    out = tmp_path / "out"
+    cfg = compose_cfg("predict", [*PREDICT, "device=cpu", f"ckpt_path={workspace['good']}", f"input={images}"],
+                      output_dir=out)
+    cfg.output_dir = str(out)
+    run_predict(cfg, [])
+    assert np.asarray(Image.open(out / "masks" / "phone.png")).shape == (40, 24)
+    assert np.asarray(Image.open(out / "color" / "phone.png")).shape[:2] == (40, 24)
+
+
+# ---- bit depth ---------------------------------------------------------------------------------------------------
+
+def _grey16_png(path: Path, values: np.ndarray) -> None:
+    Image.fromarray(values).save(path)  # PIL writes uint16 arrays as 16-bit grey (mode I;16)
+
+
+def _rgb48_png(path: Path, values: np.ndarray) -> None:
+    cv2.imwrite(str(path), values[..., ::-1])  # OpenCV writes uint16 BGR as a 48-bit PNG / 16-bit RGB TIFF
+
+
+@pytest.mark.parametrize(("suffix", "write", "values"), [
+    (".png", _grey16_png, ramp16()),
+    (".tif", _grey16_png, ramp16()),
+    (".png", _rgb48_png, ramp16(channels=3)),
+    (".tif", _rgb48_png, ramp16(channels=3)),
+], ids=["grey16_png", "grey16_tiff", "rgb48_png", "rgb48_tiff"])
+def test_16_bit_images_are_scaled_by_their_depth(tmp_path: Path, suffix: str, write, values: np.ndarray) -> None:
+    """Not all white (16-bit grey through PIL's RGB conversion), not the high byte (PIL's 16-bit colour):
+    ``round(v * 255 / 65535)``, through the reader and through a dataset."""
+    root = folder(tmp_path)
+    path = replace_image(root, f"train_000{suffix}", lambda p: write(p, values))
+    expected = scaled(values if values.ndim == 3 else np.repeat(values[..., None], 3, axis=2))
+    assert np.array_equal(read_image(path), expected)
+    image = dataset(root)[0]["image"].numpy().transpose(1, 2, 0)
+    assert np.array_equal((image * 255).round().astype(np.uint8), expected)
+    assert (expected == 255).mean() < 0.01  # the old all-white image
+    text, _ = doctor(root)
+    assert f"{path} (16-bit" in text and "OK: no problems found" not in text
+
+
+def test_float_image_outside_0_1_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.full((4, 4), 300.0, np.float32)).save(path)
+    err = raised_user_error(lambda: read_image(path))
+    assert_short_named(user_message(err), rf"{re.escape(str(path))} holds floating-point values in \[300, 300\]")
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(path)  # [0, 1] intensities are read as such
+    assert (read_image(path) == 128).all()
+
+
+def test_4_bit_and_16_bit_index_masks_keep_their_values(tmp_path: Path) -> None:
+    mask = np.arange(16, dtype=np.uint8).reshape(2, 8)
+    Image.fromarray(mask).save(tmp_path / "m4.png", bits=4)  # PIL reads 4-bit grey as 0, 17, 34 ... 255
+    assert Image.open(tmp_path / "m4.png").tile[0].args == "L;4"
+    assert np.array_equal(read_label_png(tmp_path / "m4.png"), mask)
+    wide = (np.arange(16, dtype=np.uint16) * 1000).reshape(2, 8)
+    Image.fromarray(wide).save(tmp_path / "m16.png")
+    assert np.array_equal(read_label_png(tmp_path / "m16.png"), wide)
+
+
+# ---- lossy masks ---------------------------------------------------------------------------------------------------
+
+def _jpeg_mask(root: Path) -> Path:
+    png = root / "masks" / "train" / "train_001.png"
+    path = png.with_suffix(".jpg")
+    Image.open(png).convert("L").save(path, quality=90)
+    png.unlink()
+    return path
+
+
+def test_jpeg_mask_is_refused_naming_the_file(tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    path = _jpeg_mask(root)
+    err = raised_user_error(lambda: dataset(root))
+    assert isinstance(err, DataError)
+    assert_short_named(user_message(err), rf"lossy mask \(JPEG\): {re.escape(str(path))}.*lossy_masks=true")
+    accepted = dataset(root, lossy_masks=True)  # explicitly: read as they are
+    assert accepted[1]["mask"].shape == (H, W)
+    text, _ = doctor(root)
+    assert f"lossy mask (JPEG): {path}" in text and "FAILED" in text
+    text, _ = doctor(root, "data.train_set.lossy_masks=true")
+    assert f"{path} (JPEG)" in text and "OK: no problems found" not in text
+
+
+def test_jpeg_mask_stops_training_even_with_a_full_preflight(compose_cfg, tmp_path: Path) -> None:
+    """It used to pass ``data.preflight=full`` and train on labels the compression had changed."""
+    root = folder(tmp_path)
+    path = _jpeg_mask(root)
+    cfg = compose_cfg("train", [*FOLDER, f"data.root={root}", "data.preflight=full"], output_dir=tmp_path / "out")
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, DataError)
+    assert_short_named(user_message(err), rf"lossy mask \(JPEG\): {re.escape(str(path))}")
+
+
+def test_png_named_mask_holding_a_jpeg_is_refused(tmp_path: Path) -> None:
+    """The format is read from the file, not its name (a VOC mask re-saved by a careless tool)."""
+    root = make_voc(tmp_path, splits={"train": 2, "val": 1})
+    mask = root / "VOCdevkit/VOC2012/SegmentationClass/2007_train_0000.png"
+    Image.open(mask).convert("L").save(mask, format="JPEG")
+    err = raised_user_error(lambda: VOCDataset(root, "train")[0])
+    assert_short_named(user_message(err), rf"mask file {re.escape(str(mask))} is JPEG, a lossy format")
+
+
+def test_lossy_webp_mask_is_refused_lossless_accepted(tmp_path: Path) -> None:
+    """WebP may be either: its header says (``VP8 `` lossy, ``VP8L`` lossless). WebP has no grey mode, so a
+    colour mask is the WebP case."""
+    _, mask = scene()
+    colours = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+    rgb = np.asarray(colours, np.uint8)[mask]
+    Image.fromarray(rgb).save(tmp_path / "lossy.webp", quality=80)
+    Image.fromarray(rgb).save(tmp_path / "lossless.webp", lossless=True)
+    err = raised_user_error(lambda: read_rgb_mask(tmp_path / "lossy.webp", colours))
+    assert_short_named(user_message(err), r"lossy\.webp is WEBP, a lossy format")
+    assert np.array_equal(read_rgb_mask(tmp_path / "lossless.webp", colours), mask)
+
+
+# ---- pages and size --------------------------------------------------------------------------------------------------
+
+def _three_pages(path: Path) -> None:
+    pages = [Image.fromarray(np.full((H, W, 3), v, np.uint8)) for v in (10, 20, 30)]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+
+
+def test_multi_page_tiff_is_refused_naming_the_page_count(compose_cfg, tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    path = replace_image(root, "train_000.tif", _three_pages)
+    cfg = compose_cfg("train", [*FOLDER, f"data.root={root}", "data.preflight=full"], output_dir=tmp_path / "out")
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, DataError)
+    assert_short_named(user_message(err), rf"{re.escape(str(path))} holds 3 pages/frames \(TIFF\)")
+
+
+def test_animated_png_mask_is_refused(tmp_path: Path) -> None:
+    frames = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (0, 1)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    err = raised_user_error(lambda: read_label_png(tmp_path / "anim.png"))
+    assert_short_named(user_message(err), r"anim\.png holds 2 pages/frames \(PNG\)")
+
+
+def test_bomb_sized_image_stops_training_naming_file_and_size(compose_cfg, tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    path = replace_image(root, "train_000.png", huge_png)
+    limit = Image.MAX_IMAGE_PIXELS
+    cfg = compose_cfg("train", [*FOLDER, f"data.root={root}", "data.preflight=full"], output_dir=tmp_path / "out")
+    err = raised_user_error(lambda: train(cfg))
+    assert_short_named(user_message(err), rf"{re.escape(str(path))} is 10000x10000 = 100,000,000 pixels, over "
+                                          r"the limit of 89,478,485.*data\.train_set\.max_image_pixels")
+    assert limit == Image.MAX_IMAGE_PIXELS  # PIL's own limit is left as it was
+
+
+def test_pixel_limit_is_an_option(tmp_path: Path) -> None:
+    """Lowered through the dataset option (no huge file needed), it refuses; raised, it reads."""
+    root = folder(tmp_path)
+    err = raised_user_error(lambda: dataset(root, max_image_pixels=1000)[0])
+    assert_short_named(user_message(err), rf"train_000\.jpg is {W}x{H} = {W * H:,} pixels, over the limit of 1,000")
+    assert dataset(root, max_image_pixels=W * H)[0]["image"].shape == (3, H, W)
+    text, _ = doctor(root, "data.train_set.max_image_pixels=1000")
+    assert "over the limit of 1,000" in text and "FAILED" in text
+
+
+def test_predict_names_and_skips_a_bomb_sized_image(compose_cfg, tmp_path: Path) -> None:
+    """It used to stop the run with a 43-line DecompressionBombError traceback."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(images / name)
+    huge_png(images / "b.png")
+    workspace = Workspace(tmp_path / "files", compose_cfg)
+    workspace.root.mkdir()
+    out = tmp_path / "out"
+    cfg = compose_cfg("predict", [*PREDICT, "device=cpu", f"ckpt_path={workspace['good']}", f"input={images}"],
+                      output_dir=out)
+    cfg.output_dir = str(out)
+    err = raised_user_error(lambda: run_predict(cfg, []))
+    assert_short_named(user_message(err), r"1 of 3 input images .*b\.png is 10000x10000")
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "c.png"]
+
+
+def test_predict_loader_takes_the_pixel_limit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, size in (("small.png", (10, 10)), ("large.png", (40, 40))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / name)
+    loader = functools.partial(image_loader, input_files(str(tmp_path)), lambda image: {"image": image},
+                               batch_size=2, num_workers=0)
+    batches = list(loader(max_image_pixels=1000))
+    assert [b["name"] for b in batches if "image" in b] == [["small.png"]]
+    (errors,) = [b["errors"] for b in batches if b["errors"]]
+    assert errors[0][0].endswith("large.png") and "40x40 = 1,600 pixels" in errors[0][1]
+    assert sum(len(b["name"]) for b in loader(max_image_pixels=None)) == 2
+
+
+# ---- split lists and links --------------------------------------------------------------------------------------------
+
+def test_bom_crlf_and_trailing_spaces_in_a_split_list(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", splits={"train": 3, "val": 1}, split_mode="lists")
+    names = ["train_000", "train_001", "train_002"]
+    (root / "splits" / "train.txt").write_bytes(("\ufeff" + "".join(f"{n}  \r\n" for n in names)).encode())
+    assert [s[0].stem for s in dataset(root).samples] == names  # the BOM used to hide train_000
+    text, _ = doctor(root)
+    assert "byte-order mark" in text and "OK: no problems found" not in text
+
+
+def test_listed_name_not_found_is_named(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", splits={"train": 2, "val": 1}, split_mode="lists")
+    (root / "splits" / "train.txt").write_text("train_000\ntrain_0001\n")
+    err = raised_user_error(lambda: dataset(root))
+    assert_short_named(user_message(err), r"listed in .*train\.txt but no image .*train_0001")
+
+
+def test_dangling_symlink_is_named_as_such(compose_cfg, tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    link = root / "images" / "train" / "train_001.jpg"
+    link.unlink()
+    os.symlink(tmp_path / "moved" / "train_001.jpg", link)
+    cfg = compose_cfg("train", [*FOLDER, f"data.root={root}"], output_dir=tmp_path / "out")
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, MissingFileError)
+    message = user_message(err)
+    assert_short_named(message, rf"dangling symlink: {re.escape(str(link))} -> {re.escape(str(tmp_path / 'moved'))}")
+    assert "mask without image" not in message
+    text, _ = doctor(root)
+    assert "dangling symlink" in text and "mask without image" not in text and "FAILED" in text
+
+
+# ---- class names and the ignore index ----------------------------------------------------------------------------------
+
+def test_doctor_reports_repeated_class_names(tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    reports = check_dataset(data_cfg("folder", root, "data.num_classes=3", "data.class_names=[bg,car,car]"))
+    text = format_report(reports, ["bg", "car", "car"])
+    assert "ERROR data.class_names: 'car' is given 2 times (classes [1, 2])" in text
+    assert text.splitlines()[-1].startswith("FAILED")
+
+
+def _ignore_three(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "data", splits={"train": 4, "val": 2}, num_classes=5)
+
+
+def test_ignore_index_that_is_a_class_in_the_masks_warns_once(tmp_path: Path, caplog) -> None:
+    root = _ignore_three(tmp_path)
+    names = folder_class_names(5)
+    split = functools.partial(FolderDataset, root=root, class_names=names)
+    dm = SegDataModule(train_set=functools.partial(split, split="train"), val_set=functools.partial(split, split="val"),
+                       val_transform=eval_transform(), num_classes=5, ignore_index=3, class_names=names, batch_size=1)
+    with caplog.at_level(logging.WARNING, logger="seg_template"):
+        dm.preflight()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert_short_named(warning, r"data\.ignore_index=3 is also a class id \(class 3 \('class_3'\).*\d+ of the 6 masks "
+                                r"read hold [\d,]+ pixels of value 3")
+    text, _ = doctor(root, "data.ignore_index=3", num_classes=5)
+    assert "WARNING data.ignore_index=3 is also a class id" in text and "FAILED" in text
+
+
+# ---- the doctor never says OK ------------------------------------------------------------------------------------------
+
+def _fault(root: Path, tmp_path: Path, fault: str) -> list[str]:
+    """Plant ``fault`` in a folder dataset; return the extra doctor overrides it needs."""
+    rgb, mask = scene()
+    if fault == "exif":
+        replace_image(root, "train_000.jpg", lambda p: save_exif(p, rgb, 8))
+    elif fault == "mask_exif":
+        save_exif(root / "masks" / "train" / "train_000.png", mask, 6)
+    elif fault == "grey16":
+        replace_image(root, "train_000.png", lambda p: _grey16_png(p, ramp16()))
+    elif fault == "jpeg_mask":
+        _jpeg_mask(root)
+    elif fault == "multi_page":
+        replace_image(root, "train_000.tif", _three_pages)
+    elif fault == "bomb":
+        replace_image(root, "train_000.png", huge_png)
+    elif fault == "dangling":
+        (root / "images" / "train" / "train_002.jpg").unlink()
+        os.symlink(tmp_path / "gone.jpg", root / "images" / "train" / "train_002.jpg")
+    elif fault == "class_names":
+        return ["data.class_names=[a,a,b]"]
+    elif fault == "ignore_index":
+        return ["data.ignore_index=2"]
+    return []
+
+
+@pytest.mark.parametrize("fault", ["exif", "mask_exif", "grey16", "jpeg_mask", "multi_page", "bomb", "dangling",
+                                   "class_names", "ignore_index"])
+def test_the_doctor_never_says_ok(tmp_path: Path, fault: str) -> None:
+    root = folder(tmp_path)
+    clean, _ = doctor(root)
+    assert clean.splitlines()[-1] == "OK: no problems found"
+    text, _ = doctor(root, *_fault(root, tmp_path, fault))
+    assert "OK: no problems found" not in text and "Traceback" not in text, text
+
+
+@pytest.mark.slow
+def test_check_dataset_script_names_every_fault(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", splits={"train": 4, "val": 1})
+    for fault in ("jpeg_mask", "multi_page", "dangling"):  # train_001, train_000, train_002
+        _fault(root, tmp_path, fault)
+    rgb, _ = scene()
+    replace_image(root, "train_003.jpg", lambda p: save_exif(p, rgb, 8), old="train_003.jpg")
+    result = run_script("scripts/check_dataset.py", "data=folder", f"data.root={root}", "data.num_classes=3",
+                        f"data.class_names=[{','.join(NAMES)}]")
+    assert result.returncode == 1, result.stdout + result.stderr
+    for named in ("lossy mask (JPEG)", "holds 3 pages/frames", "dangling symlink", "EXIF orientation 8"):
+        assert named in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr
