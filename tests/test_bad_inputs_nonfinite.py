@@ -171,6 +171,12 @@ CASES = [
     pytest.param("nonfinite/export_logits_overflow", "export", [*PREDICT, "ckpt_path={huge}", *ONNX_FAST],
                  CheckpointError, r"huge' gives non-finite logits.*PyTorch output holds", False,
                  marks=needs_onnx, id="nonfinite/export_logits_overflow"),
+    # images the transform turns into NaN / inf: the data's fault, not the model's (or refused as an option)
+    ("nonfinite/eval_std_0", "eval", [*SMALL, "ckpt_path={good}", "+data.val_transform.std=[0,0,0]"], UserError,
+     r"data\.val_transform.*std", False),
+    ("nonfinite/predict_std_0", "predict",
+     [*PREDICT, "device=cpu", "ckpt_path={good}", "input={images}", "+data.val_transform.std=[0,0,0]"], UserError,
+     r"(img0\.png.*)?data\.val_transform.*std", True),
     ("nonfinite/class_weights_nan_list", "train", [*TRAIN, "loss=wce", "data.class_weights=[1,nan,1,1,1,1]"],
      ConfigError, r"data\.class_weights\[1\]=nan|\[nan\].*data\.class_weights", False),  # typed options, or the loss
     ("nonfinite/class_weights_inf_list", "train", [*TRAIN, "loss=wce", "data.class_weights=[1,1,inf,1,1,1]"],

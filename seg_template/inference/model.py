@@ -164,7 +164,7 @@ class InferenceModel(nn.Module):
                                                                      else "")
         if not is_finite(images):
             return DataError(f"{batch} hold NaN/inf once data.val_transform has normalised them, so no prediction "
-                             f"can be made; check the transform's normalisation (a std of 0?)")
+                             f"can be made; check data.val_transform's mean and std (a std of 0?)")
         source = getattr(self.net, "weights_source", None) or f"the network ({type(self.net).__name__})"
         bad, total = nonfinite_names(self.net.state_dict())
         if bad:
