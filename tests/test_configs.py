@@ -22,6 +22,7 @@ from torch import nn
 
 from seg_template.build import build_net, instantiate_callbacks, instantiate_loggers
 from seg_template.optim import param_groups
+from seg_template.options import problems
 from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
 from tests.helpers import skip_unless_importable
 
@@ -42,9 +43,10 @@ def options(group: str) -> list[str]:
 
 def composed(compose_cfg, tmp_path: Path, group: str, option: str, *overrides: str) -> DictConfig:
     """train.yaml with ``group=option`` (skipped when the option needs a missing optional package), every
-    interpolation resolved."""
+    interpolation resolved. Every shipped option passes the typed-option check (seg_template/options.py)."""
     skip_unless_importable(*OPTIONAL_PACKAGES.get(group, {}).get(option, ()))
     cfg = compose_cfg(overrides=[f"{group}={option}", *overrides], output_dir=tmp_path)
+    assert problems(cfg) == [], f"{group}={option} {' '.join(overrides)}"
     OmegaConf.resolve(cfg)  # paths, ${data.*}, ${hydra:...} replaced above
     return cfg
 

@@ -52,6 +52,9 @@ def test_warmup_fraction_and_min_lr() -> None:
     ({"total_steps": 5, "power": -1}, "power"),
     ({"total_steps": 5, "warmup_steps": -2}, "warmup_steps"),
     ({"total_steps": 5, "warmup_ratio": 0.0}, "warmup_ratio"),
+    ({"total_steps": 5, "power": float("nan")}, r"scheduler\.power=nan: expected a finite number >= 0"),
+    ({"total_steps": 5, "min_lr_ratio": float("inf")}, r"scheduler\.min_lr_ratio=inf: expected a finite number"),
+    ({"total_steps": 5, "warmup_steps": True}, r"scheduler\.warmup_steps=true"),
 ])
 def test_bad_schedule_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
