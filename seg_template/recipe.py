@@ -167,13 +167,24 @@ def _typed_roots(overrides: Sequence[str]) -> set[str]:
     return {re.split(r"[./=]", o.lstrip("+~"), maxsplit=1)[0] for o in overrides}
 
 
+def _safe_to_retype(option: str) -> bool:
+    """False for an option that names code (``model._target_=``, ``+data._args_=``) or holds an interpolation:
+    a run folder handed over with a checkpoint may be crafted too, and a hint is there to be copied."""
+    key = option.lstrip("+~").split("=", 1)[0]
+    return option.isprintable() and "${" not in option and not any(
+        part.startswith("_") for part in re.split(r"[./@]", key))
+
+
 def no_recipe_message(source: str, option: str, script: str) -> str:
     """What to pass when the file at ``source`` has no recipe; names the run's own options when the file
     sits in ``<run>/checkpoints/`` next to ``<run>/.hydra/overrides.yaml``."""
     from seg_template.models.weights import resolve_path, training_overrides
 
     file = resolve_path(source)
-    used = training_overrides(file)
+    listed = training_overrides(file)
+    used = [o for o in listed if _safe_to_retype(str(o))]
+    if len(used) < len(listed):
+        used.append(f"and {len(listed) - len(used)} option(s) naming code or interpolations, not shown")
     hint = (f"the run that wrote it used: {' '.join(used)}" if used else
             "its training run lists them in <run>/.hydra/overrides.yaml; a run that set neither used "
             "data=synthetic model=small")

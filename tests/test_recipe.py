@@ -15,6 +15,7 @@ from seg_template.file_config import allowed_targets, check_file_config, check_r
 from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
 from seg_template.recipe import (
     apply_recipe,
+    no_recipe_message,
     read_checkpoint_recipe,
     read_recipe,
     recipe_argv,
@@ -186,3 +187,16 @@ def test_the_door_is_on_every_way_a_recipe_is_read(compose_cfg, tmp_path, citysc
         with_recipe(cfg, "m.onnx", cityscapes_recipe, [], "predict.py", "model_file")
     with pytest.raises(CheckpointError, match=r"os\.system"):
         apply_recipe(cfg, cityscapes_recipe, [])
+
+
+def test_the_no_recipe_hint_never_suggests_retyping_code(tmp_path) -> None:
+    """A run folder handed over with a recipe-less checkpoint may be crafted too: its overrides.yaml is shown
+    as a hint to copy, so options naming code or interpolations are left out."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- data=synthetic\n- model.width=4\n- model._target_=os.system\n- +model._args_=[rm -rf ~]\n"
+        "- data.root=${oc.env:HOME}\n")
+    message = no_recipe_message(str(tmp_path / "checkpoints" / "x.ckpt"), "ckpt_path", "eval.py")
+    assert "used: data=synthetic model.width=4 and 3 option(s) naming code or interpolations, not shown" in message
+    assert "os.system" not in message and "rm -rf" not in message and "oc.env" not in message
