@@ -279,6 +279,30 @@ def test_recipe_argv_never_turns_a_crafted_choice_into_an_option(workspace: Work
     assert recipe_argv(argv, ("data", "model")) == argv  # the task reads it again and refuses it
 
 
+def test_resumed_checkpoint_state_never_deletes_a_file_outside_the_run(compose_cfg, tmp_path: Path) -> None:
+    """A checkpoint's callback state names files too: Lightning deletes its restored ``last_model_path`` /
+    ``kth_best_model_path`` when it writes the next one, and only checks that the path lies under the run's
+    checkpoint folder without normalising ``..``. On the original main a crafted ``last.ckpt`` whose state
+    says ``<checkpoints>/../../victim.txt`` deleted that file at the first epoch after resuming; the paths are
+    now mapped to the run's own files (``seg_template.callbacks.checkpoint.relocated_state``)."""
+    from seg_template.train import train
+
+    run = tmp_path / "run"
+    (tmp_path / "victim.txt").write_bytes(VICTIM)
+    train(compose_cfg("train", [*TRAIN, "trainer.max_epochs=1"], output_dir=run))
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    (key,) = [k for k in ckpt["callbacks"] if k.startswith("BestAndLastCheckpoint")]
+    state = ckpt["callbacks"][key]
+    evil = f"{state['dirpath']}/../../victim.txt"
+    state.update(last_model_path=evil, kth_best_model_path=evil, best_model_path=evil,
+                 best_k_models={evil: state["best_model_score"]})
+    torch.save(ckpt, last)
+    train(compose_cfg("train", [*TRAIN, "trainer.max_epochs=2", f"ckpt_path={last}"], output_dir=run))
+    assert (tmp_path / "victim.txt").read_bytes() == VICTIM, "resuming deleted a file the checkpoint named"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
 # ---------------------------------------------------------------------------------- the real scripts
 @pytest.mark.slow
 @pytest.mark.parametrize("route", ["eval", "predict_onnx"])
