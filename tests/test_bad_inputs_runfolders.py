@@ -1,0 +1,416 @@
+"""Catalogue of bad inputs, family "run-folder ownership" (issue 17, section 3): run folders and checkpoints
+that always mean what they say.
+
+- A run folder moved or copied, then resumed: no ``-v1`` files, ``last.ckpt`` the newest state, ``best.ckpt``
+  the best one (its score kept), and the test after fit uses this folder's ``best.ckpt``.
+- One live run per folder (``seg_template/run_folder.py``): a fresh run whose folder exists gets ``_2``; a
+  resume into a folder held by a live run is refused naming it; a lock left by a run that is gone is taken
+  over with a notice; DDP ranks > 0 and a requeued SLURM job are never refused.
+- Resume with changed optimisation options (``seg_template/resume.py``): applied from the resumed step with one
+  notice line naming each ``key: old -> new``; another optimiser class is one short message naming both.
+
+Fast cases run in-process on tiny data; ``slow`` ones start real ``train.py`` processes. The table:
+``pytest tests/test_bad_inputs_runfolders.py -m "slow or not slow" -rxX -v``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from seg_template.cli import user_message
+from seg_template.errors import CheckpointError, ConfigError
+from seg_template.optim import poly_factor
+from seg_template.paths import PROJECT_ROOT
+from seg_template.run_folder import LOCK_FILE, RunFolderBusy, RunFolderClaim, claim_run_folder
+from seg_template.train import train
+from tests.bad_input_files import TRAIN, assert_short_named, raised_user_error
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
+#: the tiny data and model, without the figures written after each validation
+BASE = [*TRAIN, "callbacks.val_images=null", "callbacks.reports=null"]
+PROBE = "+callbacks.lr_probe._target_=tests.test_bad_inputs_runfolders.LrProbe"
+LR, POWER, TOTAL, STEP = 3e-3, 0.9, 6, 4  # adamw's lr, poly's power; 3 epochs of 2 steps, stopped after 2
+
+
+class StopAfterEpoch(pl.Callback):
+    """Ends fit after epoch ``epoch`` (0-based), once ``last.ckpt`` is written: a run interrupted there."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.epoch:
+            trainer.should_stop = True
+
+
+class LrProbe(pl.Callback):
+    """Records ``(global_step, learning rate of the first parameter group)`` before each training step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[tuple[int, float]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        self.lrs.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+_RUNS: dict[str, Path] = {}
+
+
+@pytest.fixture
+def interrupted(compose_cfg, tmp_path_factory) -> Path:
+    """A run of ``trainer.max_epochs=3`` (AdamW, poly) stopped after 2 epochs (step 4); shared, never resumed
+    itself (each case copies it)."""
+    if "run" not in _RUNS:
+        run = tmp_path_factory.mktemp("interrupted")
+        train(compose_cfg(overrides=[*BASE, "trainer.max_epochs=3",
+                                     "+callbacks.stop._target_=tests.test_bad_inputs_runfolders.StopAfterEpoch",
+                                     "+callbacks.stop.epoch=1"], output_dir=run))
+        _RUNS["run"] = run
+    return _RUNS["run"]
+
+
+def copy_of(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def resume(compose_cfg, run: Path, *overrides: str, ckpt: str = "last.ckpt") -> tuple[dict, dict]:
+    cfg = compose_cfg(overrides=[*BASE, "trainer.max_epochs=3", f"ckpt_path={run / 'checkpoints' / ckpt}", PROBE,
+                                 *overrides], output_dir=run)
+    return train(cfg)
+
+
+def lr_at(objects: dict, step: int) -> float:
+    probe = next(c for c in objects["callbacks"] if type(c).__name__ == "LrProbe")  # Hydra imported its own copy
+    return dict(probe.lrs)[step]
+
+
+def epoch_of(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def val_scores(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv", newline="") as f:
+        return {int(r["epoch"]): float(r["val/mIoU"]) for r in csv.DictReader(f) if r.get("val/mIoU")}
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- moved and copied run folders
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_resume_a_moved_or_copied_run_folder(compose_cfg, interrupted, tmp_path, how):
+    original = copy_of(interrupted, tmp_path / "original")
+    here = tmp_path / "here"
+    if how == "moved":
+        original.rename(here)
+    else:
+        shutil.copytree(original, here)
+    before = files(original) if how == "copied" else {}
+    _, objects = resume(compose_cfg, here, "trainer.max_epochs=4", "test=true")
+    folder = here / "checkpoints"
+    assert sorted(os.listdir(folder)) == ["best.ckpt", "last.ckpt"]  # Lightning alone added best-v1, last-v1
+    assert epoch_of(folder / "last.ckpt") == 3  # the newest state; Lightning alone left it at epoch 1
+    scores = val_scores(here)
+    best_epoch = max(sorted(scores), key=lambda e: scores[e])  # the first epoch with the highest score
+    assert epoch_of(folder / "best.ckpt") == best_epoch
+    assert objects["trainer"].ckpt_path == str(folder / "best.ckpt")  # what the test after fit used
+    if how == "copied":
+        assert files(original) == before  # the original folder is left alone
+
+
+# ---------------------------------------------------------------- one live run per folder
+HOLDER = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from seg_template.run_folder import claim_run_folder
+    claim_run_folder(Path(sys.argv[1]), fresh=False)
+    print("ready", flush=True)
+    if sys.argv[2] == "vanish":
+        os._exit(0)  # as after kill -9: no clean-up, the lock file stays behind
+    sys.stdin.read()
+""")
+
+
+def hold(folder: Path, how: str = "live", env: dict | None = None) -> subprocess.Popen:
+    """Another process holding ``folder`` (``live`` until its stdin closes; ``vanish``: gone at once)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), how], cwd=PROJECT_ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **(env or {})})
+    assert proc.stdout.readline().strip() == "ready"
+    if how == "vanish":
+        proc.wait(timeout=30)
+    return proc
+
+
+def test_resume_into_a_folder_held_by_a_live_run_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    holder = hold(folder)
+    try:
+        lock = (folder / LOCK_FILE).read_bytes()
+        with pytest.raises(RunFolderBusy) as err:
+            claim_run_folder(folder, fresh=False)
+        assert_short_named(user_message(err.value), rf"RunFolderBusy: run folder {re.escape(str(folder))} is in use "
+                                                    rf"by another run \(pid {holder.pid} on {socket.gethostname()}, "
+                                                    r"started .*python -c.*resume_in_place=false")
+        assert (folder / LOCK_FILE).read_bytes() == lock  # the live run's lock is untouched
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not (folder / LOCK_FILE).exists()  # released at its exit
+    assert claim_run_folder(folder, fresh=False) == (folder, [])  # free again, no notice
+
+
+def test_a_lock_left_by_a_run_that_is_gone_is_taken_over_with_a_notice(tmp_path):
+    folder = tmp_path / "run"
+    gone = hold(folder, "vanish")
+    assert (folder / LOCK_FILE).exists()
+    claimed, notices = claim_run_folder(folder, fresh=False)
+    assert claimed == folder and len(notices) == 1
+    assert re.search(rf"took over the lock left by pid {gone.pid} on .*no longer holds it", notices[0])
+    assert f'"pid": {os.getpid()}' in (folder / LOCK_FILE).read_text()
+
+
+def test_a_requeued_slurm_job_is_not_refused_by_its_earlier_start(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    holder = hold(folder, env={"SLURM_JOB_ID": "4242"})
+    try:
+        monkeypatch.setenv("SLURM_JOB_ID", "4242")
+        assert claim_run_folder(folder, fresh=False)[0] == folder
+        monkeypatch.setenv("SLURM_JOB_ID", "4343")  # another job is refused
+        with pytest.raises(RunFolderBusy, match=f"pid {holder.pid}"):
+            claim_run_folder(folder, fresh=False)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def hydra_config(run_dir: Path, *typed: str) -> OmegaConf:
+    """The part of Hydra's config the claim reads: the run folder and the hydra overrides typed."""
+    return OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}, "overrides": {"hydra": list(typed)}}})
+
+
+def test_a_fresh_run_whose_folder_exists_gets_its_own(tmp_path, caplog):
+    folder = tmp_path / "2026-01-01_00-00-00_exp"
+    first, second = RunFolderClaim(), RunFolderClaim()
+    first.on_run_start(hydra_config(folder))
+    config = hydra_config(folder)  # the second run, started in the same second with the same name
+    second.on_run_start(config)
+    assert config.hydra.run.dir == f"{folder}_2" and first.folder == folder and second.folder == Path(f"{folder}_2")
+    with caplog.at_level(logging.WARNING, logger="seg_template"):
+        second.on_job_start(config)
+    assert f"{folder} already exists (another run of this name started in the same second?): this run writes " \
+           f"to {folder}_2" in caplog.text
+    for claim in (first, second):
+        claim.on_run_end(config)
+    assert not list(tmp_path.rglob("run.lock"))
+
+
+def test_resume_in_place_claims_the_folder_itself(tmp_path, capsys):
+    folder = tmp_path / "run"
+    holder = hold(folder)
+    try:
+        config = hydra_config(folder, f"hydra.run.dir={folder}")  # what resume in place adds
+        with pytest.raises(SystemExit) as exit_:  # Hydra would turn an exception into a warning
+            RunFolderClaim().on_run_start(config)
+        assert exit_.value.code == 1
+        assert_short_named(capsys.readouterr().err, rf"RunFolderBusy: run folder {re.escape(str(folder))} is in use "
+                                                    rf"by another run \(pid {holder.pid}")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_ddp_ranks_above_0_write_into_the_claimed_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    holder = hold(folder)  # rank 0
+    try:
+        monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning's launcher sets for the rank it re-launches
+        config = hydra_config(folder, f"hydra.run.dir={folder}")
+        RunFolderClaim().on_run_start(config)
+        assert config.hydra.run.dir == str(folder)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- resume with changed options
+def notice(caplog) -> str:
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Resuming with changed options")]
+    assert len(lines) <= 1, lines
+    return lines[0] if lines else ""
+
+
+def test_resume_with_a_new_learning_rate_applies_it(compose_cfg, interrupted, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        _, objects = resume(compose_cfg, copy_of(interrupted, tmp_path / "run"), "optimizer.lr=1e-6")
+    assert "applied from step 4: optimizer.lr: 0.003 -> 1e-06;" in notice(caplog)
+    assert lr_at(objects, STEP) == pytest.approx(1e-6 * poly_factor(STEP, TOTAL, POWER))  # before: ~6.7e-4
+
+
+def test_resume_with_another_scheduler_power_applies_it(compose_cfg, interrupted, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        _, objects = resume(compose_cfg, copy_of(interrupted, tmp_path / "run"), "scheduler.power=2.0")
+    assert "scheduler.power: 0.9 -> 2;" in notice(caplog)
+    assert lr_at(objects, STEP) == pytest.approx(LR * poly_factor(STEP, TOTAL, 2.0))
+
+
+def test_resume_with_more_epochs_recomputes_the_schedule(compose_cfg, interrupted, tmp_path, caplog):
+    run = copy_of(interrupted, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        _, objects = resume(compose_cfg, run, "trainer.max_epochs=5")
+    assert "trainer.max_epochs: 3 -> 5, schedule length: 6 -> 10 optimiser steps" in notice(caplog)
+    assert lr_at(objects, STEP) == pytest.approx(LR * poly_factor(STEP, 10, POWER, warmup_steps=0))
+    assert epoch_of(run / "checkpoints" / "last.ckpt") == 4  # trained on to the new end
+
+
+def test_resume_with_the_same_options_changes_nothing(compose_cfg, interrupted, tmp_path, caplog):
+    run = copy_of(interrupted, tmp_path / "run")
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        _, objects = resume(compose_cfg, run)
+    assert notice(caplog) == ""
+    assert lr_at(objects, STEP) == saved["optimizer_states"][0]["param_groups"][0]["lr"]  # bit for bit
+
+
+def test_resume_with_another_optimizer_is_refused_naming_both(compose_cfg, interrupted, tmp_path):
+    run = copy_of(interrupted, tmp_path / "run")
+    before = files(run)
+    err = raised_user_error(lambda: resume(compose_cfg, run, "optimizer=sgd"))
+    assert isinstance(err, CheckpointError)  # was: a 96-line KeyError: 'momentum' from SGD.step
+    assert_short_named(user_message(err), r"last\.ckpt' was trained with AdamW, but this run configures SGD.*"
+                                          r"Resume with optimizer=adamw.*model\.pretrained=.*last\.ckpt")
+    assert files(run) == before  # refused before anything was written
+
+
+def test_an_older_checkpoint_with_another_optimizer_is_refused(compose_cfg, interrupted, tmp_path):
+    run = copy_of(interrupted, tmp_path / "run")
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    del saved["optimization"]  # written before checkpoints recorded their optimiser
+    torch.save(saved, run / "checkpoints" / "older.ckpt")
+    err = raised_user_error(lambda: resume(compose_cfg, run, "optimizer=sgd", ckpt="older.ckpt"))
+    assert isinstance(err, CheckpointError)
+    assert_short_named(user_message(err), r"older\.ckpt' was trained with another optimiser \(its saved state has no "
+                                          r"dampening, momentum\), but this run configures SGD.*optimizer=adamw")
+
+
+def test_an_older_checkpoint_still_gets_changed_values_applied(compose_cfg, interrupted, tmp_path, caplog):
+    run = copy_of(interrupted, tmp_path / "run")
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    del saved["optimization"]
+    torch.save(saved, run / "checkpoints" / "older.ckpt")
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        _, objects = resume(compose_cfg, run, "optimizer.lr=1e-6", "optimizer.weight_decay=0.5", ckpt="older.ckpt")
+    assert "optimizer.weight_decay: 0.01 -> 0.5, optimizer.lr: 0.003 -> 1e-06;" in notice(caplog)
+    assert lr_at(objects, STEP) == pytest.approx(1e-6 * poly_factor(STEP, TOTAL, POWER))
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(compose_cfg, interrupted, tmp_path):
+    err = raised_user_error(lambda: resume(compose_cfg, copy_of(interrupted, tmp_path / "run"),
+                                           "trainer.max_epochs=1"))
+    assert isinstance(err, ConfigError)  # was: Lightning's MisconfigurationException traceback
+    assert_short_named(user_message(err), r"trainer\.max_epochs=1, but ckpt_path '.*last\.ckpt' has trained 2 "
+                                          r"epochs already")
+
+
+def test_versioned_checkpoint_names_are_refused(compose_cfg, tmp_path):
+    cfg = compose_cfg(overrides=[*BASE, "+callbacks.model_checkpoint.enable_version_counter=true"],
+                      output_dir=tmp_path)
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, ConfigError)
+    assert_short_named(user_message(err), r"enable_version_counter=true would write best-v1\.ckpt")
+
+
+# ---------------------------------------------------------------- real processes
+def run_train(*args: str, timeout: int = 300) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=PROJECT_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_name_started_at_once_get_a_folder_each(tmp_path):
+    # a fixed folder for fresh runs (as two runs of one name in one second resolve to), set through a config
+    # file rather than hydra.run.dir= (which means "continue in this folder")
+    extra = tmp_path / "configs" / "fixed"
+    extra.mkdir(parents=True)
+    (extra / "dir.yaml").write_text(f"# @package _global_\nhydra:\n  run:\n    dir: {tmp_path / 'exp'}\n")
+    args = ["--config-dir", str(tmp_path / "configs"), *BASE, "trainer.max_epochs=2", "+fixed=dir"]
+    procs = [run_train(*args), run_train(*args)]
+    outputs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    folders = sorted(p for p in tmp_path.iterdir() if p.name.startswith("exp"))
+    assert [f.name for f in folders] == ["exp", "exp_2"]
+    assert sum("this run writes to" in o for o in outputs) == 1
+    for folder in folders:
+        log = (folder / "train.log").read_text()
+        assert log.count("Training; outputs in") == 1 and f"outputs in {folder}\n" in log
+        assert sorted(val_scores(folder)) == [0, 1] and len((folder / "metrics.csv").read_text().splitlines()) < 12
+        assert (folder / ".hydra" / "overrides.yaml").is_file() and not (folder / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_resume_into_a_live_run_is_refused_then_taken_over_after_kill_9(tmp_path):
+    live = run_train(*BASE, "trainer.max_epochs=1000", f"paths.log_dir={tmp_path}")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(tmp_path.glob("train/runs/*/checkpoints/last.ckpt")):
+            assert live.poll() is None, finish(live)[-3000:]
+            time.sleep(0.2)
+        run = next(tmp_path.glob("train/runs/*"))
+        log_before = (run / "train.log").read_text()
+        refused = run_train(*BASE, "trainer.max_epochs=1000", f"ckpt_path={run}/checkpoints/last.ckpt",
+                            f"paths.log_dir={tmp_path}")
+        out = finish(refused)
+        assert refused.returncode == 1, out[-3000:]
+        assert_short_named(out, rf"RunFolderBusy: run folder {re.escape(str(run))} is in use by another run \(pid "
+                                rf"{live.pid} on .*train\.py.*trainer\.max_epochs=1000")
+        assert not list(run.glob(".hydra/resumed_*"))  # nothing of the refused run in the live run's folder
+        assert (run / "train.log").read_text().startswith(log_before)
+        assert "Resuming" not in (run / "train.log").read_text()
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()
+    epoch = epoch_of(run / "checkpoints" / "last.ckpt")
+    resumed = run_train(*BASE, f"trainer.max_epochs={epoch + 2}", f"ckpt_path={run}/checkpoints/last.ckpt",
+                        f"paths.log_dir={tmp_path}")
+    out = finish(resumed)
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"took over the lock left by pid {live.pid}" in out
+    assert epoch_of(run / "checkpoints" / "last.ckpt") == epoch + 1 and not (run / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_ddp_resumes_in_its_claimed_folder(tmp_path):
+    first = run_train(*BASE, "trainer.max_epochs=1", f"paths.log_dir={tmp_path}")
+    out = finish(first)
+    assert first.returncode == 0, out[-3000:]
+    run = next(tmp_path.glob("train/runs/*"))
+    resumed = run_train(*BASE, "trainer=ddp_cpu", "trainer.max_epochs=2", f"ckpt_path={run}/checkpoints/last.ckpt",
+                        f"paths.log_dir={tmp_path}")
+    out = finish(resumed, timeout=600)
+    assert resumed.returncode == 0, out[-3000:]  # rank 1, re-launched into the held folder, was not refused
+    assert "RunFolderBusy" not in out and list(tmp_path.glob("train/runs/*")) == [run]
+    assert epoch_of(run / "checkpoints" / "last.ckpt") == 1 and not (run / LOCK_FILE).exists()
