@@ -95,20 +95,24 @@ def schema(config_dir: Path = CONFIG_DIR) -> dict[str, Seen]:
     from omegaconf import OmegaConf
 
     config_dir = Path(config_dir)
-    table: dict[str, Seen] = {}
-    found = [(file, package_of(file, config_dir)) for file in config_dir.rglob("*.yaml")]
+    loaded = {file: OmegaConf.to_container(OmegaConf.load(file), resolve=False)
+              for file in config_dir.rglob("*.yaml")}
+    # the options the primary configs pick by default (data: synthetic, model: small...)
+    chosen = {f"{group}/{option}" for file, content in loaded.items() if file.parent == config_dir
+              and isinstance(content, Mapping) for entry in content.get("defaults") or []
+              if isinstance(entry, Mapping) for group, option in entry.items()}
+    packages = {file: package_of(file, config_dir) for file in loaded}
 
-    def order(item: tuple[Path, str | None]) -> tuple[bool, bool, str]:
-        # examples come from the primary configs, then from each group's own options, then from the files
-        # that set keys of other groups (experiments, debug...)
-        file, package = item
+    def order(file: Path) -> tuple[bool, bool, bool, str]:
+        # examples come from the primary configs, then from each group's default option, its other options,
+        # and last from the files that set keys of other groups (experiments, debug...)
+        name = file.relative_to(config_dir).with_suffix("").as_posix()
         own = file.relative_to(config_dir).parent.as_posix().replace("/", ".")
-        return file.parent != config_dir, package != own, file.as_posix()
+        return file.parent != config_dir, packages[file] != own, name not in chosen, name
 
-    for file, package in sorted(found, key=order):
-        if package is None:
-            continue
-        content = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
-        if isinstance(content, Mapping):
+    table: dict[str, Seen] = {}
+    for file in sorted(loaded, key=order):
+        package, content = packages[file], loaded[file]
+        if package is not None and isinstance(content, Mapping):
             _record(table, package, content, root=True)
     return table

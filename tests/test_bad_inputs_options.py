@@ -148,6 +148,7 @@ def test_schema_follows_packages_and_groups() -> None:
     assert "data.class_weights.class_weights" not in table
     assert table["trainer.fast_dev_run"].kinds == {"bool"}  # debug/fdr.yaml: `# @package _global_`
     assert table["seed"].kinds == {"int"} and table["seed"].example == 42  # train.yaml first
+    assert table["data.batch_size"].example == 16  # then the default option (data: synthetic), then the others
     assert not any(key.startswith("hydra") or key.endswith("defaults") for key in table)
 
 
