@@ -22,10 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from seg_template.cli import user_message
 from seg_template.data.datamodule import SegDataModule
+from seg_template.data.decoding import orient
 from seg_template.data.doctor import check_dataset, format_report
 from seg_template.data.folder import FolderDataset
 from seg_template.data.io import read_image, read_label_png, read_rgb_mask
@@ -79,15 +80,16 @@ def save_exif(path: Path, upright: np.ndarray, orientation: int) -> Path:
     return path
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def huge_png(path: Path, width: int = 10_000, height: int = 10_000) -> Path:
     """A PNG whose header says ``width x height`` (100 Mpx: over PIL's limit) but holds almost no data: the
     shape of a decompression bomb, in 60 bytes. A reader that decodes it before checking would fail."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 8))
+                     + _chunk(b"IEND", b""))
     return path
 
 
@@ -182,6 +184,76 @@ def test_predict_writes_masks_in_the_displayed_orientation(compose_cfg, tmp_path
     run_predict(cfg, [])
     assert np.asarray(Image.open(out / "masks" / "phone.png")).shape == (40, 24)
     assert np.asarray(Image.open(out / "color" / "phone.png")).shape[:2] == (40, 24)
+
+
+def _png_rgb48_exif(path: Path, values: np.ndarray, orientation: int) -> None:
+    """A 48-bit PNG (OpenCV writes it; PIL cannot) with an eXIf chunk before its pixels."""
+    ok, data = cv2.imencode(".png", values[..., ::-1])
+    data = data.tobytes()
+    at = data.index(b"IDAT") - 4
+    Path(path).write_bytes(data[:at] + _chunk(b"eXIf", exif(orientation)[6:]) + data[at:])  # no "Exif\0\0"
+
+
+def _tiff_rgb48(path: Path, values: np.ndarray, orientation: int) -> None:
+    """An uncompressed 16-bit RGB TIFF with an orientation tag, written field by field (neither PIL nor
+    OpenCV writes one)."""
+    h, w, _ = values.shape
+    pixels = values.astype("<u2").tobytes()
+    bits_at, pixels_at = 8 + 2 + 12 * 11 + 4, 8 + 2 + 12 * 11 + 4 + 6
+
+    def short(tag: int, value: int) -> bytes:
+        return struct.pack("<HHIHH", tag, 3, 1, value, 0)
+
+    def long(tag: int, value: int) -> bytes:
+        return struct.pack("<HHII", tag, 4, 1, value)
+
+    entries = [long(256, w), long(257, h), struct.pack("<HHII", 258, 3, 3, bits_at), short(259, 1), short(262, 2),
+               long(273, pixels_at), short(274, orientation), short(277, 3), long(278, h), long(279, len(pixels)),
+               short(284, 1)]
+    Path(path).write_bytes(b"II" + struct.pack("<HIH", 42, 8, len(entries)) + b"".join(entries)
+                           + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + pixels)
+
+
+def _pil_exif(suffix: str, dtype, channels: int = 1):
+    def write(path: Path, values: np.ndarray, orientation: int) -> None:
+        Image.fromarray(values).save(path.with_suffix(suffix), exif=exif(orientation))
+    return suffix, dtype, channels, write
+
+
+#: format -> (suffix, sample type, channels, writer(path, stored values, orientation))
+ORIENTED_FORMATS = {
+    "png_grey": _pil_exif(".png", np.uint8), "tiff_grey": _pil_exif(".tif", np.uint8),
+    "tiff_grey16": _pil_exif(".tif", np.uint16), "tiff_rgb": _pil_exif(".tif", np.uint8, 3),
+    "png_rgb48": (".png", np.uint16, 3, _png_rgb48_exif), "tiff_rgb48": (".tif", np.uint16, 3, _tiff_rgb48),
+}
+#: the orientation that undoes each one (6 and 8 undo each other; the others undo themselves)
+UNDO = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+def test_orientations_are_those_of_pil() -> None:
+    """The reader turns decoded arrays itself: each orientation does what PIL's ``exif_transpose`` does."""
+    array = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    for orientation in range(2, 9):
+        stored = Image.fromarray(array)
+        stored.getexif()[0x0112] = orientation
+        assert np.array_equal(orient(array, orientation), np.asarray(ImageOps.exif_transpose(stored)))
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+@pytest.mark.parametrize("fmt", ORIENTED_FORMATS)
+def test_every_format_arrives_as_displayed(tmp_path: Path, fmt: str, orientation: int) -> None:
+    """PNG eXIf, TIFF tags (PIL 13 turns 8/16-bit grey TIFFs tagged 5..8 into scrambled pixels itself; OpenCV
+    turns TIFFs but not PNGs): whatever the libraries do, the reader gives the displayed array."""
+    suffix, dtype, channels, write = ORIENTED_FORMATS[fmt]
+    shape = (4, 6, channels) if channels > 1 else (4, 6)
+    upright = np.random.default_rng(orientation).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+    path = tmp_path / f"file{suffix}"
+    write(path, orient(upright, UNDO[orientation]), orientation)
+    if channels == 1:
+        assert np.array_equal(read_label_png(path), upright)
+    expected = scaled(upright) if dtype == np.uint16 else upright
+    expected = expected if channels > 1 else np.repeat(expected[..., None], 3, axis=2)
+    assert np.array_equal(read_image(path), expected)
 
 
 # ---- bit depth ---------------------------------------------------------------------------------------------------

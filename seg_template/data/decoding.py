@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +53,8 @@ LOSSY_TIFF = ("jpeg", "tiff_jpeg", "webp")
 @dataclass(frozen=True)
 class ImageInfo:
     """The facts about one image file, read from its header: PIL ``format`` and ``mode``, the stored ``size``
-    ``(W, H)``, ``bits`` per sample as stored, EXIF ``orientation`` (1: none), ``pages`` and ``lossy``."""
+    ``(W, H)``, ``bits`` per sample as stored, EXIF ``orientation`` (1: none), ``pages`` and ``lossy``.
+    ``pending``: the orientation still to apply to the pixels PIL decodes (PIL turns a TIFF itself)."""
 
     format: str
     mode: str
@@ -60,6 +63,7 @@ class ImageInfo:
     orientation: int
     pages: int
     lossy: bool
+    pending: int = 1
 
     @property
     def displayed_size(self) -> tuple[int, int]:
@@ -146,7 +150,9 @@ def _bits(img: Image.Image) -> int:
     return {"1": 1, "I": 32, "F": 32}.get(img.mode, 16 if img.mode.startswith("I;16") else 8)
 
 
-def _orientation(img: Image.Image, loaded: bool) -> int:
+def exif_orientation(img: Image.Image, loaded: bool) -> int:
+    """The EXIF orientation tag of ``img`` (1 when absent, broken or not 2..8); PIL removes it from a TIFF once
+    it has turned the pixels."""
     # a PNG's eXIf chunk may follow the pixel data: PIL's getexif() would then decode the file to find it
     if img.format == "PNG" and not loaded and "exif" not in img.info:
         return 1
@@ -192,9 +198,32 @@ def _lossy(img: Image.Image) -> bool:
 
 def header_info(img: Image.Image, loaded: bool = False) -> ImageInfo:
     """What ``img`` (opened, ideally not yet loaded: the stored bit depth is only known before) holds."""
-    return ImageInfo(format=str(img.format), mode=img.mode, size=img.size, bits=_bits(img),
-                     orientation=_orientation(img, loaded), pages=int(getattr(img, "n_frames", 1) or 1),
-                     lossy=_lossy(img))
+    orientation = exif_orientation(img, loaded)
+    size = img.size
+    if img.format == "TIFF" and orientation in SWAPS_AXES:
+        size = size[::-1]  # PIL's TIFF reader reports the turned size from the start
+    return ImageInfo(format=str(img.format), mode=img.mode, size=size, bits=_bits(img), orientation=orientation,
+                     pages=int(getattr(img, "n_frames", 1) or 1), lossy=_lossy(img), pending=orientation)
+
+
+def tiff_unturned(path: Path) -> io.BytesIO | None:
+    """The TIFF file's bytes with its first page's orientation tag set to 1, or None (no such tag, a BigTIFF,
+    a malformed file). PIL turns TIFF pixels itself while decoding, unreliably: PIL 13 scrambles 8- and 16-bit
+    grey pages tagged 5..8. So the reader decodes them unturned and turns them itself, as every other format."""
+    try:
+        data = bytearray(Path(path).read_bytes())
+        order = {b"II": "<", b"MM": ">"}[bytes(data[:2])]
+        if struct.unpack(order + "H", data[2:4])[0] != 42:
+            return None
+        ifd = struct.unpack(order + "I", data[4:8])[0]
+        for entry in range(struct.unpack(order + "H", data[ifd:ifd + 2])[0]):
+            at = ifd + 2 + 12 * entry
+            if struct.unpack(order + "HH", data[at:at + 4]) == (EXIF_ORIENTATION, 3):  # a SHORT
+                data[at + 8:at + 10] = struct.pack(order + "H", 1)
+                return io.BytesIO(bytes(data))
+    except (KeyError, struct.error, OSError):
+        pass
+    return None
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------------
@@ -211,25 +240,33 @@ def _scale16(values: np.ndarray) -> np.ndarray:
     return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _colour16(path: Path, size: tuple[int, int]) -> np.ndarray | None:
-    """A 16-bit colour PNG / TIFF as ``uint8[H, W, 3]``, read by OpenCV (PIL keeps only each sample's high byte);
-    None when OpenCV cannot. ``IMREAD_UNCHANGED`` keeps the 16 bits and leaves EXIF orientation to us."""
+def _colour16(path: Path) -> np.ndarray | None:
+    """A 16-bit colour PNG / TIFF as ``uint16[H, W, 3]`` RGB read by OpenCV (PIL keeps only the high byte of
+    each sample); None when OpenCV cannot read it."""
     import cv2
 
     data = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if data is None or data.dtype != np.uint16 or data.shape[:2] != size[::-1]:
+    if data is None or data.dtype != np.uint16 or data.ndim != 3:
         return None
-    if data.ndim == 2:
-        data = np.repeat(data[..., None], 3, axis=2)
-    elif data.shape[2] <= 2:  # grey (+ alpha)
-        data = np.repeat(data[..., :1], 3, axis=2)
-    else:  # BGR (+ alpha): the alpha channel is dropped, as for 8-bit RGBA images
-        data = data[..., 2::-1]
-    return _scale16(data)
+    if data.shape[2] <= 2:  # grey (+ alpha)
+        return np.repeat(data[..., :1], 3, axis=2)
+    return data[..., 2::-1]  # BGR (+ alpha): the alpha channel is dropped, as for 8-bit RGBA images
 
 
 def image_rgb(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
-    """The loaded ``img`` as ``uint8[H, W, 3]`` RGB in its stored orientation, scaled by its real bit depth."""
+    """The loaded ``img`` as ``uint8[H, W, 3]`` RGB as viewers show it, scaled by its real bit depth."""
+    rgb = orient(_pil_rgb(img, info, path), info.pending)
+    if info.bits == 16 and img.mode in ("RGB", "RGBA", "LA"):
+        wide = _colour16(path)
+        # OpenCV turns a TIFF by its orientation tag but not a PNG by its eXIf chunk (4.x / 5.x): of the two
+        # candidates, the one whose high bytes are PIL's (correctly turned) pixels is the right one
+        for candidate in () if wide is None else (wide, orient(wide, info.orientation)):
+            if candidate.shape == rgb.shape and np.array_equal(candidate >> 8, rgb):
+                return _scale16(candidate)
+    return rgb  # 16-bit colour that OpenCV could not read: PIL's high byte, 1 level below rounding at most
+
+
+def _pil_rgb(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
     mode = img.mode
     if mode.startswith("I;16"):
         grey = _scale16(np.asarray(img).astype(np.uint16))
@@ -245,10 +282,6 @@ def image_rgb(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
                             "are read as [0, 1] intensities: scale it to [0, 1], or save it as 8- or 16-bit")
         grey = np.rint(values * 255.0).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
-    if info.bits == 16 and mode in ("RGB", "RGBA", "LA"):
-        rgb = _colour16(path, info.size)
-        if rgb is not None:
-            return rgb
     return np.asarray(img.convert("RGB"))
 
 
@@ -257,7 +290,7 @@ INDEX_MODES = ("P", "L", "1", "I", "F", "PA", "LA")
 
 
 def index_values(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
-    """The loaded ``img``'s samples as ``int64[H, W]`` class ids, exactly as stored (stored orientation)."""
+    """The loaded ``img``'s samples as ``int64[H, W]`` class ids, exactly as stored, as viewers orient them."""
     mode = img.mode
     if mode not in INDEX_MODES and not mode.startswith("I;16"):
         raise DataError(f"mask file {path} is a {mode} image; index masks must be single-channel (grey, 16-bit "
@@ -271,4 +304,4 @@ def index_values(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
         values = values // (255 // (2 ** info.bits - 1))  # PIL stretched 1/2/4-bit grey to 0..255 for display
     if mode == "F" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
         raise DataError(f"mask file {path} holds non-integer floating-point values; masks hold class ids")
-    return values.astype(np.int64)
+    return orient(values.astype(np.int64), info.pending)

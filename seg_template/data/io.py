@@ -24,11 +24,12 @@ from seg_template.data.decoding import (
     ImageInfo,
     check_pages,
     check_size,
+    exif_orientation,
     header_info,
     image_rgb,
     index_values,
-    orient,
     own_size_check,
+    tiff_unturned,
 )
 from seg_template.errors import ConfigError, DataError, MissingFileError
 
@@ -84,6 +85,10 @@ def open_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
             info = header_info(img)
             check_size(info, path, max_pixels)
             check_pages(info, path)
+            unturned = tiff_unturned(path) if info.format == "TIFF" and info.orientation != 1 else None
+            if unturned is not None:
+                img.close()
+                img = Image.open(unturned)
             img.load()  # decode now: PIL is lazy and a truncated file would only fail later, far from its name
     except FileNotFoundError as err:
         raise _missing(path) from err
@@ -91,9 +96,12 @@ def open_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableImageError(f"cannot read image file {path}: {err}") from err
+    # the orientation PIL left to apply to its pixels (a PNG's eXIf may follow the pixels; PIL turns a TIFF
+    # itself unless it was decoded unturned)
+    pending = info.orientation if unturned is not None else exif_orientation(img, loaded=True)
     if img.format == "PNG" and info.orientation == 1:
-        info = replace(info, orientation=header_info(img, loaded=True).orientation)  # an eXIf after the pixels
-    return img, info
+        info = replace(info, orientation=pending)
+    return img, replace(info, pending=pending)
 
 
 def probe_image(path: Path) -> ImageInfo | None:
@@ -110,7 +118,7 @@ def load_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
     """``(uint8[H, W, 3] RGB as viewers show it, the file's facts)``: EXIF orientation applied, 16-bit and float
     samples scaled by their real range, grey / palette / CMYK converted, alpha dropped."""
     img, info = open_image(path, max_pixels)
-    return orient(image_rgb(img, info, Path(path)), info.orientation), info
+    return image_rgb(img, info, Path(path)), info
 
 
 def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -139,7 +147,7 @@ def read_label_png(path: Path, lossy_ok: bool = False,
     if img.mode in ("RGB", "RGBA"):
         raise DataError(f"mask file {path} is an {img.mode} colour image; index masks must be single-channel "
                         "(grey or palette PNG). For colour masks set the colour table (mask_format: rgb)")
-    return orient(index_values(img, info, Path(path)), info.orientation)
+    return index_values(img, info, Path(path))
 
 
 def read_rgb_mask(path: Path, colors: Sequence[Sequence[int]], ignore_colors: Iterable[Sequence[int]] = (),
@@ -150,7 +158,7 @@ def read_rgb_mask(path: Path, colors: Sequence[Sequence[int]], ignore_colors: It
     Pixels in ``ignore_colors`` become ``ignore_index``; any other colour raises naming colour and file.
     """
     img, info = _mask_image(Path(path), lossy_ok, max_pixels)
-    rgb = orient(image_rgb(img, info, Path(path)), info.orientation).astype(np.int64)
+    rgb = image_rgb(img, info, Path(path)).astype(np.int64)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     table = {_code(c): k for k, c in enumerate(colors)}
     table.update({_code(c): ignore_index for c in ignore_colors})
