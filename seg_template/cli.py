@@ -6,12 +6,17 @@
 - around the task: known-harmless third-party noise is silenced (see ``seg_template.quiet``), a user's
   mistake (:class:`~seg_template.errors.UserError`) prints as one short block and exits 1, and a single run
   that fails before it has written anything of value leaves no empty run folder behind.
+- signals (``seg_template.signals``): SIGTERM / SIGINT end the process with status 143 / 130 and one line,
+  never a traceback (during fit after a complete ``last.ckpt``: ``callbacks/stop_on_signal.py``).
+- several processes (DDP): a user error found by any rank prints once, with its rank; the other ranks'
+  consequent failures (a collective that lost its peer) print one short line pointing at it; all exit 1.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -22,9 +27,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from seg_template import errors
 from seg_template.errors import UserError
-from seg_template.jobs import is_global_zero
+from seg_template.jobs import (
+    claim_message,
+    failures_of_other_ranks,
+    global_rank,
+    is_global_zero,
+    is_peer_failure,
+    launch_scope,
+    record_failure,
+    was_distributed,
+)
 from seg_template.paths import CONFIG_DIR, export_project_root, register_resolvers
+from seg_template.signals import as_stop, exit_on_signals, signal_name
 
 log = logging.getLogger("seg_template")
 
@@ -47,10 +63,11 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> Any:
         from seg_template.quiet import quiet_third_party
 
         quiet_third_party()
-        with _no_debris(), _user_errors():
+        with launch_scope(), _no_debris(), _user_errors(), _signal_exits():
             return task(cfg)
 
-    return _main()
+    with exit_on_signals():  # from here on a signal stops the run with 143 / 130, no traceback
+        return _main()
 
 
 def resume_in_place_argv(argv: list[str], now: datetime | None = None) -> list[str]:
@@ -75,20 +92,90 @@ def resume_in_place_argv(argv: list[str], now: datetime | None = None) -> list[s
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """A :class:`UserError` (also when wrapped by Hydra's instantiate or a DataLoader worker) prints as one
-    block and exits 1; ``HYDRA_FULL_ERROR=1`` re-raises it with its traceback. Other errors pass through."""
+    block and exits 1; ``HYDRA_FULL_ERROR=1`` re-raises it with its traceback. Under DDP the block is printed
+    by the first rank that found it, and a collective that failed because another rank ended prints one
+    line pointing at that rank. Other errors pass through."""
     try:
         yield
     except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if is_global_zero():  # once per run, not once per DDP / SLURM process
-            log.error("%s\n  (a problem with the config, data or checkpoint, not a bug; the traceback: set "
-                      "HYDRA_FULL_ERROR=1)", user_message(user_error))
+        several = was_distributed()
+        user_error = find_user_error(err) or user_error_in_text(str(err))
+        if user_error is None:
+            if not several:
+                raise
+            record_failure(f"{type(err).__name__}: {first_line(err)}")
+            if not is_peer_failure(err):
+                raise
+            line = peer_failure_line(global_rank(), err, failures_of_other_ranks())
+            log.error(line)
+            if _in_multirun():
+                raise RuntimeError(line) from None
+            raise SystemExit(1) from None
+        message = user_message(user_error)
+        if several:
+            record_failure(message)
+        if not several or claim_message(message):  # once per run, not once per DDP / SLURM process
+            found_by = f"found by DDP rank {global_rank()}; " if global_rank() > 0 else ""
+            log.error("%s\n  (%sa problem with the config, data or checkpoint, not a bug; the traceback: set "
+                      "HYDRA_FULL_ERROR=1)", message, found_by)
         if _in_multirun():
             # an exception, not an exit: the sweeper records the job as failed and runs the others
             raise type(user_error)(str(user_error)) from None
         raise SystemExit(1) from None
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of ``str(err)`` (at most ``limit`` characters), or the class name when it is empty."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def peer_failure_line(rank: int, err: BaseException, others: dict[int, str]) -> str:
+    """The one line a rank prints when a collective failed because another process of the run ended:
+    which rank failed first and how (``others``: ``{rank: "Class: message"}``), else where to look."""
+    here = f"{type(err).__name__}: {first_line(err, 100)}"
+    if others:
+        first = min(others)
+        kind = others[first].split(":", 1)[0] or "an error"
+        return (f"Rank {rank} stopped because rank {first} failed first ({kind}, printed above); here a "
+                f"collective operation lost that process: {here}")
+    return (f"Rank {rank} stopped: another process of this DDP run ended first (its error is above or in its "
+            f"log; killed or out of memory if none); here a collective operation lost it: {here}")
+
+
+_TEXT_USER_ERROR = re.compile(r"^seg_template\.errors\.(\w+): ", re.M)
+
+
+def user_error_in_text(text: str) -> UserError | None:
+    """A user error named in an error's text (torch.multiprocessing hands a spawned process's traceback to
+    its parent as text: ``...seg_template.errors.DataError: mask x.png has label 9``)."""
+    matches = list(_TEXT_USER_ERROR.finditer(text))
+    if not matches:
+        return None
+    kind = getattr(errors, matches[-1].group(1), None)
+    if not (isinstance(kind, type) and issubclass(kind, UserError)):
+        return None
+    return kind(text[matches[-1].end():].strip())
+
+
+@contextmanager
+def _signal_exits() -> Iterator[None]:
+    """A run stopped by SIGTERM / SIGINT exits 143 / 130 with one line (unless fit already logged where it
+    stopped); an error raised while the process stops (a DataLoader worker the signal reached first) is
+    part of that stop, not a traceback."""
+    try:
+        yield
+    except BaseException as err:
+        stop = as_stop(err)
+        if stop is None:
+            raise
+        if not stop.reported and is_global_zero():
+            detail = "" if isinstance(err, SystemExit) else f"; while stopping: {type(err).__name__}: {first_line(err)}"
+            log.warning("Stopped by %s (exit status %d)%s", signal_name(stop.signum), stop.code, detail)
+        raise SystemExit(stop.code) from None
 
 
 def _in_multirun() -> bool:

@@ -9,14 +9,27 @@ Two problems, both specific to running Lightning's DDP inside Hydra:
 - A DDP fit leaves ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_PORT``... in ``os.environ`` and an initialised
   process group. The next multirun job would believe its ranks were started externally and talk to the
   previous job's finished ranks. :func:`isolated_job` undoes that after each job.
+
+And one problem of DDP itself: an error found by one process (rank 1's shard of the data) ends the others
+inside a collective operation with an error about a lost connection. :func:`launch_scope`,
+:func:`record_failure`, :func:`claim_message` and :func:`failures_of_other_ranks` let the entry point print
+the real error once, whichever rank found it, and the others' consequent failures as one short line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
+import shutil
 import sys
+import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -33,6 +46,8 @@ def isolated_job() -> Iterator[None]:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            global _distributed_world
+            _distributed_world = max(_distributed_world, dist.get_world_size())
             dist.destroy_process_group()
         for key in set(os.environ) - set(env_before):
             del os.environ[key]
@@ -62,3 +77,142 @@ def is_global_zero() -> bool:
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def global_rank() -> int:
+    """This process's rank in its job (0 outside DDP), as Lightning knows it from the environment."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# An error on any rank, printed once. Under DDP each process runs the entry point; a user error found by rank 1
+# (its shard of the data) must be printed, once, while rank 0's consequent failure ("Connection closed by
+# peer" inside a collective) is only a consequence. The processes of one job share a folder of small files:
+# ``rank<k>`` records how process k failed, ``message-<hash>`` is claimed by the first process to print a
+# message (several ranks hitting the same config error print it once).
+
+LAUNCH_ENV = "SEG_TEMPLATE_LAUNCH_ID"
+
+_distributed_world = 1  # the largest process group a job of this process has used (isolated_job records it)
+
+#: what a collective operation raises when another process of the job is gone (gloo, NCCL, torch.multiprocessing)
+_PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe|[Tt]imed? ?out|NCCL|[Gg]loo|"
+                        r"process group|ProcessGroup|terminated with (signal|exit code)|exited unexpectedly")
+_PEER_GONE_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError", "DistError", "ProcessRaisedException",
+                    "ProcessExitedException")
+
+
+@contextmanager
+def launch_scope() -> Iterator[None]:
+    """Give this job an id that all its processes share: the ranks Lightning starts inherit it from the
+    environment; ranks started by SLURM or torchrun derive it from their job's variables. On leaving, the
+    process that created it removes its failure records."""
+    if os.environ.get(LAUNCH_ENV):
+        yield
+        return
+    os.environ[LAUNCH_ENV] = _external_launch_id() or f"local-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    try:
+        yield
+    finally:
+        folder = _records_folder()
+        os.environ.pop(LAUNCH_ENV, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _external_launch_id() -> str | None:
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        keys = ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
+        return "slurm-" + "-".join(env.get(k, "") for k in keys)
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return f"elastic-{env['TORCHELASTIC_RUN_ID']}-{env.get('TORCHELASTIC_RESTART_COUNT', '')}"
+    return None
+
+
+def _records_folder() -> Path | None:
+    """``<tmp>/seg_template_ranks/<hash of the launch id and the run folder>``; None outside a launch scope."""
+    launch = os.environ.get(LAUNCH_ENV)
+    if not launch:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else os.getcwd()
+    key = hashlib.sha1(f"{launch}|{run_dir}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "seg_template_ranks" / key
+
+
+def was_distributed() -> bool:
+    """Whether this job runs (or ran, before :func:`isolated_job` ended it) with several processes."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    return _distributed_world > 1 or global_rank() > 0
+
+
+def record_failure(text: str) -> None:
+    """Note, for the job's other processes, that this one failed with ``text`` (one line)."""
+    folder = _records_folder()
+    if folder is None:
+        return
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".rank{global_rank()}.{os.getpid()}"
+        partial.write_text(text)
+        os.replace(partial, folder / f"rank{global_rank()}")
+
+
+def claim_message(text: str) -> bool:
+    """True for the first process of the job to claim ``text`` (it prints it), False for the others; True
+    when the processes share no folder to tell."""
+    folder = _records_folder()
+    if folder is None:
+        return True
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"message-{hashlib.sha1(text.encode()).hexdigest()[:16]}",
+                     os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    os.close(fd)
+    return True
+
+
+def failures_of_other_ranks(wait_s: float = 10.0) -> dict[int, str]:
+    """``{rank: text}`` of the job's other processes that recorded a failure, waiting up to ``wait_s``
+    seconds for the first one (a process records its failure while it shuts down)."""
+    folder = _records_folder()
+    deadline = time.monotonic() + wait_s
+    me = global_rank()
+    while folder is not None:
+        found = {}
+        for path in folder.glob("rank*"):
+            rank = int(path.name[4:]) if path.name[4:].isdigit() else -1
+            if rank not in (me, -1):
+                with contextlib.suppress(OSError):
+                    found[rank] = path.read_text().strip()
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
+    return {}
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or an error in its chain) is what a collective raises when another process of the
+    job has ended: gloo's "Connection closed by peer", a timeout, torch.multiprocessing's
+    ``ProcessRaisedException``..."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if type(current).__name__ in _PEER_GONE_TYPES:
+            return True
+        if isinstance(current, RuntimeError) and _PEER_GONE.search(str(current)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -1,0 +1,183 @@
+"""SIGTERM / SIGINT during fit: stop at the end of the current training step, with a complete ``last.ckpt``.
+
+:class:`StopOnSignal` (``configs/callbacks/stop_on_signal.yaml``) turns the two signals into a flag while
+``fit`` runs, and acts on it at the next safe point:
+
+- the end of a training step (the optimiser step is done): every DDP rank learns of the signal there (one
+  all-reduce of a number per step, only with several processes), ``last.ckpt`` is written atomically for
+  that step (mid-epoch) by :class:`~seg_template.callbacks.checkpoint.BestAndLastCheckpoint`;
+- a signal that arrives during validation or the epoch-end save is acted upon when the next epoch starts
+  (or when training ends): the ``last.ckpt`` written at that epoch's end is the current state.
+
+It then logs one line (where the run stopped, which file to resume from, the command) on rank 0 and raises
+:class:`~seg_template.signals.StoppedBySignal`: the process exits 143 (SIGTERM) or 130 (SIGINT). A second
+signal while stopping stops at once: the atomic writer removes its partial file, the previous ``last.ckpt``
+stays. Under SLURM with Lightning's auto-requeue, the state also goes to ``hpc_ckpt_<n>.ckpt``, which the
+requeued job resumes from (SIGUSR1, Lightning's own requeue signal, is not touched).
+
+Resuming from a mid-epoch ``last.ckpt`` continues at the next step (learning rate, step count, metrics.csv
+rows), but the rest of that epoch draws its batches from the start of the epoch's order again: Lightning
+replays an epoch from the beginning of a DataLoader that cannot resume, so the run is not bit-identical to
+an uninterrupted one (it is when the stop fell at an epoch's end).
+
+Lightning installs its own SIGTERM handler when ``fit`` starts (it would make the run exit 0, and under DDP
+it broadcasts from inside the handler); this callback takes the signals back right after, in
+``on_sanity_check_start`` / ``on_train_start``; Lightning's teardown puts back the handlers from before fit
+(the entry point's) on every way out of it. Between the start of fit and the sanity check (restoring a
+checkpoint), the entry point's handler stops the run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import subprocess
+import time
+from types import FrameType
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from seg_template.signals import StoppedBySignal, install, signal_name
+
+log = logging.getLogger("seg_template")
+
+
+class StopOnSignal(pl.Callback):
+    """During fit, SIGTERM / SIGINT stop the run after the current training step with a complete
+    ``last.ckpt`` and exit status 143 / 130 (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._pending: int | None = None  # the signal received and not yet acted upon
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._pending is not None:  # impatient: stop now (atomic writes keep the previous files whole)
+            log.warning("%s again: stopping at once; a checkpoint being written is abandoned, the previous one "
+                        "stays", signal_name(signum))
+            raise StoppedBySignal(signum)
+        self._pending = signum
+        log.warning("%s received: the run stops after the current training step and writes last.ckpt (send it "
+                    "again to stop at once)", signal_name(signum))
+
+    # ------------------------------------------------------------ fit starts and ends
+    # Installed only after Lightning's register_signal_handlers() (it runs right before the sanity check),
+    # whose teardown then puts back the handlers from before fit: the entry point's, on every path out.
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._pending = None
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        install(self._on_signal)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        install(self._on_signal)  # again: the sanity check may be off
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, StoppedBySignal):
+            _wait_for_launched_ranks(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._pending is not None:
+            # arrived after the last safe point: the entry point's handler, back by now, stops the run
+            signum, self._pending = self._pending, None
+            os.kill(os.getpid(), signum)
+
+    # ------------------------------------------------------------ the safe points
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._stop_if_signalled(trainer, write=True)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer, write=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer, write=False)
+
+    def _stop_if_signalled(self, trainer: pl.Trainer, write: bool) -> None:
+        signum = self._agreed_signal(trainer)
+        if not signum:
+            return
+        self._pending = signum  # a second signal from here on stops at once
+        last = _write_last(trainer) if write else _current_last(trainer)
+        requeue = _write_slurm_requeue_checkpoint(trainer)
+        if trainer.is_global_zero:
+            log.warning(stop_line(signum, trainer.current_epoch, trainer.max_epochs, trainer.global_step, last,
+                                  requeue, mid_epoch=write))
+        self._pending = None
+        raise StoppedBySignal(signum, reported=True)
+
+    def _agreed_signal(self, trainer: pl.Trainer) -> int:
+        """The signal any rank received (the highest number: SIGTERM over SIGINT), 0 when none."""
+        local = self._pending or 0
+        if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return local
+        agreed = trainer.strategy.reduce(torch.tensor(local, device=trainer.strategy.root_device), reduce_op="max")
+        return int(agreed)
+
+
+def _wait_for_launched_ranks(trainer: pl.Trainer, timeout_s: float = 60.0) -> None:
+    """The ranks Lightning started from this process (``trainer=ddp_cpu``, DDP on one machine) stop at the
+    same step: wait for them, so that whoever waits for this process (a scheduler, a shell) sees the whole
+    run ended."""
+    deadline = time.monotonic() + timeout_s
+    for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _write_last(trainer: pl.Trainer) -> str | None:
+    """Write ``last.ckpt`` for the current step through our checkpoint callback; its path, or None when this
+    run keeps no ``last.ckpt`` (no BestAndLastCheckpoint, ``save_last=false``, ``fast_dev_run``)."""
+    from seg_template.callbacks.checkpoint import BestAndLastCheckpoint
+
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, BestAndLastCheckpoint):
+        return callback.write_last(trainer)
+    return _current_last(trainer)
+
+
+def _current_last(trainer: pl.Trainer) -> str | None:
+    path = getattr(trainer.checkpoint_callback, "last_model_path", "")
+    return path if path and os.path.isfile(path) else None
+
+
+def _write_slurm_requeue_checkpoint(trainer: pl.Trainer) -> str | None:
+    """Under SLURM with Lightning's auto-requeue, also write ``hpc_ckpt_<n>.ckpt``: a requeued (or preempted
+    and restarted) job runs the same command, and Lightning resumes it from the highest such file."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    environment = getattr(trainer._accelerator_connector, "cluster_environment", None)  # as Lightning's handler
+    if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
+        return None
+    path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: str | None,
+              requeue: str | None = None, mid_epoch: bool = True) -> str:
+    """The one line a stopped fit logs: the signal, where it stopped and how to resume. ``epoch`` counts
+    from 0 (Lightning's ``current_epoch``) and is shown from 1, as the per-epoch lines do: ``in epoch 3/15``
+    during its steps, ``after epoch 3/15`` once it is over (``epoch`` is then the number of epochs done)."""
+    of = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
+    where = f"in epoch {epoch + 1}{of}" if mid_epoch else f"after epoch {epoch}{of}"
+    text = f"Stopped by {signal_name(signum)} {where} at step {step} (exit status {128 + signum})"
+    if last is None:
+        return f"{text}; no last.ckpt to resume from (this run writes none)"
+    text += f"; {os.path.basename(last)} holds that state: resume with {resume_command(last)}"
+    if requeue:
+        text += f" (SLURM's requeued job resumes from {os.path.basename(requeue)})"
+    return text
+
+
+def resume_command(ckpt_path: str) -> str:
+    """``python train.py <this run's overrides> ckpt_path=<ckpt_path>``, quoted for a POSIX shell."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={ckpt_path}"])

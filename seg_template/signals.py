@@ -1,0 +1,136 @@
+"""The one door for SIGTERM and SIGINT: a stopped run exits non-zero, after the files it keeps are complete.
+
+Schedulers (SLURM, Kubernetes, ``timeout``), ``train && eval`` pipelines and Ctrl-C stop a run with SIGTERM
+or SIGINT, and must be able to tell a stopped run from a finished one. Lightning's own handling exits 0 on
+SIGTERM (its ``SIGTERMException`` is a ``SystemExit`` without a code) and 1 on Ctrl-C. Here a stopped run
+exits with the shell's convention, 128 + the signal's number: **143** for SIGTERM, **130** for SIGINT.
+
+Two layers raise one exception, :class:`StoppedBySignal` (a ``SystemExit`` carrying that status):
+
+- :func:`exit_on_signals`, installed by ``seg_template.cli`` around every entry point: a signal raises
+  ``StoppedBySignal`` at once, wherever the process is (as Ctrl-C raises ``KeyboardInterrupt``). Every file
+  we write is written atomically, so at worst the file being written is not replaced. eval, predict, export
+  and the parts of train outside ``fit`` stop this way.
+- during ``fit``, :class:`seg_template.callbacks.stop_on_signal.StopOnSignal` replaces it with a flag acted
+  upon at the end of the current training step: all DDP ranks agree, ``last.ckpt`` is written, one line
+  says how to resume. A second signal while stopping raises at once (the save it interrupts leaves the
+  previous ``last.ckpt`` intact and no partial file).
+
+Processes forked from the one that installed the handlers (DataLoader workers) do not act on these
+signals: the main process stops them when it stops (a worker that died first would fail the main process's
+next batch with a traceback). SIGUSR1 (Lightning's SLURM auto-requeue) is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+#: the signals that stop a run
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+Handler = Callable[[int, FrameType | None], None]
+
+_received: list[int] = []  # signals this process received while a handler of ours was installed
+
+
+def exit_status(signum: int) -> int:
+    """The status a run stopped by ``signum`` exits with: 128 + its number (143 SIGTERM, 130 SIGINT)."""
+    return 128 + int(signum)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15."""
+    return signal.Signals(signum).name
+
+
+class StoppedBySignal(SystemExit):
+    """The run was stopped by ``signum``; exits the process with :func:`exit_status` (``code``).
+
+    ``reported`` is True once the line saying where the run stopped has been logged."""
+
+    def __init__(self, signum: int, reported: bool = False) -> None:
+        super().__init__(exit_status(signum))
+        self.signum = int(signum)
+        self.reported = reported
+
+    def __str__(self) -> str:
+        return f"stopped by {signal_name(self.signum)} (exit status {self.code})"
+
+
+def received_signal() -> int | None:
+    """The first stop signal this process received while one of our handlers was installed, else None."""
+    return _received[0] if _received else None
+
+
+def install(handler: Handler) -> dict[int, Any]:
+    """Let ``handler(signum, frame)`` handle SIGTERM and SIGINT in this process; returns the handlers it
+    replaces (for :func:`restore`). Python allows handlers only in the main thread: elsewhere, nothing
+    changes and ``{}`` is returned.
+
+    In a process forked later from this one, SIGINT is ignored and SIGTERM takes its default action, so
+    that ``Process.terminate()`` still works (DataLoader workers install torch's own SIGTERM handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    owner = os.getpid()
+
+    def dispatch(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
+        _received.append(signum)
+        handler(signum, frame)
+
+    previous = {}
+    for signum in STOP_SIGNALS:
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, dispatch)
+    return previous
+
+
+def restore(previous: dict[int, Any]) -> None:
+    """Put back the handlers :func:`install` returned."""
+    for signum, handler in previous.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
+def raise_stop(signum: int, _frame: FrameType | None = None) -> None:
+    """The handler of :func:`exit_on_signals`: stop here."""
+    raise StoppedBySignal(signum)
+
+
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT raise :class:`StoppedBySignal` (exit status 143 / 130)."""
+    _received.clear()  # what an earlier block of this process received is no concern of this one
+    previous = install(raise_stop)
+    try:
+        yield
+    finally:
+        restore(previous)
+        _received.clear()
+
+
+def as_stop(err: BaseException) -> StoppedBySignal | None:
+    """The stop ``err`` stands for: a :class:`StoppedBySignal` in its cause / context chain, Lightning's
+    ``SIGTERMException``, or any error raised after this process received a stop signal (e.g. a DataLoader
+    worker that SLURM's SIGTERM reached first); None when no signal is involved."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, StoppedBySignal):
+            return current
+        if type(current).__name__ == "SIGTERMException":  # Lightning's, when its own handler ran
+            return StoppedBySignal(signal.SIGTERM)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    signum = received_signal()
+    return StoppedBySignal(signum) if signum is not None else None
