@@ -263,7 +263,7 @@ def image_rgb(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
         for candidate in () if wide is None else (wide, orient(wide, info.orientation)):
             if candidate.shape == rgb.shape and np.array_equal(candidate >> 8, rgb):
                 return _scale16(candidate)
-    return rgb  # 16-bit colour that OpenCV could not read: PIL's high byte, 1 level below rounding at most
+    return rgb  # 16-bit colour that OpenCV could not read: PIL's high byte, within one level of rounding
 
 
 def _pil_rgb(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:

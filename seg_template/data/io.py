@@ -129,7 +129,8 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
 def _mask_image(path: Path, lossy_ok: bool, max_pixels: int | None) -> tuple[Image.Image, ImageInfo]:
     img, info = open_image(path, max_pixels)
     if info.lossy and not lossy_ok:
-        raise DataError(f"mask file {path} is {info.format}, a lossy format: its compression changes labels "
+        kind = "a JPEG-compressed TIFF" if info.format == "TIFF" else info.format
+        raise DataError(f"mask file {path} is {kind}, a lossy format: its compression changes labels "
                         "along edges (and invents values between classes). Save masks as PNG, or accept them "
                         f"as they are with {LOSSY_OPTION}")
     return img, info
