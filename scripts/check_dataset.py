@@ -23,14 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from seg_template.data.config import SPLITS, compose_data_config  # noqa: E402
 from seg_template.data.doctor import check_dataset, format_report  # noqa: E402
+from seg_template.errors import run_tool  # noqa: E402
+from seg_template.options import non_negative_int, positive_int  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=voc data.root=/data/voc")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to check")
-    parser.add_argument("--limit", type=int, default=None, help="read only the first N pairs of each split")
-    parser.add_argument("--workers", type=int, default=0, help="read with N worker processes (0: in this one)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="read only the first N pairs of each split")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="read with N worker processes (0: in this one)")
     args = parser.parse_intermixed_args(argv)
     data_cfg = compose_data_config(args.overrides)
     reports = check_dataset(data_cfg, args.splits, args.limit, args.workers)
@@ -42,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

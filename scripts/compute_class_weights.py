@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from seg_template.data.class_weights import METHODS, class_weights, pixel_statistics, save_weights  # noqa: E402
 from seg_template.data.config import build_split, compose_data_config  # noqa: E402
+from seg_template.errors import run_tool  # noqa: E402
 from seg_template.options import positive_int  # noqa: E402
 
 
@@ -53,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from seg_template.data.cityscapes import LAYOUT  # noqa: E402
 from seg_template.data.io import require_dir  # noqa: E402
+from seg_template.errors import run_tool  # noqa: E402
 from seg_template.options import positive_int  # noqa: E402
 
 POLYGON_SUFFIX = "_gtFine_polygons.json"
@@ -74,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

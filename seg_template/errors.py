@@ -10,6 +10,8 @@ that catches the built-in keeps working.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """A mistake the user can fix; ``str(err)`` says what and how."""
@@ -33,3 +35,39 @@ class CheckpointError(UserError, ValueError):
 
 class TrainingDiverged(UserError, RuntimeError):
     """Training produced non-finite losses and was stopped before saving non-finite weights."""
+
+
+def run_tool(main: Callable[[], int | None]) -> int:
+    """Run a dataset tool's ``main()`` (``scripts/*.py``) as the entry points run a task: a user's mistake —
+    a :class:`UserError`, or a command line Hydra cannot compose (``data=bogus``) — prints as one block on
+    stderr and gives exit status 1; other errors keep their traceback. ``HYDRA_FULL_ERROR=1`` re-raises."""
+    import os
+    import sys
+
+    from hydra.errors import HydraException
+
+    try:
+        return int(main() or 0)
+    except Exception as err:
+        found = _first_user_error(err)
+        if found is None and isinstance(err, HydraException):  # unknown option, bad override syntax
+            found = err
+        if found is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        text = str(found).strip()
+        if isinstance(found, HydraException):
+            text = text.split("\nConfig search path:", 1)[0]  # Hydra appends its whole search path
+        print(f"{type(found).__name__}: {text}\n  (a problem with the options or the data, not a bug; the "
+              "traceback: set HYDRA_FULL_ERROR=1)", file=sys.stderr)
+        return 1
+
+
+def _first_user_error(err: BaseException) -> UserError | None:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -49,6 +49,7 @@ RULES: dict[str, Rule] = {
     "train": Rule(("bool",)), "test": Rule(("bool",)),
     "split": choice_rule("val", "test"),
     "batch_size": int_rule(1), "num_workers": int_rule(0), "overlay_alpha": real_rule(0, 1),  # predict
+    "max_image_pixels": int_rule(1, null=True, note="null: no limit", example=89478485),
     "trainer.max_epochs": int_rule(1, also=(-1,), note="-1: no limit, null: Lightning's default", null=True),
     "trainer.min_epochs": int_rule(0, null=True),
     "trainer.max_steps": int_rule(1, also=(-1,), note="-1: no limit"),
@@ -69,6 +70,7 @@ RULES: dict[str, Rule] = {
     "data.preflight": choice_rule("sample", "full", "none"),
     "data.class_names": Rule(("list",), unique=True, null=True),
     "data.*_set.length": int_rule(0), "data.*_set.seed": int_rule(0, 2**32 - 1),
+    "data.*_set.max_image_pixels": int_rule(1, null=True, note="null: no limit", example=89478485),
     "data.train_transform.color_jitter": real_rule(0),
     "model.width": int_rule(1), "model.num_classes": int_rule(1),
     "model.align_corners": Rule(("bool",)),

@@ -128,7 +128,7 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
 
     from seg_template.data.palette import dataset_palette
     from seg_template.inference import InferenceModel
-    from seg_template.predict_inputs import image_loader
+    from seg_template.predict_inputs import DEFAULT_MAX_IMAGE_PIXELS, image_loader
     from seg_template.predict_outputs import OutputWriter, ProgressReport, check_writable, submission_table
 
     check_options(cfg)  # the typed options, before anything is read (again below, under the file's recipe)
@@ -154,8 +154,9 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
     names = list(cfg.data.get("class_names") or [str(i) for i in range(classes)])
     writer = OutputWriter(output_dir, palette, names, alpha=cfg.get("overlay_alpha", 0.5), submission=table,
                           legend=cfg.get("legend", True))
+    limit = cfg.max_image_pixels if "max_image_pixels" in cfg else DEFAULT_MAX_IMAGE_PIXELS  # null: no limit
     loader = image_loader(files, instantiate(cfg.data.val_transform), cfg.batch_size, cfg.num_workers,
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", max_image_pixels=limit)
     log.info("Predicting %d images with %s=%s on %s (%s)", len(files), option, path, device, dict(cfg.inference))
     written, skipped = [], []
     progress = ProgressReport(len(files))
@@ -166,7 +167,8 @@ def run_predict(cfg: DictConfig, overrides: Sequence[str] | None = None) -> list
                 skipped.append((file, reason))
             if "image" in batch:
                 # class ids in every inference mode, including bounded sliding windows on huge images
-                labels = model.predict_labels(batch["image"].to(device, non_blocking=True), dtype=torch.uint8).cpu()
+                labels = model.predict_labels(batch["image"].to(device, non_blocking=True), dtype=torch.uint8,
+                                              names=batch["name"]).cpu()  # names: for an error's message
                 for name, rgb, mask in zip(batch["name"], batch["rgb"], labels.numpy(), strict=True):
                     written.append(writer.write(name, rgb, mask))
             progress.update(len(batch["errors"]) + len(batch["name"]))

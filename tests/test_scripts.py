@@ -217,3 +217,25 @@ def test_compute_class_weights_on_generated_data(tmp_path) -> None:
     labelled = np.concatenate([m[m != 255] for m in masks])
     counts = np.bincount(labelled, minlength=6)
     np.testing.assert_allclose(json.loads(out_file.read_text()), labelled.size / (6 * counts), rtol=1e-6)
+
+
+@pytest.mark.parametrize("script, args, culprit", [
+    ("compute_class_weights", ["data=folder", "data.root={tmp}/nope"], r"DatasetLayoutError: folder dataset root "
+                                                                       r"not found: .*nope"),
+    ("compute_class_weights", ["data=bogus"], r"MissingConfigException: .*'data/bogus'.*folder"),
+    ("check_dataset", ["data=voc", "data.batch_size=[oops"], r"OverrideParseException: .*\[oops"),
+    ("prepare_cityscapes", ["{tmp}/nope"], r"DatasetLayoutError: Cityscapes gtFine folder not found"),
+])
+def test_tools_print_a_user_error_as_one_block(tmp_path, capsys, script, args, culprit) -> None:
+    """A user's mistake given to a dataset tool prints one block naming it on stderr and exits 1 (no traceback,
+    no Hydra search path), as the entry points do."""
+    import re
+
+    from seg_template.errors import run_tool
+
+    tool = load_script(script)
+    argv = [a.format(tmp=tmp_path) for a in args]
+    assert run_tool(lambda: tool.main(argv)) == 1
+    err = capsys.readouterr().err
+    assert re.search(culprit, err, re.S), err
+    assert "Traceback" not in err and "Config search path" not in err and len(err.splitlines()) <= 12, err
