@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import shutil
 import statistics
@@ -100,6 +101,8 @@ def last_metric(run: Path, name: str) -> float:
         values = [row[name] for row in csv.DictReader(f) if row.get(name)]
     if not values:
         raise RuntimeError(f"no {name} in {run / 'metrics.csv'}")
+    if not math.isfinite(float(values[-1])):  # a run that logged NaN has not passed
+        raise RuntimeError(f"{name} is {values[-1]} in {run / 'metrics.csv'}")
     return float(values[-1])
 
 
@@ -160,7 +163,7 @@ def check_loss(key: str, device: str = "cuda") -> str:
     mem = {row: peak_memory(row, key, "random", device) for row in (BASELINE, lean)}
     figure = (f"{SHAPES.get(key, key)}: rel diff loss {d_loss:.0e} grad {d_grad:.0e}; time x{ratio:.2f}; "
               f"peak mem x{mem[lean] / max(mem[BASELINE], 1e-9):.2f} ({mem[lean]:.0f}/{mem[BASELINE]:.0f} MiB)")
-    if d_loss > 1e-4 or d_grad > 1e-3:
+    if not (d_loss <= 1e-4 and d_grad <= 1e-3):  # written so that NaN fails
         raise RuntimeError("parity lost: " + figure)
     return figure
 
