@@ -8,7 +8,8 @@ were silently dropped (``optimizer.lr=1e-6`` kept the old learning rate and sche
 - **The optimiser's class must be the checkpoint's.** Otherwise :func:`check_optimizer` raises a
   ``CheckpointError`` naming both classes and the two ways out: resume with the original ``optimizer=``, or
   start a new run from the weights with ``model.pretrained=<ckpt>``. Its saved state (moments, momentum
-  buffers) only means something to the optimiser that wrote it.
+  buffers) only means something to the optimiser that wrote it. So is an option switched on that needs state
+  the checkpoint lacks (``optimizer.amsgrad=true`` on a state written without it: ``KeyError: 'max_exp_avg_sq'``).
 - **Changed values are applied from the resumed step, with one notice line** listing ``key: old -> new``:
   optimiser options (``lr``, ``weight_decay``, ``betas``, ``momentum``, ...), scheduler options (``power``,
   ``warmup_steps``, ...), the scheduler itself, and the schedule's length (``trainer.max_epochs``,
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 RECORD_KEY = "optimization"
 #: parameter-group entries that are not options: the parameters, and the learning rates a scheduler manages
 _NOT_OPTIONS = ("params", "param_names", "lr", "initial_lr")
+#: options whose value ``True`` needs per-parameter state that a checkpoint written with ``False`` lacks
+_STATEFUL_OPTIONS = {"amsgrad": "max_exp_avg_sq"}
 
 
 def qualified_name(obj: Any) -> str:
@@ -106,6 +109,7 @@ def check_optimizer(checkpoint: Mapping[str, Any], factory: Callable[..., Optimi
     except Exception:  # noqa: BLE001
         return
     configured = type(probe)
+    _check_stateful_options(states[0], probe, source)
     record = checkpoint.get(RECORD_KEY)
     trained = record.get("optimizer") if isinstance(record, Mapping) else None
     if isinstance(trained, str):
@@ -122,6 +126,17 @@ def check_optimizer(checkpoint: Mapping[str, Any], factory: Callable[..., Optimi
                          if cls is not configured and _needed_options(cls) <= saved), None)
         raise CheckpointError(_class_message(source, f"another optimiser (its saved state has no "
                                                      f"{', '.join(missing)})", configured, original))
+
+
+def _check_stateful_options(saved: Mapping[str, Any], probe: Optimizer, source: str) -> None:
+    """Refuse an option switched on at resume whose optimiser state the checkpoint does not have."""
+    per_param = [s for s in (saved.get("state") or {}).values() if isinstance(s, Mapping)]
+    for option, key in _STATEFUL_OPTIONS.items():
+        if probe.param_groups[0].get(option) and any(key not in s for s in per_param):
+            raise CheckpointError(f"optimizer.{option}=true needs '{key}' in the optimiser state, but ckpt_path "
+                                  f"'{source}' was trained without it: resume without changing optimizer.{option}, "
+                                  f"or start a new run from these weights: model.pretrained={source} instead of "
+                                  "ckpt_path.")
 
 
 def _needed_options(optimizer: Optimizer | type[Optimizer]) -> set[str]:
@@ -174,6 +189,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):  # as typed on the command line
+        return str(value).lower()
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list | tuple):

@@ -11,6 +11,8 @@ leave ``.hydra/`` describing only one of them. The rule:
   folder whose lock is held by a live process is refused with a message naming that run (pid, host, start
   time, command); a lock left behind by a run that is gone (killed, crashed, or copied along with the
   folder) is taken over with a notice.
+- Hydra never overwrites another run's record: a run typed into a folder that has one (``hydra.run.dir=``
+  of an earlier run) writes its config to ``.hydra/resumed_<time>/``, as resume in place does.
 - Not claimed: DDP ranks > 0 (Lightning re-launches them into rank 0's folder), multirun jobs (each has its
   own folder in the sweep; submitit / SLURM jobs and their requeues are multirun jobs) and a restart of the
   same SLURM job (a requeue) while its previous start still holds the lock.
@@ -315,7 +317,10 @@ class RunFolderClaim(Callback):
         typed = [o for o in config.hydra.overrides.hydra if str(o).startswith("hydra.run.dir=")]
         try:
             claimed, self.notices = claim_run_folder(folder, fresh=not typed)
-        except ConfigError as err:
+        except (ConfigError, OSError) as err:
+            if isinstance(err, OSError):  # a read-only or full location: Hydra would fail with a traceback
+                err = ConfigError(f"the run folder {folder} cannot be created or written ({err.strerror or err}): "
+                                  "write runs elsewhere with paths.log_dir=<folder> (or hydra.run.dir=<folder>)")
             # Hydra turns a callback's exception into a warning and goes on: end here, as a user error does
             # (one block, exit status 1), before anything is written into the other run's folder
             print(f"{type(err).__name__}: {err}", file=sys.stderr)
@@ -324,6 +329,12 @@ class RunFolderClaim(Callback):
         if claimed != folder:
             with read_write(config.hydra.run):
                 config.hydra.run.dir = str(claimed)
+        subdir = config.hydra.get("output_subdir")
+        if subdir and (claimed / str(subdir) / "config.yaml").is_file():
+            # a typed hydra.run.dir= of an earlier run: keep its record, as resume in place does (seg_template/cli.py)
+            stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            with read_write(config.hydra):
+                config.hydra.output_subdir = f"{subdir}/resumed_{stamp}"
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         for notice in self.notices:

@@ -238,6 +238,27 @@ def test_resume_in_place_claims_the_folder_itself(tmp_path, capsys):
         holder.wait(timeout=30)
 
 
+def test_a_typed_folder_of_an_earlier_run_keeps_its_record(tmp_path):
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("the earlier run's config")
+    config = hydra_config(folder, f"hydra.run.dir={folder}")
+    config.hydra.output_subdir = ".hydra"
+    claim = RunFolderClaim()
+    claim.on_run_start(config)
+    claim.on_run_end(config)
+    assert re.fullmatch(r"\.hydra/resumed_[0-9_-]+", config.hydra.output_subdir)  # Hydra wrote over it before
+
+
+def test_a_run_folder_that_cannot_be_created_is_named(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_:
+        RunFolderClaim().on_run_start(hydra_config(tmp_path / "file" / "run"))
+    assert exit_.value.code == 1  # was: Hydra's warning about the callback, then a traceback from its mkdir
+    assert_short_named(capsys.readouterr().err, r"ConfigError: the run folder .*file/run cannot be created or "
+                                                r"written \(File exists\).*paths\.log_dir=")
+
+
 def test_ddp_ranks_above_0_write_into_the_claimed_folder(tmp_path, monkeypatch):
     folder = tmp_path / "run"
     holder = hold(folder)  # rank 0
@@ -298,6 +319,14 @@ def test_resume_with_another_optimizer_is_refused_naming_both(compose_cfg, inter
     assert_short_named(user_message(err), r"last\.ckpt' was trained with AdamW, but this run configures SGD.*"
                                           r"Resume with optimizer=adamw.*model\.pretrained=.*last\.ckpt")
     assert files(run) == before  # refused before anything was written
+
+
+def test_resume_switching_on_amsgrad_is_refused(compose_cfg, interrupted, tmp_path):
+    err = raised_user_error(lambda: resume(compose_cfg, copy_of(interrupted, tmp_path / "run"),
+                                           "+optimizer.amsgrad=true"))
+    assert isinstance(err, CheckpointError)  # was: KeyError: 'max_exp_avg_sq' in the first AdamW step
+    assert_short_named(user_message(err), r"optimizer\.amsgrad=true needs 'max_exp_avg_sq' in the optimiser state, "
+                                          r"but ckpt_path '.*last\.ckpt' was trained without it")
 
 
 def test_an_older_checkpoint_with_another_optimizer_is_refused(compose_cfg, interrupted, tmp_path):
