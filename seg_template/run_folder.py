@@ -229,6 +229,7 @@ def claim_lock(folder: Path) -> Claim:
 def _claim_by_pid(folder: Path, me: Owner) -> Claim:
     """The lock where ``flock`` is not available: an exclusively created file, stale when its pid is gone."""
     path = folder / LOCK_FILE
+    previous = None
     for _ in range(10):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -240,10 +241,11 @@ def _claim_by_pid(folder: Path, me: Owner) -> Claim:
                 raise _busy(folder, owner) from None
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # stale: gone, or an earlier start of this SLURM job
+            previous = owner
             continue
         _write_record(fd, me)
         os.close(fd)
-        return _register(Claim(folder, None, me))
+        return _register(Claim(folder, None, me, previous))
     raise RunFolderBusy(f"run folder {folder}: could not create {path} (it keeps being re-created)")
 
 

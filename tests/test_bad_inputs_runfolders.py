@@ -188,6 +188,27 @@ def test_a_lock_left_by_a_run_that_is_gone_is_taken_over_with_a_notice(tmp_path)
     assert f'"pid": {os.getpid()}' in (folder / LOCK_FILE).read_text()
 
 
+def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # some network filesystems
+
+    live, gone = tmp_path / "live", tmp_path / "gone"
+    holder = hold(live)
+    vanished = hold(gone, "vanish")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    try:
+        with pytest.raises(RunFolderBusy, match=f"pid {holder.pid} on {re.escape(socket.gethostname())}"):
+            claim_run_folder(live, fresh=False)
+        claimed, notices = claim_run_folder(gone, fresh=False)
+        assert claimed == gone and f"took over the lock left by pid {vanished.pid}" in notices[0]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
 def test_a_requeued_slurm_job_is_not_refused_by_its_earlier_start(tmp_path, monkeypatch):
     folder = tmp_path / "run"
     holder = hold(folder, env={"SLURM_JOB_ID": "4242"})
