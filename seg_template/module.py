@@ -153,7 +153,8 @@ class SegmentationModule(pl.LightningModule):
         if self.trainer.state.fn == "validate":  # eval.py: no fit summary will follow
             self._print_scores("val", scores)
         self.last_val = {**scores, "epoch": self.current_epoch}
-        if self.best_val is None or scores["mIoU"] > self.best_val["mIoU"]:
+        best = None if self.best_val is None else float(self.best_val["mIoU"])
+        if best is None or math.isnan(best) or float(scores["mIoU"]) > best:  # a NaN first epoch is never "best"
             self.best_val = self.last_val
 
     def on_test_epoch_end(self) -> None:

@@ -175,3 +175,19 @@ def test_small_model_loads_local_weights_and_skips_other_heads(tmp_path) -> None
     assert other.classifier.weight.shape[0] == 6
     with pytest.raises(ValueError, match="no named weights"):
         small_segnet(6, pretrained="imagenet")
+
+
+def test_a_nan_first_epoch_is_never_the_best(monkeypatch) -> None:
+    """The fit summary's "best" epoch: an epoch whose val/mIoU is NaN (nothing labelled, a diverged net) is
+    replaced by the first epoch with a number (``nan > x`` is False, so a plain comparison kept NaN forever)."""
+    from types import SimpleNamespace
+
+    module = _module()
+    scores = iter([{"mIoU": float("nan")}, {"mIoU": 0.4}, {"mIoU": 0.3}])
+    monkeypatch.setattr(module, "_log_scores", lambda stage: next(scores))
+    fake = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="fit"))
+    monkeypatch.setattr(SegmentationModule, "trainer", property(lambda self: fake))
+    monkeypatch.setattr(SegmentationModule, "current_epoch", property(lambda self: self._epoch))
+    for module._epoch in range(3):
+        module.on_validation_epoch_end()
+    assert module.best_val["epoch"] == 1 and module.best_val["mIoU"] == 0.4
