@@ -10,7 +10,9 @@ key and the target, when it finds:
 
 - a ``_target_`` that is not, character for character, one written in ``configs/**/*.yaml``
   (:func:`allowed_targets`; a fork's new YAML extends the list). Exact strings, not prefixes: Hydra's
-  ``_locate`` walks attributes, so ``seg_template.cli.shutil.rmtree`` is ``shutil.rmtree``;
+  ``_locate`` walks attributes, so ``seg_template.cli.shutil.rmtree`` is ``shutil.rmtree``. A recipe's
+  ``data`` / ``model`` / ``loss`` node may only hold the targets the config files write under that same
+  node (:func:`targets_by_node`): a ``Trainer`` or a logger is a real target, but never part of a recipe;
 - a ``_target_`` that is not a plain string (a number, a list, an interpolation ``${...}`` that would pick
   the target only when resolved), at any depth (dicts, lists, lists of dicts: a transform list);
 - an interpolation that is not a plain reference to another key (``${oc.create:...}``, ``${oc.decode:...}``
@@ -45,21 +47,32 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 @functools.cache
-def allowed_targets(config_dir: Path = CONFIG_DIR) -> frozenset[str]:
-    """Every ``_target_`` string written in the YAML files under ``config_dir`` (any depth; interpolated
-    targets are not names, so they do not count). Read once per process."""
+def targets_by_node(config_dir: Path = CONFIG_DIR) -> dict[str, frozenset[str]]:
+    """``{top-level node: every _target_ string the YAML files under config_dir write inside it}``, each file
+    placed at its package (``configs/loss/ohem.yaml`` -> ``loss``; a ``# @package`` header wins, so an
+    experiment's ``data.train_set._target_`` counts for ``data``). Interpolated targets are not names and do
+    not count. Read once per process."""
     import yaml
 
-    found: set[str] = set()
+    from seg_template.option_schema import package_of
+
+    found: dict[str, set[str]] = {}
     for file in sorted(Path(config_dir).rglob("*.yaml")):
         try:
             content = yaml.safe_load(file.read_text())
+            package = package_of(file, Path(config_dir))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):  # composing that config names the problem
             continue
-        for key, value, _, _ in _walk(content):
+        for key, value, where, _ in _walk(content):
             if key == TARGET and isinstance(value, str) and "${" not in value:
-                found.add(value)
-    return frozenset(found)
+                path = f"{package}.{where}" if package else where
+                found.setdefault(path.split(".", 1)[0].split("[", 1)[0], set()).add(value)
+    return {node: frozenset(targets) for node, targets in found.items()}
+
+
+def allowed_targets(config_dir: Path = CONFIG_DIR) -> frozenset[str]:
+    """Every ``_target_`` string written in the YAML files under ``config_dir``, whichever node it is in."""
+    return frozenset().union(*targets_by_node(Path(config_dir)).values())
 
 
 def _walk(config: Any) -> Iterator[tuple[Any, Any, str, int]]:
@@ -133,10 +146,16 @@ def check_file_config(config: Any, source: str, option: str = "ckpt_path", what:
 
 def check_recipe(recipe: Any, source: str, option: str = "ckpt_path",
                  allowed: Collection[str] | None = None) -> None:
-    """:func:`check_file_config` for a training recipe, plus its ``choices``: ``{group: option}`` with
-    plain names only (``{"data": "cityscapes", "data/class_weights": "cityscapes_hrnet"}``)."""
-    check_file_config(recipe, source, option, "a recipe", allowed)
+    """:func:`check_file_config` for a training recipe, each of its ``data`` / ``model`` / ``loss`` nodes
+    against the targets the config files write in that node (``allowed``, when given, for all of them), plus
+    its ``choices``: ``{group: option}`` with plain names only (``{"data": "cityscapes"}``)."""
+    check_file_config(recipe, source, option, "a recipe", allowed)  # every target known, plain config only
     nodes = {name: recipe.get(name) for name in ("data", "model", "loss")}
+    if allowed is None and isinstance(recipe, Mapping):
+        by_node = targets_by_node()
+        for name, node in nodes.items():
+            if isinstance(node, Mapping):
+                check_file_config({name: node}, source, option, "a recipe", by_node.get(name, frozenset()))
     if not isinstance(nodes["data"], Mapping) or any(n is not None and not isinstance(n, Mapping)
                                                     for n in nodes.values()):
         kinds = ", ".join(f"{k}: {type(v).__name__}" for k, v in nodes.items())

@@ -151,6 +151,22 @@ def test_allowed_targets_are_the_exact_names_written_in_the_yaml_files(tmp_path)
     assert {"seg_template.data.transforms.eval_transform", "torch.optim.SGD"} <= allowed_targets()
 
 
+def test_a_recipe_node_holds_only_the_targets_of_its_own_node() -> None:
+    """A Trainer, a logger or a loss is one of the project's targets, but never inside a recipe's data node:
+    each node is checked against the targets the config files write under that node."""
+    from seg_template.file_config import targets_by_node
+
+    by_node = targets_by_node()
+    assert "seg_template.losses.CrossEntropy" in by_node["loss"] and "pytorch_lightning.Trainer" in by_node["trainer"]
+    good = {"data": {"_target_": "seg_template.data.datamodule.SegDataModule"}, "model": None, "loss": None}
+    check_recipe(good, "x.ckpt")
+    for node, target in (("data", "pytorch_lightning.Trainer"), ("data", "pytorch_lightning.loggers.MLFlowLogger"),
+                         ("model", "seg_template.losses.CrossEntropy"), ("loss", "torch.optim.SGD")):
+        recipe = {**good, node: {"_target_": target, "inner": {}}}
+        with pytest.raises(CheckpointError, match=re.escape(f"would call {target} (at {node}._target_)")):
+            check_recipe(recipe, "x.ckpt")
+
+
 def test_only_plain_references_pass_as_interpolations() -> None:
     for text in ("${data.root}", "${..memory_efficient}", "${oc.select:data.imagenet_pretrained,null}",
                  "${data.root}/val", "no interpolation", "${data.train_set.image_size}"):
