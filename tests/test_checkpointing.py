@@ -389,3 +389,20 @@ def test_top_k_with_a_templated_name_is_accepted(callbacks):
     checkpoint, _ = callbacks("callbacks.model_checkpoint.save_top_k=3",
                               "callbacks.model_checkpoint.filename='best-{epoch:03d}'")
     assert checkpoint.save_top_k == 3 and not checkpoint._enable_version_counter
+
+
+def test_resuming_in_place_does_not_warn_about_its_own_checkpoints(tmp_path, recwarn) -> None:
+    """Lightning's "Checkpoint directory ... exists and is not empty" at every resume in place would teach users
+    to ignore it; it stays for files that are not this callback's own."""
+    from lightning_fabric.utilities.cloud_io import get_filesystem
+
+    callback = BestAndLastCheckpoint(dirpath=str(tmp_path), filename="best", monitor="val/mIoU", mode="max",
+                                     save_last=True)
+    callback._fs = get_filesystem(str(tmp_path))
+    for name in ("best.ckpt", "last.ckpt", ".last.ckpt.1.ab.partial"):
+        (tmp_path / name).write_bytes(b"x")
+    callback._ModelCheckpoint__warn_if_dir_not_empty(str(tmp_path))
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+    (tmp_path / "epoch=3.ckpt").write_bytes(b"x")
+    with pytest.warns(UserWarning, match="exists and is not empty"):
+        callback._ModelCheckpoint__warn_if_dir_not_empty(str(tmp_path))

@@ -158,6 +158,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath and _is_local_file_protocol(self.dirpath):
             remove_partial_files(self.dirpath)
 
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:  # noqa: N802 - Lightning's private
+        """Lightning warns "Checkpoint directory ... exists and is not empty" at every fit. A run folder belongs to
+        one run (seg_template/run_folder.py), so this callback's own files there (``best.ckpt``, ``last.ckpt``)
+        mean the run is resuming in place: no warning then; any other file still gets it."""
+        folder = Path(str(dirpath))
+        ours = {f"{self.filename or 'best'}{self.FILE_EXTENSION}", f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"}
+        if _is_local_file_protocol(dirpath) and folder.is_dir() and all(
+                p.name in ours or p.name.startswith(".") for p in folder.iterdir()):
+            return
+        super()._ModelCheckpoint__warn_if_dir_not_empty(dirpath)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning's restore of the best score and paths, with the paths mapped to this folder."""
         if self.dirpath is None or not _is_local_file_protocol(self.dirpath):
