@@ -56,6 +56,7 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     shapes = _shapes(cfg)
     recipe = read_checkpoint_recipe(ckpt_path)
     cfg = with_recipe(cfg, ckpt_path, recipe, overrides, "export.py")
+    check_options(cfg)  # the recipe's values with the options typed over them, as eval and predict do
     target = Path(cfg.output_file)
     net, align_corners = build_net(cfg.model)
     load_net_weights(net, ckpt_path)

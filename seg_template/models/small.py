@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from seg_template.errors import ConfigError
 from seg_template.models.common import finalize_model, weight_name
+from seg_template.options import require
 
 
 class ConvBNReLU(nn.Sequential):
@@ -37,9 +38,8 @@ class SmallSegNet(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 16, align_corners: bool = False) -> None:
         super().__init__()
-        if not isinstance(width, int) or num_classes < 1 or width < 1:
-            raise ConfigError(f"SmallSegNet needs model.num_classes >= 1 and model.width >= 1, got num_classes="
-                              f"{num_classes}, width={width}")
+        require("model.num_classes", num_classes)
+        require("model.width", width)
         w = width
         self.num_classes, self.align_corners = num_classes, bool(align_corners)
         self.stem = nn.Sequential(ConvBNReLU(3, w, stride=2), ConvBNReLU(w, w))
