@@ -31,6 +31,7 @@ from seg_template import errors
 from seg_template.errors import UserError
 from seg_template.jobs import (
     claim_message,
+    end_with_launcher,
     failures_of_other_ranks,
     global_rank,
     is_global_zero,
@@ -40,7 +41,7 @@ from seg_template.jobs import (
     was_distributed,
 )
 from seg_template.paths import CONFIG_DIR, export_project_root, register_resolvers
-from seg_template.signals import as_stop, exit_on_signals, signal_name
+from seg_template.signals import as_stop, exit_on_signals, mark_reported, signal_name, stop_reported
 
 log = logging.getLogger("seg_template")
 
@@ -63,7 +64,9 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> Any:
         from seg_template.quiet import quiet_third_party
 
         quiet_third_party()
-        with launch_scope(), _no_debris(), _user_errors(), _signal_exits():
+        end_with_launcher()
+        # _signal_exits outermost: whatever a stopping process raises on its way out is part of the stop
+        with _signal_exits(), launch_scope(), _no_debris(), _user_errors():
             return task(cfg)
 
     with exit_on_signals():  # from here on a signal stops the run with 143 / 130, no traceback
@@ -98,8 +101,8 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or as_stop(err) is not None:
+            raise  # a stopped run: _signal_exits says so
         several = was_distributed()
         user_error = find_user_error(err) or user_error_in_text(str(err))
         if user_error is None:
@@ -140,7 +143,7 @@ def peer_failure_line(rank: int, err: BaseException, others: dict[int, str]) -> 
     if others:
         first = min(others)
         kind = others[first].split(":", 1)[0] or "an error"
-        return (f"Rank {rank} stopped because rank {first} failed first ({kind}, printed above); here a "
+        return (f"Rank {rank} stopped because rank {first} ended first ({kind}, printed above); here a "
                 f"collective operation lost that process: {here}")
     return (f"Rank {rank} stopped: another process of this DDP run ended first (its error is above or in its "
             f"log; killed or out of memory if none); here a collective operation lost it: {here}")
@@ -172,9 +175,14 @@ def _signal_exits() -> Iterator[None]:
         stop = as_stop(err)
         if stop is None:
             raise
-        if not stop.reported and is_global_zero():
-            detail = "" if isinstance(err, SystemExit) else f"; while stopping: {type(err).__name__}: {first_line(err)}"
+        if was_distributed():
+            record_failure(f"{signal_name(stop.signum)}: stopped by a signal")
+        if not (stop.reported or stop_reported()) and is_global_zero():
+            detail = "" if isinstance(err, SystemExit) else (
+                f" before a safe point ({type(err).__name__}: {first_line(err)}); the files written before are "
+                "complete")
             log.warning("Stopped by %s (exit status %d)%s", signal_name(stop.signum), stop.code, detail)
+        mark_reported()
         raise SystemExit(stop.code) from None
 
 

@@ -79,6 +79,23 @@ def is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def end_with_launcher() -> None:
+    """Make a DDP rank that Lightning (or torchrun) started end when the process that started it ends: on
+    Linux the kernel then sends it SIGTERM (``prctl(PR_SET_PDEATHSIG)``), which stops it as any SIGTERM does,
+    instead of leaving it waiting for its peers. Rank 0 itself and other platforms: nothing to do."""
+    if not sys.platform.startswith("linux") or os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher ended before the call: nothing will send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def global_rank() -> int:
     """This process's rank in its job (0 outside DDP), as Lightning knows it from the environment."""
     from lightning_fabric.utilities.rank_zero import rank_zero_only
@@ -94,6 +111,7 @@ def global_rank() -> int:
 # message (several ranks hitting the same config error print it once).
 
 LAUNCH_ENV = "SEG_TEMPLATE_LAUNCH_ID"
+RECORDS_FOLDER = "seg_template_ranks"  # in the system's temporary folder
 
 _distributed_world = 1  # the largest process group a job of this process has used (isolated_job records it)
 
@@ -107,19 +125,26 @@ _PEER_GONE_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError", "D
 @contextmanager
 def launch_scope() -> Iterator[None]:
     """Give this job an id that all its processes share: the ranks Lightning starts inherit it from the
-    environment; ranks started by SLURM or torchrun derive it from their job's variables. On leaving, the
-    process that created it removes its failure records."""
+    environment; ranks started by SLURM or torchrun derive it from their job's variables. The failure
+    records of jobs that ended more than a day ago are removed (not this job's: its other ranks may still
+    be reading them after this process ends)."""
     if os.environ.get(LAUNCH_ENV):
         yield
         return
     os.environ[LAUNCH_ENV] = _external_launch_id() or f"local-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    _remove_old_records()
     try:
         yield
     finally:
-        folder = _records_folder()
         os.environ.pop(LAUNCH_ENV, None)
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_old_records(age_s: float = 86400.0) -> None:
+    root = Path(tempfile.gettempdir()) / RECORDS_FOLDER
+    with contextlib.suppress(OSError):
+        for folder in root.iterdir():
+            if time.time() - folder.stat().st_mtime > age_s:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _external_launch_id() -> str | None:
@@ -141,7 +166,7 @@ def _records_folder() -> Path | None:
 
     run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else os.getcwd()
     key = hashlib.sha1(f"{launch}|{run_dir}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "seg_template_ranks" / key
+    return Path(tempfile.gettempdir()) / RECORDS_FOLDER / key
 
 
 def was_distributed() -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], None]
 
 _received: list[int] = []  # signals this process received while a handler of ours was installed
+_reported: list[bool] = []  # whether the stop was reported in the log
 
 
 def exit_status(signum: int) -> int:
@@ -63,6 +65,15 @@ class StoppedBySignal(SystemExit):
         return f"stopped by {signal_name(self.signum)} (exit status {self.code})"
 
 
+def mark_reported() -> None:
+    """Note that the line saying where the run stopped was logged (the entry point then adds none)."""
+    _reported.append(True)
+
+
+def stop_reported() -> bool:
+    return bool(_reported)
+
+
 def received_signal() -> int | None:
     """The first stop signal this process received while one of our handlers was installed, else None."""
     return _received[0] if _received else None
@@ -86,6 +97,12 @@ def install(handler: Handler) -> dict[int, Any]:
                 os.kill(os.getpid(), signum)
             return
         _received.append(signum)
+        if hasattr(signal, "SIGCHLD"):
+            # torch's SIGCHLD handler raises in this process, wherever it is, when a DataLoader worker dies, as
+            # workers do when the signal reached the whole process group (SLURM, Ctrl-C, kill -TERM -<pgid>):
+            # the run would stop there and then, not at its next safe point. A worker lost by now is still
+            # noticed when a batch is next fetched from it (torch checks its workers every few seconds).
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         handler(signum, frame)
 
     previous = {}
@@ -109,14 +126,32 @@ def raise_stop(signum: int, _frame: FrameType | None = None) -> None:
 
 @contextmanager
 def exit_on_signals() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT raise :class:`StoppedBySignal` (exit status 143 / 130)."""
+    """Within the block, SIGTERM and SIGINT raise :class:`StoppedBySignal` (exit status 143 / 130).
+
+    Once a stop signal was received, errors Python can only print ("Exception ignored in ... __del__"), such
+    as a DataLoader iterator finding its workers killed by the same signal while it shuts down, are part of
+    the stop and no longer printed (the process is on its way out)."""
     _received.clear()  # what an earlier block of this process received is no concern of this one
+    _reported.clear()
     previous = install(raise_stop)
+    hook = sys.unraisablehook
+
+    def quiet_when_stopping(unraisable: Any) -> None:
+        if not _received:
+            hook(unraisable)
+
+    sys.unraisablehook = quiet_when_stopping
     try:
         yield
     finally:
         restore(previous)
+        # a stopped process is on its way out: what its objects' __del__ raise now is part of the stop
+        sys.unraisablehook = _ignore_unraisable if _received else hook
         _received.clear()
+
+
+def _ignore_unraisable(_unraisable: Any) -> None:
+    """``sys.unraisablehook`` of a process that a signal stopped."""
 
 
 def as_stop(err: BaseException) -> StoppedBySignal | None:

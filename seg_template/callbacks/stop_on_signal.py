@@ -41,7 +41,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from seg_template.signals import StoppedBySignal, install, signal_name
+from seg_template.signals import StoppedBySignal, install, mark_reported, signal_name
 
 log = logging.getLogger("seg_template")
 
@@ -106,6 +106,7 @@ class StopOnSignal(pl.Callback):
         if trainer.is_global_zero:
             log.warning(stop_line(signum, trainer.current_epoch, trainer.max_epochs, trainer.global_step, last,
                                   requeue, mid_epoch=write))
+        mark_reported()
         self._pending = None
         raise StoppedBySignal(signum, reported=True)
 
