@@ -271,7 +271,10 @@ def test_the_stop_line_gives_the_resume_command() -> None:
     line = stop_line(signal.SIGTERM, 2, 15, 57, "/runs/a b/checkpoints/last.ckpt")
     assert STOP.search(line).groups()[:5] == ("SIGTERM", "3", "15", "57", "143")
     assert line.endswith("python train.py 'ckpt_path=/runs/a b/checkpoints/last.ckpt'")
-    assert "no last.ckpt" in stop_line(signal.SIGINT, 0, 15, 3, None)
+    assert "no last.ckpt to resume from (this run keeps none" in stop_line(signal.SIGINT, 0, 15, 3, None)
+    assert stop_line(signal.SIGINT, 0, 15, 0, None, mid_epoch=False) == (
+        "Stopped by SIGINT before the first training step (exit status 130); no last.ckpt to resume from "
+        "(nothing trained yet)")
     assert "after epoch 3/15 at step 60" in stop_line(signal.SIGINT, 3, 15, 60, "last.ckpt", mid_epoch=False)
 
 

@@ -1,9 +1,13 @@
-"""The entry wrapper: fast --help, resuming in place, user errors as one block, no debris, run names."""
+"""The entry wrapper: fast --help, resuming in place, user errors as one block, signals as an exit status, no
+debris, run names."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -93,3 +97,33 @@ def test_run_names() -> None:
                                               ("ohem", False), ("'a,b'", False), ("[1,2],[3,4]", True)])
 def test_sweep_values_are_told_from_list_values(value: str, sweep: bool) -> None:
     assert is_sweep_value(value) is sweep
+
+
+def test_a_stopped_run_exits_143_and_an_error_while_stopping_is_part_of_the_stop(caplog) -> None:
+    from seg_template.cli import _signal_exits
+    from seg_template.signals import exit_on_signals, install, restore
+
+    chld = signal.getsignal(signal.SIGCHLD)
+    try:
+        with exit_on_signals(), pytest.raises(SystemExit) as ended, _signal_exits():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted at once
+        assert ended.value.code == 143 and "Stopped by SIGTERM (exit status 143)" in caplog.text
+        with exit_on_signals(), pytest.raises(SystemExit) as ended, _signal_exits():
+            previous = install(lambda signum, frame: None)  # a flag, as StopOnSignal's during fit
+            os.kill(os.getpid(), signal.SIGINT)
+            restore(previous)
+            raise RuntimeError("DataLoader worker (pid 7) is killed by signal: Interrupt.")
+        assert ended.value.code == 130
+        assert "before a safe point (RuntimeError: DataLoader worker (pid 7)" in caplog.text
+    finally:
+        signal.signal(signal.SIGCHLD, chld)
+
+
+def test_a_user_error_prints_once_and_exits_1(caplog) -> None:
+    from seg_template.cli import _user_errors
+
+    with pytest.raises(SystemExit) as ended, _user_errors():
+        raise RuntimeError("Error in call to target 'SegDataModule'") from DataError("mask a.png has label 9")
+    assert ended.value.code == 1
+    assert caplog.text.count("DataError: mask a.png has label 9") == 1 and "found by DDP rank" not in caplog.text

@@ -41,6 +41,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from seg_template.jobs import global_rank
 from seg_template.signals import StoppedBySignal, install, mark_reported, signal_name
 
 log = logging.getLogger("seg_template")
@@ -59,8 +60,9 @@ class StopOnSignal(pl.Callback):
                         "stays", signal_name(signum))
             raise StoppedBySignal(signum)
         self._pending = signum
-        log.warning("%s received: the run stops after the current training step and writes last.ckpt (send it "
-                    "again to stop at once)", signal_name(signum))
+        say = log.warning if global_rank() == 0 else log.debug  # Ctrl-C reaches every rank of a terminal
+        say("%s received: the run stops after the current training step and writes last.ckpt (send it again to "
+            "stop at once)", signal_name(signum))
 
     # ------------------------------------------------------------ fit starts and ends
     # Installed only after Lightning's register_signal_handlers() (it runs right before the sanity check),
@@ -80,10 +82,9 @@ class StopOnSignal(pl.Callback):
             _wait_for_launched_ranks(trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._pending is not None:
-            # arrived after the last safe point: the entry point's handler, back by now, stops the run
+        if stage == "fit" and self._pending is not None:  # arrived after the last safe point: fit is over
             signum, self._pending = self._pending, None
-            os.kill(os.getpid(), signum)
+            raise StoppedBySignal(signum)
 
     # ------------------------------------------------------------ the safe points
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -166,8 +167,11 @@ def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: 
     of = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
     where = f"in epoch {epoch + 1}{of}" if mid_epoch else f"after epoch {epoch}{of}"
     text = f"Stopped by {signal_name(signum)} {where} at step {step} (exit status {128 + signum})"
+    if step == 0 and not mid_epoch:
+        text = f"Stopped by {signal_name(signum)} before the first training step (exit status {128 + signum})"
     if last is None:
-        return f"{text}; no last.ckpt to resume from (this run writes none)"
+        why = "nothing trained yet" if step == 0 else "this run keeps none: callbacks.model_checkpoint"
+        return f"{text}; no last.ckpt to resume from ({why})"
     text += f"; {os.path.basename(last)} holds that state: resume with {resume_command(last)}"
     if requeue:
         text += f" (SLURM's requeued job resumes from {os.path.basename(requeue)})"
