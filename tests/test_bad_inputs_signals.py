@@ -355,21 +355,23 @@ def test_sigint_exits_130_with_a_complete_last_ckpt(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_stop_at_an_epoch_end_resumes_to_the_same_metrics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stop_at_an_epoch_end_resumes_to_the_same_metrics(tmp_path: Path, workers: int) -> None:
     """SIGTERM during the epoch-end save: the save completes, the run stops before the next epoch, and the
-    resumed run ends exactly where an uninterrupted run of the same seed ends. (With loader workers it does
-    not yet: Lightning creates the resumed epoch's iterator, whose workers prefetch, before it sets the
-    sampler's epoch, so that epoch draws epoch 0's order; the DataModule must set it when it builds the
-    loader. A mid-epoch stop resumes with the rest of the epoch drawn from its start: not exact either.)"""
-    whole = Run(["train.py", *SIG, f"paths.log_dir={tmp_path / 'whole'}"], tmp_path / "whole.log")
+    resumed run ends exactly where an uninterrupted run of the same seed ends, also with loader workers
+    (Lightning builds the resumed epoch's loader, whose workers prefetch, before it calls set_epoch: the
+    DataModule sets the epoch itself). A mid-epoch stop resumes with the rest of the epoch drawn from its
+    start: not exact."""
+    sig = [*SIG, f"data.num_workers={workers}"]
+    whole = Run(["train.py", *sig, f"paths.log_dir={tmp_path / 'whole'}"], tmp_path / "whole.log")
     assert whole.finish() == 0, whole.text[-3000:]
-    run = Run(["train.py", *SIG, *during_save(0, signal.SIGTERM), f"paths.log_dir={tmp_path / 'cut'}"],
+    run = Run(["train.py", *sig, *during_save(0, signal.SIGTERM), f"paths.log_dir={tmp_path / 'cut'}"],
               tmp_path / "cut.log")
     assert run.finish() == 143, run.text[-3000:]
     assert_no_traceback(run.text)
     last = run_folder(tmp_path / "cut") / "checkpoints" / "last.ckpt"
     assert checkpoint_state(last) == (0, STEPS_PER_EPOCH)
-    resumed = Run(["train.py", *SIG, f"paths.log_dir={tmp_path / 'cut'}", f"ckpt_path={last}"],
+    resumed = Run(["train.py", *sig, f"paths.log_dir={tmp_path / 'cut'}", f"ckpt_path={last}"],
                   tmp_path / "resumed.log")
     assert resumed.finish() == 0, resumed.text[-3000:]
 

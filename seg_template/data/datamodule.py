@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -37,6 +37,29 @@ SPLITS = ("train", "val", "test")
 def _int_option(key: str, value: Any) -> int:
     """``value`` as an int, once ``data.<key>``'s rule (seg_template/options.py) accepts it."""
     return int(require(f"data.{key}", value))
+
+
+class FirstBatchLoader(DataLoader):
+    """A DataLoader whose iteration (and its workers' prefetching from the sampler) starts at the first batch
+    asked for, not at ``iter()``. Lightning calls ``iter()`` on the training loader when it sets the fit up,
+    before it calls ``sampler.set_epoch``: a resumed fit's first epoch would then draw, with loader workers,
+    the order of epoch 0 (without workers the sampler is only read later, so it did not show)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return _StartsAtFirstNext(lambda: DataLoader.__iter__(self))
+
+
+class _StartsAtFirstNext:
+    def __init__(self, start: Callable[[], Iterator[Any]]) -> None:
+        self._start, self._iterator = start, None
+
+    def __iter__(self) -> _StartsAtFirstNext:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -185,9 +208,10 @@ class SegDataModule(pl.LightningDataModule):
                 raise ConfigError(f"data.{split}_set has {len(dataset)} sample(s), fewer than the {world} processes: "
                                   "each process needs at least one (use fewer devices for this split)")
             sampler = ShardSampler(len(dataset), num_replicas=world, rank=rank)
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          drop_last=train, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers)
+        loader = FirstBatchLoader if train else DataLoader
+        return loader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                      drop_last=train, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.persistent_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
