@@ -54,6 +54,10 @@ class PlainProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a fit resumed mid-epoch starts without on_train_epoch_start (Lightning skips it)
+        self._epoch_start = self._last_line = time.monotonic()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self._last_line = time.monotonic()
 
@@ -80,7 +84,8 @@ class EpochLog(Callback):
         self._epochs_done = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit_start = time.monotonic()
+        # the epoch clock too: a fit resumed mid-epoch starts without on_train_epoch_start (Lightning skips it)
+        self._fit_start = self._epoch_start = time.monotonic()
         self._epochs_done = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

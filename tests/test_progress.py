@@ -1,0 +1,41 @@
+"""The plain progress lines and the line per epoch (seg_template/callbacks/progress.py)."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from seg_template.callbacks.progress import EpochLog, PlainProgressBar
+
+
+@pytest.mark.parametrize("resumed_mid_epoch", [False, True])
+def test_the_epoch_line_times_the_epoch_also_after_a_mid_epoch_resume(caplog, resumed_mid_epoch: bool) -> None:
+    """Lightning does not call on_train_epoch_start for the epoch a fit resumes in the middle of: the epoch
+    clock starts with the fit then (it printed hours: the monotonic clock since boot)."""
+    trainer = SimpleNamespace(global_rank=0, sanity_checking=False, callback_metrics={"val/mIoU": 0.5},
+                              max_epochs=4, current_epoch=2)
+    epoch_log = EpochLog()
+    epoch_log.on_fit_start(trainer, None)
+    if not resumed_mid_epoch:
+        epoch_log.on_train_epoch_start(trainer, None)
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        epoch_log.on_train_epoch_end(trainer, None)
+    (line,) = [r.getMessage() for r in caplog.records if "epoch 3/4" in r.getMessage()]
+    assert "0:00 / epoch" in line and "ETA 0:00" in line, line
+
+
+def test_plain_lines_rate_after_a_mid_epoch_resume(caplog, monkeypatch) -> None:
+    """The batch rate of the first plain line after a mid-epoch resume counts from the fit's start."""
+    clock = iter([100.0, 131.0])
+    monkeypatch.setattr("seg_template.callbacks.progress.time.monotonic", lambda: next(clock))
+    bar = PlainProgressBar(every_s=30)
+    trainer = SimpleNamespace(global_rank=0, progress_bar_metrics={}, max_epochs=4, current_epoch=2,
+                              num_training_batches=100)
+    monkeypatch.setattr(PlainProgressBar, "total_train_batches", property(lambda self: 100))
+    bar.on_fit_start(trainer, None)
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        bar.on_train_batch_end(trainer, None, None, None, batch_idx=61)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("epoch 3/4: batch 62/100, 2.0 it/s"), line
