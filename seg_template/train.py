@@ -46,9 +46,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     check_options(cfg)  # every typed option's type, range and NaN, before anything is built
     seed = cfg.get("seed")
-    if seed is not None:
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"seed must be an integer (or null: no seeding), got {seed!r}")
+    if seed is not None:  # an integer in [0, 2**32) (check_options)
         pl.seed_everything(seed, workers=True)
     say = log.info if is_global_zero() else log.debug  # ranks > 0 would repeat every line
     summary = choices_summary()
