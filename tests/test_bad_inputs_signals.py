@@ -267,7 +267,10 @@ def test_a_signal_stops_with_143_or_130_and_no_traceback() -> None:
     assert as_stop(ValueError("a bug")) is None
 
 
-def test_the_stop_line_gives_the_resume_command() -> None:
+def test_the_stop_line_gives_the_resume_command(monkeypatch) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # an earlier test may set one
     line = stop_line(signal.SIGTERM, 2, 15, 57, "/runs/a b/checkpoints/last.ckpt")
     assert STOP.search(line).groups()[:5] == ("SIGTERM", "3", "15", "57", "143")
     assert line.endswith("python train.py 'ckpt_path=/runs/a b/checkpoints/last.ckpt'")
