@@ -34,11 +34,15 @@ def test_time_rows_and_peak_memory_in_process():
     bench_losses.peak_memory("OhemCrossEntropy", TINY, "random", "cpu")  # runs; too small a shape to measure
 
 
-def test_bad_arguments_exit_with_a_message():
+def test_bad_arguments_exit_with_a_message(capsys):
     for argv, match in ((["--shapes", "c"], "neither one of"), (["--inputs", "noise"], "unknown"),
-                        (["--rows", "focal"], "unknown"), (["--reps", "0"], "--reps")):
+                        (["--rows", "focal"], "unknown")):
         with pytest.raises(SystemExit, match=match):
             bench_losses.main(argv)
+    for argv in (["--reps", "0"], ["--warmup", "-1"]):  # argparse's usage error (status 2) names the option
+        with pytest.raises(SystemExit) as exited:
+            bench_losses.main(argv)
+        assert exited.value.code == 2 and f"argument {argv[0]}: expected an integer" in capsys.readouterr().err
 
 
 @pytest.mark.slow

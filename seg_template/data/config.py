@@ -37,9 +37,15 @@ def compose_data_config(overrides: Sequence[str] = (), config_name: str | None =
     with initialize_config_dir(str(config_dir), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     GlobalHydra.instance().clear()
-    # `${hydra:...}` interpolations (e.g. paths.root_dir from hydra.runtime.cwd) need the global HydraConfig
-    HydraConfig.instance().set_config(cfg)
-    data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    # `${hydra:...}` interpolations (e.g. paths.root_dir from hydra.runtime.cwd) need the global HydraConfig:
+    # set while the data node is resolved, then put back (a caller's own Hydra run, or none, is left as it was)
+    holder = HydraConfig.instance()
+    before = holder.cfg
+    holder.set_config(cfg)
+    try:
+        data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    finally:
+        holder.cfg = before
     assert isinstance(data, DictConfig)
     return data
 
