@@ -21,7 +21,8 @@ from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg_template import resume
-from seg_template.errors import ConfigError
+from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
+from seg_template.inference.whole import finite_flag
 from seg_template.metrics import format_table, segmentation_scores
 from seg_template.optim import param_groups
 
@@ -80,6 +81,10 @@ class SegmentationModule(pl.LightningModule):
         self._configured_groups: list[dict[str, Any]] = []
         self._total_steps: int | None = None
         self._resumed: dict[str, Any] | None = None
+        #: ``(checkpoint file, step)`` this fit resumed from (set when training starts), for divergence advice
+        self.resumed_from: tuple[str, int] | None = None
+        # per stage: [batches whose logits held NaN/inf (a device tensor: no wait per batch), batches seen]
+        self._logit_checks: dict[str, list[Any]] = {}
 
     # ----------------------------------------------------------------- setup and checks
     def setup(self, stage: str) -> None:
@@ -119,6 +124,9 @@ class SegmentationModule(pl.LightningModule):
         outputs = self.net(images)
         logits = main_logits(outputs)
         self._check_output(logits)
+        # inference's own check (seg_template/inference): NaN logits argmax to class 0, a made-up score
+        counts = self._logit_checks.setdefault(stage, [0, 0])
+        counts[0], counts[1] = counts[0] + (~finite_flag(logits)).int(), counts[1] + 1
         loss = self.loss(outputs, masks)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
         # upsample once to the label size; argmax of upsampled logits, as inference does
@@ -134,6 +142,7 @@ class SegmentationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- epoch ends: scores and tables
     def _log_scores(self, stage: str) -> dict[str, Any]:
+        self._refuse_nonfinite_logits(stage)  # before anything is scored, logged or checkpointed
         confmat = self.confmats[stage]
         cm = confmat.compute()  # summed over processes by torchmetrics
         confmat.reset()
@@ -145,6 +154,38 @@ class SegmentationModule(pl.LightningModule):
         for name, iou in zip(self.class_names, scores["IoU"], strict=True):
             self.log(f"{stage}/IoU/{name}", iou)
         return scores
+
+    def _refuse_nonfinite_logits(self, stage: str) -> None:
+        """Stop when any batch of this ``stage`` gave NaN/inf logits (every process takes the same decision):
+        during fit a ``TrainingDiverged`` naming the stage, the epoch and the file a resumed fit came from,
+        otherwise a ``CheckpointError`` naming the checkpoint tested."""
+        from seg_template.callbacks.nan_guard import lr_advice
+        from seg_template.inference.model import nonfinite_cause
+
+        bad, seen = self._logit_checks.pop(stage, (0, 0))
+        bad = int(bad)  # the one wait for the device per stage and epoch
+        trainer = self._trainer
+        if not (trainer.strategy.reduce_boolean_decision(bad > 0, all=False) if trainer is not None else bad):
+            return
+        counted = f"in {bad} of its {seen} batch(es)" if bad else "on another process"
+        cause, fix = nonfinite_cause(self.net)
+        ckpt = trainer.ckpt_path if trainer is not None else None
+        if trainer is None or trainer.state.fn != "fit":
+            source = f"ckpt_path: '{ckpt}'" if ckpt else f"the network ({type(self.net).__name__})"
+            raise CheckpointError(f"{source} gives NaN/inf logits {counted} of the {stage} split, so they were not "
+                                  f"scored (their argmax would be class 0): {cause}; {fix}")
+        where = (f"the sanity-check validation before training (at step {self.global_step})" if trainer.sanity_checking
+                 else f"the validation of epoch {self.current_epoch} (step {self.global_step})")
+        if ckpt:
+            fix = (f"This fit resumed from ckpt_path={ckpt}, the likely cause: resume from an earlier checkpoint of "
+                   f"that run; if that file trained fine before, {lr_advice(trainer)}")
+        elif self.global_step == 0:  # not one update yet: the starting weights give them
+            fix = ("No training step has run yet, so the starting weights give them: if model.pretrained names a "
+                   "file, pass a sound one (or model.pretrained=null)")
+        else:
+            fix = f"Try: {lr_advice(trainer)}"
+        raise TrainingDiverged(f"{where} gave NaN/inf logits {counted} (their argmax would be class 0), so it was "
+                               f"not scored and no checkpoint was written for it: {cause}. {fix}.")
 
     def on_validation_epoch_end(self) -> None:
         scores = self._log_scores("val")
@@ -191,6 +232,8 @@ class SegmentationModule(pl.LightningModule):
                          "had_scheduler": bool(checkpoint.get("lr_schedulers"))}
 
     def on_train_start(self) -> None:
+        ckpt = self.trainer.ckpt_path
+        self.resumed_from = (str(ckpt), self.trainer.global_step) if ckpt else None
         resumed, self._resumed = self._resumed, None
         if resumed is None or not self._configured_groups or not self.trainer.optimizers:
             return

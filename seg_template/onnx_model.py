@@ -217,10 +217,31 @@ class OnnxNet(nn.Module):
         self.recipe = onnx_recipe(self.session, self.path)
         #: where the inputs are best kept: onnxruntime without its CUDA provider reads host memory
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.expected_classes: int | None = None
+
+    def expect_classes(self, num_classes: int) -> None:
+        """Refuse logits whose channel count is not ``num_classes`` (``data.num_classes``): now when the file
+        states it, else at every forward pass (exporters may leave that dimension symbolic, and a recipe edited
+        or typed over on the command line can disagree with the network, giving ids no class name covers)."""
+        self.expected_classes = int(num_classes)
+        if self.num_classes is not None:
+            self._check_classes(self.num_classes)
+
+    def _check_classes(self, found: int) -> None:
+        if self.expected_classes is not None and found != self.expected_classes:
+            raise ConfigError(f"model_file={self.path} outputs {found} classes (the channels of its logits) but "
+                              f"data.num_classes={self.expected_classes} (its recipe, or the command line): its masks "
+                              "would hold ids that the class names and colours do not describe. Pass the data "
+                              f"options it was trained with (data.num_classes={found} and as many "
+                              "data.class_names), or export its checkpoint again")
 
     def forward(self, images: Tensor) -> Tensor:
         array = images.detach().to("cpu", torch.float32).numpy()
         (logits,) = self.session.run([self.output_name], {self.input_name: array})
+        if logits.ndim != 4:
+            raise CheckpointError(f"model_file: '{self.path}' outputs an array of shape {list(logits.shape)} for "
+                                  f"images {list(array.shape)}; expected logits[batch, classes, height, width]")
+        self._check_classes(int(logits.shape[1]))
         return torch.from_numpy(logits).to(images.device)
 
 

@@ -85,10 +85,7 @@ def _build_net(cfg: DictConfig, option: str, path: str, device: torch.device,
         net = OnnxNet(file, device=str(device))
         cfg = with_recipe(cfg, path, net.recipe, overrides, "predict.py", option)
         check_options(cfg)
-        classes = int(cfg.data.num_classes)
-        if net.num_classes is not None and net.num_classes != classes:
-            raise ConfigError(f"model_file={path} outputs {net.num_classes} classes but the data config has "
-                              f"data.num_classes={classes}: pass the data= it was trained with")
+        net.expect_classes(int(cfg.data.num_classes))  # at once, or at the first batch when the file does not say
         return net, cfg
     from seg_template.build import build_net
     from seg_template.models.weights import load_net_weights

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from seg_template.cli import user_message
-from seg_template.errors import CheckpointError, ConfigError, DataError, UserError
+from seg_template.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, UserError
 from seg_template.eval import evaluate
 from seg_template.inference import InferenceModel
 from seg_template.predict import run_predict
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 NAN, INF = float("nan"), float("inf")
 #: the synthetic data's 6 classes, ``model.width=4``: the tensors the poisoned files touch
-HEAD, BN_VAR = "net.classifier.weight", "net.stem.0.1.running_var"
+HEAD, BN_VAR, BN_MEAN = "net.classifier.weight", "net.stem.0.1.running_var", "net.stem.0.1.running_mean"
 #: the exporter that takes seconds, and a parity check on one small shape
 ONNX_FAST = ["export.dynamo=false", "export.check_shapes=[[1,32,32]]", "export.threads=1"]
 
@@ -111,10 +111,73 @@ class Files(Workspace):
         return path
 
 
+    # ---- files a fit resumes from: a real last.ckpt of one epoch (trained once per session), then edited
+    def trained(self) -> dict:
+        last = self.trained_run / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            train(self.compose("train", [*TRAIN, "trainer.max_epochs=1"], output_dir=self.trained_run))
+        return torch.load(last, weights_only=True)
+
+    def _make_negvar(self, path: Path, _: str) -> None:  # what the stranger resumed: finite, variance -1
+        ckpt = self.trained()
+        ckpt["state_dict"][BN_VAR].fill_(-1.0)
+        torch.save(ckpt, path)
+
+    def _make_hugemean(self, path: Path, _: str) -> None:
+        """Finite, and it trains (batch statistics), but in eval mode its first batch norm overflows: the
+        running mean is -3e38, the variance tiny, so every validation logit is NaN / inf."""
+        ckpt = self.trained()
+        ckpt["state_dict"][BN_MEAN].fill_(-3e38)
+        ckpt["state_dict"][BN_VAR].fill_(1e-30)
+        torch.save(ckpt, path)
+
+    def _make_hugemeanweights(self, path: Path, _: str) -> None:  # the same, as model.pretrained
+        state = torch.load(self["hugemean"], weights_only=True)["state_dict"]
+        torch.save({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, path)
+
+    def _make_scaled(self, path: Path, _: str) -> None:  # the stranger's "weights x 1e36": finite
+        ckpt = self.trained()
+        for name, tensor in ckpt["state_dict"].items():
+            if tensor.is_floating_point() and "running" not in name:
+                tensor.mul_(1e36)
+        torch.save(ckpt, path)
+
+    def _make_classes3onnx(self, path: Path, _: str) -> Path:
+        """An honest export of ``{good}`` (6 classes), its logits' channel dimension made symbolic (as the
+        dynamo exporter leaves it) and its recipe edited to 3 classes: the stranger's file."""
+        import onnx
+
+        path = self._onnx(path)
+        model = onnx.load(str(path))
+        model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
+        entry = next(p for p in model.metadata_props if p.key == "seg_template.recipe")
+        recipe = json.loads(entry.value)
+        recipe["data"]["num_classes"] = 3  # and, consistently, 3 names and colours
+        recipe["class_names"] = recipe["data"]["class_names"] = ["a", "b", "c"]
+        recipe["palette"] = recipe["palette"][:3]
+        recipe["data"].pop("class_weights", None)
+        entry.value = json.dumps(recipe)
+        onnx.save(model, str(path))
+        return path
+
+    def _make_goodonnx(self, path: Path, _: str) -> Path:
+        return self._onnx(path)
+
+    def _onnx(self, path: Path) -> Path:
+        from seg_template.export import run_export
+
+        path = path.with_suffix(".onnx")
+        cfg = self.compose("export", [*PREDICT, f"ckpt_path={self['good']}", *ONNX_FAST,
+                                      f"output_file={path}"], output_dir=self.root / f"export_{path.stem}")
+        run_export(cfg, overrides=[])
+        return path
+
+
 @pytest.fixture
-def files(compose_cfg, tmp_path: Path) -> Files:
+def files(compose_cfg, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Files:
     workspace = Files(tmp_path / "files", compose_cfg)
     workspace.root.mkdir()
+    workspace.trained_run = tmp_path_factory.getbasetemp() / "nonfinite_trained_run"
     return workspace
 
 
@@ -171,6 +234,24 @@ CASES = [
     pytest.param("nonfinite/export_logits_overflow", "export", [*PREDICT, "ckpt_path={huge}", *ONNX_FAST],
                  CheckpointError, r"huge' gives non-finite logits.*PyTorch output holds", False,
                  marks=needs_onnx, id="nonfinite/export_logits_overflow"),
+    # a batch-norm running variance below 0: finite, yet NaN through sqrt(var + eps); refused by every loader
+    ("nonfinite/resume_negative_bn_var", "train", [*TRAIN, "trainer.max_epochs=2", "ckpt_path={negvar}"],
+     CheckpointError, rf"ckpt_path: '.*negvar' holds a batch-norm running_var below 0 in 1 tensor\(s\) "
+                      rf"\(state_dict\.{BN_VAR}\)", False),
+    ("nonfinite/eval_negative_bn_var", "eval", [*SMALL, "ckpt_path={negvar}"], CheckpointError,
+     rf"ckpt_path: '.*negvar' holds a batch-norm running_var below 0 .*{BN_VAR}", False),
+    ("nonfinite/predict_negative_bn_var", "predict", [*PREDICT, "device=cpu", "ckpt_path={negvar}", "input={images}"],
+     CheckpointError, rf"negvar' holds a batch-norm running_var below 0 .*{BN_VAR}", True),
+    # an ONNX file whose logits have another channel count than data.num_classes (the dimension symbolic)
+    pytest.param("nonfinite/predict_onnx_recipe_classes_differ", "predict",
+                 [*PREDICT, "device=cpu", "model_file={classes3onnx}", "input={images}"], ConfigError,
+                 r"model_file=.*classes3onnx\.onnx outputs 6 classes .*data\.num_classes=3 .*data\.num_classes=6", True,
+                 marks=needs_onnx, id="nonfinite/predict_onnx_recipe_classes_differ"),
+    pytest.param("nonfinite/predict_onnx_typed_classes_differ", "predict",
+                 [*PREDICT, "device=cpu", "model_file={goodonnx}", "input={images}", "data.num_classes=3",
+                  "data.class_names=[a,b,c]"], ConfigError,
+                 r"model_file=.*goodonnx\.onnx outputs 6 classes .*data\.num_classes=3", True,
+                 marks=needs_onnx, id="nonfinite/predict_onnx_typed_classes_differ"),
     # images the transform turns into NaN / inf: the data's fault, not the model's (or refused as an option)
     ("nonfinite/eval_std_0", "eval", [*SMALL, "ckpt_path={good}", "+data.val_transform.std=[0,0,0]"], UserError,
      r"data\.val_transform.*std", False),
@@ -207,6 +288,58 @@ def test_non_finite_model_gets_one_short_named_message(id_, task, overrides, err
     assert_short_named(user_message(err), culprit)
     if nothing_written:
         _no_masks(out)
+
+
+#: a fit whose validation (or test) gets NaN / inf logits from finite weights, or that diverges right after
+#: resuming: (id, overrides with {file}s, error class, culprit regex). Nothing is scored, no checkpoint written.
+NO_SANITY = "++trainer.num_sanity_val_steps=0"
+TEST_ONLY = [*SMALL, "callbacks.rich_model_summary=null", "train=false", "test=true"]
+FIT_CASES = [
+    ("nonfinite/resume_sanity_validation_nan", [*TRAIN, "trainer.max_epochs=2", "ckpt_path={hugemean}"],
+     TrainingDiverged, r"the sanity-check validation before training \(at step 2\) gave NaN/inf logits in 1 of its 1 "
+                       r"batch\(es\).*not scored.*This fit resumed from ckpt_path=.*hugemean, the likely cause"),
+    # the stranger's run: the validation of the first resumed epoch used to report val/mIoU 0.16 and become best
+    ("nonfinite/resume_epoch_validation_nan", [*TRAIN, "trainer.max_epochs=2", NO_SANITY, "ckpt_path={hugemean}"],
+     TrainingDiverged, r"the validation of epoch 1 \(step 4\) gave NaN/inf logits .*no checkpoint was written.*"
+                       r"resumed from ckpt_path=.*hugemean"),
+    ("nonfinite/pretrained_validation_nan", [*TRAIN, "trainer.max_epochs=1", "model.pretrained={hugemeanweights}"],
+     TrainingDiverged, r"sanity-check validation before training \(at step 0\).*weights are finite.*No training "
+                       r"step has run yet.*model\.pretrained"),
+    ("nonfinite/test_nan_logits", [*TEST_ONLY, "ckpt_path={hugemean}"], CheckpointError,
+     r"ckpt_path: '.*hugemean' gives NaN/inf logits in 1 of its 1 batch\(es\) of the test split.*not scored"),
+    # weights x 1e36 (finite): the guard stops the resumed fit; the advice names the file, then the lr
+    ("nonfinite/resume_scaled_weights_diverge", [*TRAIN, "trainer.max_epochs=3", NO_SANITY,
+                                                 "callbacks.nan_guard.patience=2", "ckpt_path={scaled}"],
+     TrainingDiverged, r"2 training steps in a row .*Try: the file this fit resumed from is the likely cause, as "
+                       r"training diverged 1 step\(s\) after resuming it at step 2 \(ckpt_path=.*scaled\).*"
+                       r"lower optimizer\.lr"),
+]
+
+
+@pytest.mark.parametrize(("id_", "overrides", "error", "culprit"), FIT_CASES, ids=[c[0] for c in FIT_CASES])
+def test_non_finite_validation_is_never_scored(id_, overrides, error, culprit, compose_cfg, files: Files,
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    err = _run(compose_cfg, "train", [o.format_map(files) for o in overrides], out)
+    assert isinstance(err, error), f"{type(err).__name__}, expected {error.__name__}: {err}"
+    assert_short_named(user_message(err), culprit)
+    written = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert written == [], f"a checkpoint of the non-finite state was written: {written}"
+
+
+def test_divergence_long_after_a_resume_blames_the_learning_rate() -> None:
+    from types import SimpleNamespace
+
+    from seg_template.callbacks.nan_guard import RESUME_WINDOW, divergence_advice
+
+    optimizer = SimpleNamespace(defaults={"lr": 0.01})
+    for resumed, step, names_file in ((None, 3, False), (("/r/last.ckpt", 100), 101, True),
+                                      (("/r/last.ckpt", 100), 100 + RESUME_WINDOW + 1, False)):
+        trainer = SimpleNamespace(optimizers=[optimizer], precision="32-true", global_step=step,
+                                  lightning_module=SimpleNamespace(resumed_from=resumed))
+        advice = divergence_advice(trainer)
+        assert ("ckpt_path=/r/last.ckpt" in advice) == names_file, advice
+        assert advice.endswith("lower optimizer.lr (now 0.01)"), advice
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".json", ".npy"])

@@ -28,9 +28,20 @@ from seg_template.options import require
 log = logging.getLogger(__name__)
 
 
-def divergence_advice(trainer: pl.Trainer) -> str:
-    """What to try: a lower learning rate (the configured one is quoted) and, when training in reduced
-    precision, 32-bit."""
+#: a divergence that begins within this many optimiser steps of resuming from a file blames the file first
+RESUME_WINDOW = 10
+
+
+def resumed_from(trainer: pl.Trainer) -> tuple[str, int] | None:
+    """``(checkpoint file, step)`` this fit resumed from, as the module recorded it when training started
+    (``SegmentationModule.resumed_from``); None for a fresh fit or another LightningModule."""
+    module = getattr(trainer, "lightning_module", None)
+    point = getattr(module, "resumed_from", None)
+    return point if isinstance(point, tuple) else None
+
+
+def lr_advice(trainer: pl.Trainer) -> str:
+    """A lower learning rate (the configured one is quoted) and, when training in reduced precision, 32-bit."""
     lr = None
     if trainer.optimizers:
         lr = trainer.optimizers[0].defaults.get("lr")
@@ -38,6 +49,21 @@ def divergence_advice(trainer: pl.Trainer) -> str:
     precision = str(trainer.precision)
     if not precision.startswith(("32", "64")):
         advice += f", or train in 32-bit precision (trainer.precision=32-true instead of {precision})"
+    return advice
+
+
+def divergence_advice(trainer: pl.Trainer, began_at: int | None = None) -> str:
+    """What to try (:func:`lr_advice`). When the divergence began (``began_at``, default the current step)
+    within ``RESUME_WINDOW`` steps of resuming from a file, that file comes first: weights that cannot train a
+    few steps were broken before this run touched them (scaled up, edited, damaged)."""
+    advice = lr_advice(trainer)
+    resumed = resumed_from(trainer)
+    step = trainer.global_step if began_at is None else began_at
+    if resumed is not None and 0 <= step - resumed[1] <= RESUME_WINDOW:
+        path, start = resumed
+        advice = (f"the file this fit resumed from is the likely cause, as training diverged {step - start} step(s) "
+                  f"after resuming it at step {start} (ckpt_path={path}): resume from an earlier checkpoint of that "
+                  f"run (or start anew from sound weights); if that file trained fine before, {advice}")
     return advice
 
 
@@ -77,6 +103,7 @@ class NaNGuard(pl.Callback):
         self.patience, self.check_gradients = int(patience), bool(check_gradients)
         self.streak = 0  # bad steps in a row
         self.first_bad = ""  # where the current streak began
+        self.first_bad_step = 0
         self._bad_gradients = False
 
     @staticmethod
@@ -111,7 +138,7 @@ class NaNGuard(pl.Callback):
             what = "non-finite gradients (finite loss)" if bad_gradients else "on another process"
         where = f"epoch {trainer.current_epoch}, step {trainer.global_step} (batch {batch_idx})"
         if self.streak == 1:
-            self.first_bad = where
+            self.first_bad, self.first_bad_step = where, trainer.global_step
         if self.streak < self.patience:
             if trainer.is_global_zero:  # every rank took the same decision: one line, not one per process
                 log.warning("Non-finite training step at %s: %s; its update was skipped (%d of %d in a row "
@@ -120,7 +147,7 @@ class NaNGuard(pl.Callback):
         raise TrainingDiverged(
             f"{self.patience} training steps in a row had a non-finite loss or gradients, from {self.first_bad} "
             f"to {where} ({what}). Their updates were skipped and no checkpoint holds non-finite weights. "
-            f"Try: {divergence_advice(trainer)}.")
+            f"Try: {divergence_advice(trainer, self.first_bad_step)}.")
 
     def state_dict(self) -> dict[str, Any]:
         return {"streak": self.streak}

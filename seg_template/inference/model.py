@@ -155,7 +155,7 @@ class InferenceModel(nn.Module):
     def _nonfinite_error(self, err: NonFiniteLogits, images: Tensor, names: Sequence[str] | None) -> UserError:
         """Whose fault non-finite logits are: the images (``DataError``) or the model (``CheckpointError``,
         naming its file, and whether its weights are finite)."""
-        from seg_template.models.finite import is_finite, nonfinite_names
+        from seg_template.models.finite import is_finite
 
         n, _, h, w = images.shape
         batch = f"a batch of {n} {h}x{w} image(s)"
@@ -166,15 +166,28 @@ class InferenceModel(nn.Module):
             return DataError(f"{batch} hold NaN/inf once data.val_transform has normalised them, so no prediction "
                              f"can be made; check data.val_transform's mean and std (a std of 0?)")
         source = getattr(self.net, "weights_source", None) or f"the network ({type(self.net).__name__})"
-        bad, total = nonfinite_names(self.net.state_dict())
-        if bad:
-            why = (f"its weights hold NaN/inf in {len(bad)} of {total} tensors ({', '.join(bad[:4])}); use a "
-                   f"checkpoint written before the run diverged")
-        elif err.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(images.device.type):
-            why = ("its weights are finite, but in 16-bit (mixed) precision they may overflow: run in 32-bit "
-                   "(trainer.precision=32-true); if that fails too, use an earlier checkpoint of the run")
-        else:
-            why = ("its weights are finite, yet too large to compute with (the state of a run on the edge of "
-                   "diverging?); use an earlier checkpoint of the run")
+        cause, fix = nonfinite_cause(self.net, err.dtype, images.device.type)
         return CheckpointError(f"{source} gives {err} on {batch}, so no prediction can be made (their argmax "
-                               f"would be class 0): {why}")
+                               f"would be class 0): {cause}; {fix}")
+
+
+def nonfinite_cause(net: nn.Module, dtype: torch.dtype = torch.float32, device_type: str = "cpu") -> tuple[str, str]:
+    """``(why, what to do)`` when ``net`` gave non-finite logits of ``dtype``: weights holding NaN/inf, a
+    batch-norm variance below 0 (NaN in eval mode), 16-bit overflow, or finite weights too large to compute
+    with. For eval, predict and the validation during training alike."""
+    from seg_template.models.finite import negative_variances, nonfinite_names
+
+    state = net.state_dict()
+    bad, total = nonfinite_names(state)
+    if bad:
+        return (f"its weights hold NaN/inf in {len(bad)} of {total} tensors ({', '.join(bad[:4])})",
+                "use a checkpoint written before the run diverged")
+    negative = negative_variances(state)
+    if negative:
+        return (f"its batch-norm running_var is below 0 in {len(negative)} tensor(s) ({', '.join(negative[:4])}), "
+                "which no training writes (a variance cannot be negative)", "use another checkpoint of the run")
+    if dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(device_type):
+        return ("its weights are finite, but in 16-bit (mixed) precision they may overflow",
+                "run in 32-bit (trainer.precision=32-true); if that fails too, use an earlier checkpoint of the run")
+    return ("its weights are finite, yet too large to compute with (the state of a run on the edge of diverging?)",
+            "use an earlier checkpoint of the run")

@@ -49,14 +49,27 @@ def class_ids(logits: Tensor) -> Tensor:
     return logits.max(1).indices
 
 
-def check_finite(logits: Tensor) -> Tensor:
-    """``logits`` itself, or :class:`NonFiniteLogits` when a value is NaN or inf. One min/max reduction
-    (NaN propagates through both), which waits for the device: for eval and predict, not the training step."""
-    if not logits.numel() or bool(torch.isfinite(torch.stack(torch.aminmax(logits.detach()))).all()):
-        return logits
+def finite_flag(logits: Tensor) -> Tensor:
+    """A 0-dim bool tensor, on ``logits``' device: whether every value is finite. One min/max reduction (NaN
+    propagates through both) and no wait for the device, so a caller can count bad batches and look once."""
+    if not logits.numel():
+        return torch.ones((), dtype=torch.bool, device=logits.device)
+    return torch.isfinite(torch.stack(torch.aminmax(logits.detach()))).all()
+
+
+def describe_nonfinite(logits: Tensor) -> str:
+    """``"NaN in all of its float32 logits [N, C, H, W]"``: what is wrong with ``logits``, for a message."""
     nan, inf, total = int(logits.isnan().sum()), int(logits.isinf().sum()), logits.numel()
     parts = [f"NaN in {_share(nan, total)}" if nan else "", f"inf in {_share(inf, total)}" if inf else ""]
-    err = NonFiniteLogits(f"{' and '.join(p for p in parts if p)} of its {str(logits.dtype).removeprefix('torch.')} "
-                          f"logits {list(logits.shape)}")
+    return (f"{' and '.join(p for p in parts if p)} of its {str(logits.dtype).removeprefix('torch.')} "
+            f"logits {list(logits.shape)}")
+
+
+def check_finite(logits: Tensor) -> Tensor:
+    """``logits`` itself, or :class:`NonFiniteLogits` when a value is NaN or inf (:func:`finite_flag`, read at
+    once: it waits for the device, which suits eval and predict, not the training step)."""
+    if bool(finite_flag(logits)):
+        return logits
+    err = NonFiniteLogits(describe_nonfinite(logits))
     err.dtype = logits.dtype
     raise err

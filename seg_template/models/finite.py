@@ -3,7 +3,8 @@
 A file whose weights hold a NaN (the state of a diverged run, a corrupted copy) gives NaN logits for every
 image; their argmax is class 0, so eval would print an all-zero table and predict would write class 0
 everywhere, both exiting 0. The loaders (:mod:`seg_template.models.weights`, the resume check, ONNX files)
-refuse such a file instead, naming it and the tensors that are not finite.
+refuse such a file instead, naming it and the tensors that are not finite. A batch-norm running variance below
+0 is refused the same way: finite, yet NaN through ``sqrt(var + eps)`` in every prediction.
 """
 
 from __future__ import annotations
@@ -61,12 +62,30 @@ def nonfinite_names(tree: Any) -> tuple[list[str], int]:
     return bad, total
 
 
+def negative_variances(tree: Any) -> list[str]:
+    """The names of the batch-norm running variances (``*running_var``) in ``tree`` holding a value below 0.
+    No training writes one (a variance cannot be negative), and in eval mode ``sqrt(var + eps)`` makes it NaN:
+    finite, so the NaN check passes it, yet every logit downstream is NaN."""
+    return [name for name, tensor in float_tensors(tree)
+            if name.endswith("running_var") and tensor.numel() and not tensor.is_complex()
+            and float(tensor.detach().min()) < 0]
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f", ... and {len(names) - 4} more" if len(names) > 4 else "")
+
+
 def refuse_nonfinite(tree: Any, source: str, option: str, fix: str = USE_ANOTHER) -> None:
     """Raise a ``CheckpointError`` naming ``option``, the file ``source``, how many tensors of ``tree`` (and
-    which, the first few) hold NaN or inf, and ``fix``; do nothing when every tensor is finite."""
+    which, the first few) hold NaN or inf, or a batch-norm running variance below 0, and ``fix``; do nothing
+    when every tensor is finite and every variance >= 0."""
     bad, total = nonfinite_names(tree)
-    if not bad:
-        return
-    shown = ", ".join(bad[:4]) + (f", ... and {len(bad) - 4} more" if len(bad) > 4 else "")
-    raise CheckpointError(f"{option}: '{source}' holds NaN/inf in {len(bad)} of its {total} weight tensors "
-                          f"({shown}): {fix}")
+    if bad:
+        raise CheckpointError(f"{option}: '{source}' holds NaN/inf in {len(bad)} of its {total} weight tensors "
+                              f"({_listed(bad)}): {fix}")
+    negative = negative_variances(tree)
+    if negative:
+        raise CheckpointError(f"{option}: '{source}' holds a batch-norm running_var below 0 in {len(negative)} "
+                              f"tensor(s) ({_listed(negative)}): no training writes one (a variance cannot be "
+                              f"negative) and every prediction through it is NaN; the file was damaged or edited. "
+                              f"Use another checkpoint of the run (or pass a sound file)")
