@@ -1,4 +1,5 @@
-"""One live run per run folder, claimed before Hydra writes anything into it.
+"""One live run per run folder, claimed before Hydra writes anything into it; a run never writes over what a
+folder already holds.
 
 Two runs in one folder interleave ``metrics.csv`` and ``train.log``, overwrite each other's checkpoints and
 leave ``.hydra/`` describing only one of them. The rule:
@@ -6,13 +7,25 @@ leave ``.hydra/`` describing only one of them. The rule:
 - **A fresh run always gets a new, empty folder.** When the folder its name resolves to already exists (two
   ``python train.py name=exp`` started in the same second), it takes ``<folder>_2``, ``_3``, ... ``os.mkdir``
   is atomic, so two processes never get the same one; the run says where it went.
-- **A run continuing in an existing folder** (resume in place, which sets ``hydra.run.dir=<run>``, or any
-  ``hydra.run.dir=`` typed on the command line) claims that folder's lock, ``<run>/.hydra/run.lock``. A
-  folder whose lock is held by a live process is refused with a message naming that run (pid, host, start
-  time, command); a lock left behind by a run that is gone (killed, crashed, or copied along with the
-  folder) is taken over with a notice.
-- Hydra never overwrites another run's record: a run typed into a folder that has one (``hydra.run.dir=``
-  of an earlier run) writes its config to ``.hydra/resumed_<time>/``, as resume in place does.
+- **``name`` is one plain folder-name word** (letters, digits, ``_ . + -``; no ``/``, ``\\``, ``..``, spaces
+  or quotes): it is appended to the folder's name, and ``name=../../x`` put a run outside ``paths.log_dir``.
+  Refused before any folder is made (:func:`check_name`).
+- **Only a training run resumed from a checkpoint of a folder may write into that folder once it holds
+  results** (checkpoints, ``metrics.csv``, ``train.log``, predictions... anything but an empty ``.hydra/``).
+  That is resume in place (``ckpt_path=<run>/checkpoints/last.ckpt``, which sets ``hydra.run.dir=<run>``;
+  ``train=false`` too: it appends its test to the run's history) and a requeued SLURM job resuming its
+  ``hpc_ckpt``. Anything else typed into such a folder with ``hydra.run.dir=`` — a fresh training run, eval,
+  predict, export, a resume of another folder's checkpoint — is refused before Hydra writes, naming the folder,
+  what it holds and the way out (:func:`refuse_foreign_folder`). So is a checkpoint path that lies in the
+  folder but is a link to a file outside it: that would continue another run's state here. (That a resume in
+  place starts from the folder's newest state is checked once the checkpoint is read:
+  :func:`check_resume_in_place`, called by ``seg_template/train.py``.)
+- **A run continuing in an existing folder** claims that folder's lock, ``<run>/.hydra/run.lock``. A folder
+  whose lock is held by a live process is refused with a message naming that run (pid, host, start time,
+  command); a lock left behind by a run that is gone (killed, crashed, or copied along with the folder) is
+  taken over with a notice.
+- Hydra never overwrites another run's record: a run continuing in a folder that has one writes its config
+  to ``.hydra/resumed_<time>/``, as resume in place does.
 - Not claimed: DDP ranks > 0 (Lightning re-launches them into rank 0's folder), multirun jobs (each has its
   own folder in the sweep; submitit / SLURM jobs and their requeues are multirun jobs) and a restart of the
   same SLURM job (a requeue) while its previous start still holds the lock.
@@ -21,8 +34,8 @@ The lock itself (``flock``, released by the kernel however the process ends; a p
 filesystem has none) is ``seg_template/run_lock.py``.
 
 :class:`RunFolderClaim` is the Hydra callback that does this (``configs/hydra/default.yaml``); it runs in
-``on_run_start``, before Hydra creates the folder, writes ``.hydra/`` and opens the log. Light imports only:
-Hydra instantiates it before ``--help``-fast code paths end.
+``on_run_start`` / ``on_multirun_start``, before Hydra creates the folder, writes ``.hydra/`` and opens the log.
+Light imports only: Hydra instantiates it before ``--help``-fast code paths end.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,13 +55,17 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from seg_template.errors import ConfigError
 from seg_template.run_lock import LOCK_FILE, RunFolderBusy, claim_lock, held_claim
 
-__all__ = ["LOCK_FILE", "RunFolderBusy", "RunFolderClaim", "claim_run_folder", "new_folder", "process_rank"]
+__all__ = ["LOCK_FILE", "RunFolderBusy", "RunFolderClaim", "check_name", "check_resume_in_place", "claim_run_folder",
+           "new_folder", "process_rank", "refuse_foreign_folder", "results_in"]
 
 log = logging.getLogger("seg_template")
 
 #: environment variables that carry a process's global rank (the ones Lightning reads, in its order)
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 _MAX_SUFFIX = 1000
+#: a run name: one folder-name word that neither a shell nor Hydra's override grammar splits
+_NAME = re.compile(r"\w[\w.+-]*")
+_MAX_NAME = 100
 
 
 def process_rank() -> int:
@@ -98,6 +116,115 @@ def claim_run_folder(folder: Path, fresh: bool) -> tuple[Path, list[str]]:
     return folder, notices
 
 
+# ---------------------------------------------------------------- what may be written where
+def check_name(name: Any) -> None:
+    """Refuse a ``name`` that is not one plain folder-name word (see the module docstring): ``ConfigError``."""
+    if name is None or name == "":
+        return
+    text = str(name)
+    if isinstance(name, bool | int | float | str) and _NAME.fullmatch(text) and ".." not in text \
+            and len(text) <= _MAX_NAME:
+        return
+    shown = repr(text) if isinstance(name, str) else f"{text} (a {type(name).__name__})"
+    raise ConfigError(f"name={shown}: a run's name is one folder-name word appended to its run folder's name "
+                      f"(letters, digits, _ . + -; at most {_MAX_NAME} characters; no '/', '\\', '..', spaces, "
+                      "quotes or commas), e.g. name=ohem_lr3e-4; to write the run somewhere else, set paths.log_dir=")
+
+
+def results_in(folder: Path) -> list[str]:
+    """What ``folder`` holds that a run could overwrite or mix with its own files (names, folders ending in
+    ``/``); an empty ``.hydra/`` or one holding only the lock file is a claim's, not a result."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    held = []
+    for entry in entries:
+        is_dir = entry.is_dir()
+        if entry.name == ".hydra" and is_dir and set(os.listdir(entry.path)) <= {LOCK_FILE.name}:
+            continue
+        held.append(entry.name + ("/" if is_dir else ""))
+    return held
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _belongs(typed: Path, run_dir: Path, ckpt_dir: Path) -> bool:
+    """Whether the checkpoint ``typed`` is the run folder's own once links are resolved: inside the folder, or
+    in its checkpoint folder (which may be a link to a bigger disk)."""
+    real = _real(typed)
+    return _inside(real, _real(run_dir)) or real.parent == _real(ckpt_dir)
+
+
+def _link_message(typed: Path, folder: Path) -> str:
+    return (f"ckpt_path={typed} lies in the run folder {folder} but is a link to {_real(typed)}, outside it: "
+            "resuming it there would continue another run's state in this folder and write over its checkpoints. "
+            f"Resume that run in its own folder (ckpt_path={_real(typed)}), or start a new folder from it with "
+            "resume_in_place=false.")
+
+
+def refuse_foreign_folder(config: DictConfig, folder: Path) -> None:
+    """A ``ConfigError`` when the run of ``config`` (the composed config, Hydra's node included) would write into
+    ``folder`` (typed with ``hydra.run.dir=``) although the folder holds results of another run: see the
+    module docstring for who may continue in a folder."""
+    held = results_in(folder)
+    if not held:
+        return
+    task = str(OmegaConf.select(config, "task_name", default="") or "")
+    ckpt = OmegaConf.select(config, "ckpt_path", default=None, throw_on_missing=False)
+    if task == "train" and ckpt not in (None, ""):
+        typed = Path(str(ckpt)).expanduser().absolute()
+        if _belongs(typed, folder, folder / "checkpoints"):
+            return  # resume in place (or train=false: its test is appended to this run's history)
+        if _inside(typed, folder):
+            raise ConfigError(_link_message(typed, folder))
+    if task == "train" and ckpt in (None, "") and os.environ.get("SLURM_JOB_ID") \
+            and any(folder.glob("hpc_ckpt_*.ckpt")):
+        return  # a requeued SLURM job: Lightning resumes the folder's hpc_ckpt
+    shown = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
+    resume = (f"A training run continues in a folder only when it resumes a checkpoint of that folder "
+              f"(ckpt_path={folder / 'checkpoints' / 'last.ckpt'}); otherwise pick" if task == "train" else "Pick")
+    run = f"this {task} run" if task else "this run"
+    raise ConfigError(f"hydra.run.dir={folder} already holds {shown}; {run} would write over or mix with them. "
+                      f"{resume} a new or empty folder (hydra.run.dir=<another folder>), or leave hydra.run.dir out "
+                      "for a new one under paths.log_dir.")
+
+
+def check_resume_in_place(ckpt_path: str | Path, run_dir: str | Path, ckpt_dir: str | Path | None,
+                          global_step: int) -> None:
+    """Before a fit resumes ``ckpt_path`` (holding ``global_step``) in the run folder ``run_dir`` whose checkpoints
+    go to ``ckpt_dir``: a ``ConfigError`` when the checkpoint lies in the folder but is a link to a file outside
+    it, or is older than the folder's own ``last.ckpt`` (resuming it would overwrite ``last.ckpt`` and drop the
+    metrics logged since). A checkpoint from elsewhere (``resume_in_place=false``) is not checked."""
+    from seg_template.callbacks.checkpoint_io import checkpoint_step
+
+    typed, run_dir = Path(ckpt_path).expanduser().absolute(), Path(run_dir).absolute()
+    ckpt_dir = Path(ckpt_dir).absolute() if ckpt_dir else run_dir / "checkpoints"
+    if not _belongs(typed, run_dir, ckpt_dir):
+        if _inside(typed, run_dir) or _inside(typed, ckpt_dir):
+            raise ConfigError(_link_message(typed, run_dir))
+        return
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file() or _real(last) == _real(typed):
+        return
+    newest = checkpoint_step(last)
+    if newest is None:
+        log.warning("Resuming in place from %s: this folder's %s cannot be read (truncated?); it will be replaced",
+                    typed, last)
+    elif newest > global_step:
+        raise ConfigError(
+            f"ckpt_path={typed} holds step {global_step}, older than this run folder's {last} (step {newest}): "
+            f"resuming it in place would overwrite last.ckpt and drop the metrics logged after step {global_step}. "
+            f"To continue the run: ckpt_path={last}; to train on from the older state in a new folder, add "
+            "resume_in_place=false.")
+
+
 class RunFolderClaim(Callback):
     """Hydra callback: claim the run folder in ``on_run_start`` (see the module docstring), log the notices
     in ``on_job_start``, release the lock in ``on_run_end`` (and at exit in any case)."""
@@ -112,15 +239,15 @@ class RunFolderClaim(Callback):
         folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
         typed = [o for o in config.hydra.overrides.hydra if str(o).startswith("hydra.run.dir=")]
         try:
+            check_name(OmegaConf.select(config, "name", default=None))  # before any folder is made
+            if typed:  # a folder that may hold results: only a resume of its own checkpoint continues there
+                refuse_foreign_folder(config, folder)
             claimed, self.notices = claim_run_folder(folder, fresh=not typed)
         except (ConfigError, OSError) as err:
             if isinstance(err, OSError):  # a read-only or full location: Hydra would fail with a traceback
                 err = ConfigError(f"the run folder {folder} cannot be created or written ({err.strerror or err}): "
                                   "write runs elsewhere with paths.log_dir=<folder> (or hydra.run.dir=<folder>)")
-            # Hydra turns a callback's exception into a warning and goes on: end here, as a user error does
-            # (one block, exit status 1), before anything is written into the other run's folder
-            print(f"{type(err).__name__}: {err}", file=sys.stderr)
-            raise SystemExit(1) from None
+            _refuse(err)
         self.folder = claimed
         if claimed != folder:
             with read_write(config.hydra.run):
@@ -132,6 +259,12 @@ class RunFolderClaim(Callback):
             with read_write(config.hydra):
                 config.hydra.output_subdir = f"{subdir}/resumed_{stamp}"
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_name(OmegaConf.select(config, "name", default=None))  # it names the sweep's folder too
+        except ConfigError as err:
+            _refuse(err)
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         for notice in self.notices:
             log.warning(notice)
@@ -141,3 +274,10 @@ class RunFolderClaim(Callback):
         claim = held_claim(self.folder) if self.folder is not None else None
         if claim is not None:
             claim.release()
+
+
+def _refuse(err: ConfigError) -> None:
+    """End the process as a user error does (one block, exit status 1): Hydra turns a callback's exception into
+    a warning and goes on, and nothing may be written into the folder first."""
+    print(f"{type(err).__name__}: {err}", file=sys.stderr)
+    raise SystemExit(1) from None

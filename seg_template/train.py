@@ -69,6 +69,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             raise ConfigError(f"trainer.max_epochs={max_epochs}, but ckpt_path '{cfg.ckpt_path}' has trained "
                               f"{state['epoch'] + 1} epochs already: raise trainer.max_epochs to train on (the "
                               "schedule is recomputed for it), or pass train=false to only test it")
+        if cfg.get("train", True):  # a fit resumed in its own folder starts from that folder's newest state
+            from omegaconf import OmegaConf
+
+            from seg_template.run_folder import check_resume_in_place
+
+            check_resume_in_place(cfg.ckpt_path, cfg.paths.output_dir,
+                                  OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None),
+                                  state["global_step"])
         say("Resuming %s (epoch %d, step %d)", cfg.ckpt_path, state["epoch"], state["global_step"])
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))

@@ -16,6 +16,7 @@ Fast cases run in-process on tiny data; ``slow`` ones start real ``train.py`` pr
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import re
@@ -223,9 +224,10 @@ def test_a_requeued_slurm_job_is_not_refused_by_its_earlier_start(tmp_path, monk
         holder.wait(timeout=30)
 
 
-def hydra_config(run_dir: Path, *typed: str) -> OmegaConf:
-    """The part of Hydra's config the claim reads: the run folder and the hydra overrides typed."""
-    return OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}, "overrides": {"hydra": list(typed)}}})
+def hydra_config(run_dir: Path, *typed: str, **task: object) -> OmegaConf:
+    """The part of the composed config the claim reads: the run folder, the hydra overrides typed and the task's
+    own keys (``task_name``, ``ckpt_path``, ``name``)."""
+    return OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}, "overrides": {"hydra": list(typed)}}, **task})
 
 
 def test_a_fresh_run_whose_folder_exists_gets_its_own(tmp_path, caplog):
@@ -259,11 +261,12 @@ def test_resume_in_place_claims_the_folder_itself(tmp_path, capsys):
         holder.wait(timeout=30)
 
 
-def test_a_typed_folder_of_an_earlier_run_keeps_its_record(tmp_path):
+def test_a_resume_in_place_keeps_the_folder_record(tmp_path):
     folder = tmp_path / "run"
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text("the earlier run's config")
-    config = hydra_config(folder, f"hydra.run.dir={folder}")
+    config = hydra_config(folder, f"hydra.run.dir={folder}", task_name="train",
+                          ckpt_path=str(folder / "checkpoints" / "last.ckpt"))
     config.hydra.output_subdir = ".hydra"
     claim = RunFolderClaim()
     claim.on_run_start(config)
@@ -291,6 +294,204 @@ def test_ddp_ranks_above_0_write_into_the_claimed_folder(tmp_path, monkeypatch):
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- nothing a run writes destroys what is there
+def a_run_folder(interrupted: Path, to: Path) -> dict[str, bytes]:
+    """A copy of the interrupted run at ``to``; returns its files (to compare with afterwards)."""
+    copy_of(interrupted, to)
+    return files(to)
+
+
+def refused_claim(config, capsys) -> str:
+    """What the claim prints when it refuses ``config`` (exit status 1, before any folder is made)."""
+    with pytest.raises(SystemExit) as exit_:
+        RunFolderClaim().on_run_start(config)
+    assert exit_.value.code == 1
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("task", "ckpt"), [
+    ("train", None),                   # a fresh run typed into an earlier run's folder
+    ("train", "elsewhere"),            # resuming another folder's checkpoint here
+    ("eval", "own"), ("predict", "own"), ("export", "own"),
+])
+def test_a_run_typed_into_a_folder_with_results_is_refused(interrupted, tmp_path, capsys, task, ckpt):
+    run = tmp_path / "run"
+    before = a_run_folder(interrupted, run)
+    path = {None: None, "own": str(run / "checkpoints" / "best.ckpt"),
+            "elsewhere": str(interrupted / "checkpoints" / "last.ckpt")}[ckpt]
+    err = refused_claim(hydra_config(run, f"hydra.run.dir={run}", task_name=task, ckpt_path=path), capsys)
+    # was: exit 0, best/last.ckpt replaced, metrics.csv mixed or wiped, the old .hydra/config.yaml kept
+    assert_short_named(err, rf"ConfigError: hydra\.run\.dir={re.escape(str(run))} already holds checkpoints/, "
+                            rf".*metrics\.csv.*this {task} run would write over or mix with them.*new or empty folder")
+    assert files(run) == before and not (run / LOCK_FILE).exists()
+
+
+def test_a_decoy_folder_is_never_written_into(tmp_path, capsys):
+    decoy = tmp_path / "decoy"
+    (decoy / "checkpoints").mkdir(parents=True)
+    for name, text in (("metrics.csv", "my,own,numbers\n1,2,3\n"), ("train.log", "my notes\n"),
+                       ("checkpoints/last.ckpt", "precious")):
+        (decoy / name).write_text(text)
+    before = files(decoy)
+    err = refused_claim(hydra_config(decoy, f"hydra.run.dir={decoy}", task_name="train"), capsys)
+    assert_short_named(err, r"already holds checkpoints/, metrics\.csv, train\.log; this train run .*"
+                            r"ckpt_path=.*decoy/checkpoints/last\.ckpt")
+    assert files(decoy) == before
+
+
+@pytest.mark.parametrize("how", ["resume", "test_only", "empty", "slurm_requeue"])
+def test_who_may_continue_in_a_folder(interrupted, tmp_path, monkeypatch, how):
+    run = tmp_path / "run"
+    a_run_folder(interrupted, run) if how != "empty" else run.mkdir()
+    task: dict = {"task_name": "train", "ckpt_path": str(run / "checkpoints" / "last.ckpt")}
+    if how == "test_only":
+        task.update(train=False, ckpt_path=str(run / "checkpoints" / "best.ckpt"))
+    elif how == "empty":
+        task = {"task_name": "eval", "ckpt_path": str(interrupted / "checkpoints" / "best.ckpt")}
+    elif how == "slurm_requeue":  # Lightning resumes the folder's hpc_ckpt; the command has no ckpt_path
+        task["ckpt_path"] = None
+        shutil.copy(run / "checkpoints" / "last.ckpt", run / "hpc_ckpt_1.ckpt")
+        monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    claim = RunFolderClaim()
+    claim.on_run_start(hydra_config(run, f"hydra.run.dir={run}", **task))
+    assert claim.folder == run
+    claim.on_run_end(None)
+
+
+def test_test_only_in_a_run_folder_appends_to_its_metrics(compose_cfg, interrupted, tmp_path):
+    """train=false, as our own max_epochs message and the README advise: its test rows are appended; the
+    history and the checkpoints stay (was: 'metrics.csv: dropped 7 row(s) at step >= 0', 2 lines left)."""
+    run = tmp_path / "run"
+    before = a_run_folder(interrupted, run)
+    train(compose_cfg(overrides=[*BASE, "trainer.max_epochs=3", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+                                 "train=false", "test=true"], output_dir=run))
+    history = before["metrics.csv"].decode()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) > len(history.splitlines()) - 1 and rows[-1]["test/mIoU"]
+    old_rows = list(csv.DictReader(history.splitlines()))
+    assert [{k: v for k, v in r.items() if v} for r in rows[:len(old_rows)]] == \
+           [{k: v for k, v in r.items() if v} for r in old_rows]  # every earlier row, in order (new columns added)
+    assert all(files(run)[f"checkpoints/{n}"] == before[f"checkpoints/{n}"] for n in ("best.ckpt", "last.ckpt"))
+
+
+def test_a_resumed_fit_drops_only_rows_after_its_checkpoint(compose_cfg, interrupted, tmp_path, caplog):
+    run = tmp_path / "run"
+    a_run_folder(interrupted, run)
+    kept = (run / "metrics.csv").read_text()
+    rows = list(csv.DictReader(kept.splitlines()))
+    stale = dict.fromkeys(rows[0], "")  # a row an attempt killed after the checkpoint had logged
+    stale.update(step="4", epoch="2")
+    with (run / "metrics.csv").open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(stale)
+    with caplog.at_level(logging.INFO):
+        resume(compose_cfg, run, "trainer.max_epochs=3")
+    assert re.search(r"metrics\.csv: dropped 1 row\(s\) at step >= 4", caplog.text)
+    after = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["step"] for r in after[:len(rows)]] == [r["step"] for r in rows]  # the checkpoint's history stays
+    assert sorted({int(r["epoch"]) for r in after if r.get("val/mIoU")}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["not_utf8", "folder", "no_step_column", "link"])
+def test_a_metrics_csv_that_cannot_be_continued_is_named(tmp_path, kind):
+    from seg_template.loggers import CSVLogger
+
+    path = tmp_path / "metrics.csv"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone's notes\n")
+    if kind == "not_utf8":
+        path.write_bytes(b"epoch,st\xffep\n1,2\n")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "no_step_column":
+        path.write_text("name,score\nme,3\n")
+    else:
+        path.symlink_to(victim)
+    err = raised_user_error(lambda: CSVLogger(save_dir=tmp_path, name="", version="").log_hyperparams({"a": 1}))
+    assert isinstance(err, ConfigError)  # was: UnicodeDecodeError / IsADirectoryError tracebacks, notes appended
+    assert_short_named(user_message(err), rf"{re.escape(str(path))} (is not UTF-8|is not a file|has no 'step' column"
+                                          r"|is a link to .*victim\.txt).*resume_in_place=false")
+    assert victim.read_text() == "someone's notes\n"
+
+
+def test_resuming_in_place_from_an_older_checkpoint_is_refused(compose_cfg, interrupted, tmp_path):
+    run = tmp_path / "run"
+    a_run_folder(interrupted, run)
+    older = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    older.update(epoch=0, global_step=2)  # as best.ckpt of an earlier epoch
+    torch.save(older, run / "checkpoints" / "best.ckpt")
+    before = files(run)
+    err = raised_user_error(lambda: resume(compose_cfg, run, "trainer.max_epochs=4", ckpt="best.ckpt"))
+    assert isinstance(err, ConfigError)  # was: last.ckpt (epoch 1) overwritten, 5 rows dropped, exit 0
+    assert_short_named(user_message(err), r"best\.ckpt holds step 2, older than this run folder's .*last\.ckpt \(step "
+                                          r"4\).*ckpt_path=.*last\.ckpt.*resume_in_place=false")
+    assert files(run) == before
+
+
+def test_a_checkpoint_linked_from_another_run_is_refused(compose_cfg, interrupted, tmp_path, capsys):
+    run, other = tmp_path / "run", tmp_path / "other"
+    a_run_folder(interrupted, run)
+    a_run_folder(interrupted, other)
+    (run / "checkpoints" / "last.ckpt").unlink()
+    (run / "checkpoints" / "last.ckpt").symlink_to(other / "checkpoints" / "last.ckpt")
+    before, theirs = files(run), files(other)
+    culprit = (r"ckpt_path=.*run/checkpoints/last\.ckpt lies in the run folder .*run but is a link to "
+               r".*other/checkpoints/last\.ckpt, outside it.*resume_in_place=false")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    assert_short_named(refused_claim(hydra_config(run, f"hydra.run.dir={run}", task_name="train", ckpt_path=ckpt),
+                                     capsys), culprit)  # before Hydra writes into the folder
+    err = raised_user_error(lambda: resume(compose_cfg, run, "trainer.max_epochs=4"))
+    assert isinstance(err, ConfigError) and re.search(culprit, str(err))  # and in-process, for train() callers
+    assert files(run) == before and files(other) == theirs
+
+
+def test_a_checkpoint_folder_linked_to_another_disk_resumes(tmp_path):
+    from seg_template.run_folder import check_resume_in_place
+
+    run, disk = tmp_path / "run", tmp_path / "scratch"
+    disk.mkdir()
+    run.mkdir()
+    (run / "checkpoints").symlink_to(disk)
+    torch.save({"global_step": 4}, disk / "last.ckpt")
+    check_resume_in_place(run / "checkpoints" / "last.ckpt", run, run / "checkpoints", 4)  # accepted
+
+
+@pytest.mark.parametrize("name", ["../../../../decoy", "../../etc", "a/b", "my run", "a\\b", "x,y", "..", "-x",
+                                  "$(touch x)", ["a", "b"]])
+def test_a_name_that_is_not_one_folder_word_is_refused(tmp_path, capsys, name):
+    runs = tmp_path / "logs" / "train" / "runs"
+    folder = runs / f"2026-01-01_00-00-00_{name}"
+    err = refused_claim(hydra_config(folder, name=name), capsys)
+    assert_short_named(err, r"ConfigError: name=.*one folder-name word.*paths\.log_dir=")
+    assert not (tmp_path / "logs").exists() and sorted(tmp_path.iterdir()) == []  # nothing made, anywhere
+    with pytest.raises(SystemExit):
+        RunFolderClaim().on_multirun_start(hydra_config(folder, name=name))
+
+
+@pytest.mark.parametrize("name", ["ohem_lr3e-4", "v1.2", 3, "cs+aug", "täst"])
+def test_plain_names_are_accepted(name):
+    from seg_template.run_folder import check_name
+
+    check_name(name)
+
+
+@pytest.mark.parametrize(("code", "said"), [(errno.EROFS, "is not writable"), (errno.EACCES, "is not writable"),
+                                            (errno.ENOSPC, "is full")])
+def test_a_checkpoint_folder_that_cannot_be_written_fails_when_fit_starts(compose_cfg, tmp_path, monkeypatch, code,
+                                                                          said):
+    from seg_template.callbacks import checkpoint_io
+
+    def refused(folder):  # as a read-only mount (EROFS), a folder of another user (EACCES), a full disk
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(checkpoint_io, "_probe", refused)
+    err = raised_user_error(lambda: train(compose_cfg(overrides=[*BASE, "trainer.max_epochs=2"], output_dir=tmp_path)))
+    assert isinstance(err, CheckpointError)  # was: after a whole epoch, "Free some space there" for any errno
+    assert_short_named(user_message(err), rf"checkpoint folder {re.escape(str(tmp_path / 'checkpoints'))} {said} "
+                                          r"\(.*\).*paths\.log_dir=.*nothing was trained yet")
+    metrics = tmp_path / "metrics.csv"
+    assert not metrics.exists() or "train/loss" not in metrics.read_text()  # no training step ran
 
 
 # ---------------------------------------------------------------- resume with changed options

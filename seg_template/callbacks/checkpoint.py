@@ -6,12 +6,12 @@
   has just written a top-k checkpoint (``ModelCheckpoint.on_validation_end`` calls
   ``_save_last_checkpoint`` only if ``_last_global_step_saved == global_step``), so after a few epochs
   without improvement a resume from ``last.ckpt`` silently went back in time. It also refuses to write
-  non-finite weights (:class:`~seg_template.errors.TrainingDiverged`), keeping the previous files.
-- :class:`AtomicCheckpointIO`, installed by that callback: each file is written to a temporary file in its
-  own folder, flushed, fsynced and renamed over the old one, so a kill or a full disk leaves the previous
-  checkpoint intact. (Lightning's own writer goes through an fsspec transaction whose temporary file lives
-  in the system temp folder: across filesystems its final "rename" is a copy, which a kill can truncate.)
-  It reads checkpoints with ``torch.load(weights_only=True)`` only, whatever the caller asks for.
+  non-finite weights (:class:`~seg_template.errors.TrainingDiverged`), keeping the previous files, checks
+  when fit starts that its folder can take files (a read-only ``checkpoints/`` failed after a whole epoch),
+  and tells the CSV logger whether this fit resumes a checkpoint (``seg_template/loggers.py``: only a resumed
+  fit drops the rows an earlier attempt logged after that checkpoint).
+- :class:`~seg_template.callbacks.checkpoint_io.AtomicCheckpointIO`, installed by that callback: atomic writes,
+  ``torch.load(weights_only=True)`` reads (``seg_template/callbacks/checkpoint_io.py``).
 - :func:`check_resume_checkpoint`: before ``trainer.fit(ckpt_path=...)``, checks safely that the file is a
   Lightning training checkpoint that fits the model, so that a wrong file fails with a message naming it.
 
@@ -22,10 +22,7 @@ paths as ``str``), or every resume fails with a message naming the offending cla
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,80 +36,26 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
+from seg_template.callbacks.checkpoint_io import (
+    PARTIAL_SUFFIX,
+    AtomicCheckpointIO,
+    atomic_save,
+    check_folder_writable,
+    logging_step,
+    remove_partial_files,
+    write_problem,
+)
 from seg_template.callbacks.nan_guard import divergence_advice, nonfinite_tensors
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
 from seg_template.options import require
 from seg_template.resume import check_optimizer
 
+# the writer and reader used to live here: callers import them from this module
+__all__ = ["PARTIAL_SUFFIX", "RESUME_KEYS", "AtomicCheckpointIO", "BestAndLastCheckpoint", "atomic_save",
+           "check_resume_checkpoint", "relocated_state", "remove_partial_files"]
+
 log = logging.getLogger(__name__)
-
-PARTIAL_SUFFIX = ".partial"  # temporary files: ".<name>.<pid>.<random>.partial" beside the target
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)`` such that ``path`` holds either its old content or the complete new one.
-
-    Writes ``.<name>.<pid>.<random>.partial`` in the same folder (so the final rename never crosses a
-    filesystem), fsyncs it, renames it over ``path`` and fsyncs the folder; on any error the partial file
-    is removed and the error re-raised.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-    try:
-        with open(partial, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:  # KeyboardInterrupt included: never leave a partial file behind
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); Windows cannot open folders, and renames there are final."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some network filesystems refuse fsync on folders; the data itself is synced
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_partial_files(folder: str | Path) -> list[Path]:
-    """Delete ``*.partial`` files left in ``folder`` by a save that was killed; returns what was removed."""
-    removed = []
-    for partial in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            partial.unlink()
-            removed.append(partial)
-    if removed:
-        log.info("Removed %d partial file(s) of an interrupted checkpoint save in %s", len(removed), folder)
-    return removed
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint reader/writer, with atomic local writes and ``weights_only=True`` reads."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
-            super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec's transaction
-            return
-        atomic_save(checkpoint, path)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        """The checkpoint at ``path`` on the CPU (as Lightning's default ``map_location``), never unpickling
-        code: ``weights_only`` is always True."""
-        if not _is_local_file_protocol(path):
-            return super().load_checkpoint(path, weights_only=True)
-        return read_weights_file(path, "ckpt_path")
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -148,15 +91,38 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             raise ConfigError(f"callbacks.model_checkpoint: {err} (given: {kwargs})") from err
         self.last_every_n_train_steps = int(every_n_train_steps)
         self._last_written_at_step: int | None = None
+        self._resumed_fit = False  # whether this fit restored a checkpoint (on_load_checkpoint)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._resumed_fit = False  # setup precedes the restore of a checkpoint
         # Lightning's default writer (setup runs before a resume reads its checkpoint, so reads go through ours
         # too); a writer the user configured (async, cloud) is left alone.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if trainer.is_global_zero and self.dirpath and _is_local_file_protocol(self.dirpath):
+            if stage == "fit" and self._writes_now(trainer):  # before a whole epoch is spent
+                check_folder_writable(self.dirpath)
             remove_partial_files(self.dirpath)
+
+    # ------------------------------------------------------------ the metrics history of a resumed fit
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """A fit restored from ``checkpoint`` (``ckpt_path=``, SLURM's ``hpc_ckpt``): the CSV logger drops the
+        rows an earlier attempt logged after it, before this fit logs again (``seg_template/loggers.py``)."""
+        if trainer.state.fn != TrainerFn.FITTING:  # test / validate of a checkpoint: the logger only appends
+            return
+        self._resumed_fit = True
+        for logger in trainer.loggers:
+            if trainer.is_global_zero and hasattr(logger, "continue_fit_from"):
+                logger.continue_fit_from(logging_step(checkpoint))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resumed_fit:  # the usual order: restored first (a strategy restoring later calls the above later)
+            return
+        for logger in trainer.loggers:
+            if trainer.is_global_zero and hasattr(logger, "append_only"):
+                logger.append_only()  # a fit from scratch drops nothing, whatever step it logs first
 
     def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:  # noqa: N802 - Lightning's private
         """Lightning warns "Checkpoint directory ... exists and is not empty" at every fit. A run folder belongs to
@@ -229,9 +195,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         try:
             super()._save_checkpoint(trainer, filepath)
         except OSError as err:  # a full disk or quota, a read-only or vanished folder: the user's to fix
-            raise CheckpointError(f"{filepath} could not be written ({err.strerror or err}); the checkpoints "
-                                  f"already in {self.dirpath} are kept (writes are atomic). Free some space "
-                                  "there or write the run elsewhere (paths.log_dir=...).") from err
+            raise CheckpointError(f"{filepath} could not be written: the checkpoint folder "
+                                  f"{write_problem(err, self.dirpath)}. The checkpoints already there are kept "
+                                  "(writes are atomic).") from err
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         # Lightning raises a MisconfigurationException, listing every per-class IoU, once validation has run
