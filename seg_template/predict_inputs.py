@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
-from seg_template.data.io import IMAGE_EXTENSIONS, dangling_target, list_images, probe_image, read_image
+from seg_template.data.io import IMAGE_EXTENSIONS, broken_link, list_images, probe_image, read_image
 from seg_template.errors import ConfigError, DataError, MissingFileError
 
 if TYPE_CHECKING:
@@ -39,15 +39,45 @@ def input_files(spec: str | Sequence[str]) -> list[tuple[Path, Path]]:
             files.extend((f, f.relative_to(path).with_suffix(".png")) for f in found)
         elif path.is_file():
             files.append((path, Path(path.name).with_suffix(".png")))
-        elif dangling_target(path):
-            raise MissingFileError(f"input={path} is a dangling symlink: {dangling_target(path)} does not exist")
+        elif broken_link(path):
+            raise MissingFileError(f"input={path} is a {broken_link(path)}")
         else:
             raise MissingFileError(f"input={path} is neither an image file nor a folder")
-    names = [name for _, name in files]
-    if len(set(names)) != len(names):
-        raise ConfigError("input lists images with the same file name from different folders; their masks "
-                          "would overwrite each other: pass their common parent folder instead")
+    refuse_shared_outputs(files)
     return files
+
+
+def refuse_shared_outputs(files: Sequence[tuple[Path, Path]]) -> None:
+    """Raise a ``ConfigError`` when two inputs would write the same output (``masks/<name>.png``), naming the
+    files and the fix for each case: one file listed twice, names that differ only in their extension (one
+    folder), or one file name in different folders."""
+    import os
+
+    sources: dict[Path, list[Path]] = {}
+    for file, name in files:
+        sources.setdefault(name, []).append(file)
+    clashes = {name: paths for name, paths in sources.items() if len(paths) > 1}
+    if not clashes:
+        return
+    lines = []
+    for name, paths in list(clashes.items())[:5]:
+        absolute = [os.path.abspath(p) for p in paths]
+        head = f"masks/{name.as_posix()}: "
+        listed = ", ".join(str(p) for p in paths)
+        if len(set(absolute)) < len(absolute):
+            twice = sorted({p for p in absolute if absolute.count(p) > 1})
+            lines.append(f"{head}{', '.join(twice)}: the same file given more than once (listed, or also inside a folder "
+                         f"given); give each image once")
+        elif len({os.path.dirname(p) for p in absolute}) == 1:
+            lines.append(f"{head}{listed}: names that differ only in their extension, in one folder; an output is named "
+                         f"after the file name with .png, so rename all but one of them")
+        else:
+            lines.append(f"{head}{listed}: the same file name in different folders; pass their common parent folder "
+                         f"{os.path.commonpath(absolute)} instead (its sub-folders are kept in the outputs), or "
+                         f"predict each folder into an output_dir of its own")
+    more = f"\n  ... and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+    raise ConfigError(f"input: {len(clashes)} output name(s) would be written by more than one image, whose masks "
+                      f"would overwrite each other:\n  " + "\n  ".join(lines) + more)
 
 
 def header_size(path: Path) -> tuple[int, int] | None:

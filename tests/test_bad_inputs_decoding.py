@@ -470,6 +470,132 @@ def test_dangling_symlink_is_named_as_such(compose_cfg, tmp_path: Path) -> None:
     assert "dangling symlink" in text and "mask without image" not in text and "FAILED" in text
 
 
+def test_split_list_names_with_spaces(tmp_path: Path) -> None:
+    """A line names the file with its spaces when there is one (``my img`` -> ``images/my img.png``; it used to
+    look for ``my.<ext>``), else its first word (lists that add a column after the name)."""
+    root = make_folder(tmp_path / "data", splits={"train": 3, "val": 1}, split_mode="lists")
+    for folder_name in ("images", "masks"):
+        suffix = ".jpg" if folder_name == "images" else ".png"
+        (root / folder_name / f"train_000{suffix}").rename(root / folder_name / f"my img{suffix}")
+    (root / "splits" / "train.txt").write_text("my img\ntrain_001.jpg train_001.png\ntrain_002 \n")
+    assert [s[0].name for s in dataset(root).samples] == ["my img.jpg", "train_001.jpg", "train_002.jpg"]
+    text, _ = doctor(root)
+    assert text.splitlines()[-1] == "OK: no problems found", text
+    (root / "splits" / "train.txt").write_text("my image\ntrain_001\n")
+    err = raised_user_error(lambda: dataset(root))
+    assert_short_named(user_message(err), r"listed in .*train\.txt but no image '.*/images/my image\.<ext>' \(the "
+                                          r"whole line\) nor '.*/images/my\.<ext>' \(its first word\)")
+
+
+def test_symlink_loop_is_named_as_one(compose_cfg, tmp_path: Path) -> None:
+    root = folder(tmp_path)
+    for link in (root / "images" / "train" / "loop.jpg", root / "masks" / "train" / "loop.png"):
+        os.symlink(link.name, link)  # a link to itself
+    cfg = compose_cfg("train", [*FOLDER, f"data.root={root}"], output_dir=tmp_path / "out")
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, MissingFileError)
+    message = user_message(err)
+    assert_short_named(message, r"symlink loop: .*images/train/loop\.jpg -> loop\.jpg \(following it leads back")
+    assert "does not exist" not in message
+    text, _ = doctor(root)
+    assert "ERROR symlink loop: " in text and "does not exist" not in text and "FAILED" in text
+    with pytest.raises(MissingFileError, match=r"input=.*loop\.jpg is a symlink loop: "):
+        input_files(str(root / "images" / "train" / "loop.jpg"))
+    with pytest.raises(MissingFileError, match=r"symlink loop: .*loop\.jpg -> loop\.jpg"):
+        read_image(root / "images" / "train" / "loop.jpg")
+
+
+# ---- predict: two inputs, one output name ----------------------------------------------------------------------------
+
+def _same_output(tmp_path: Path) -> Path:
+    inputs = tmp_path / "in"
+    for name in ("a.png", "a.jpg", "a.PNG", "other/b.png", "more/b.png"):
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(inputs / name, format="PNG")
+    return inputs
+
+
+@pytest.mark.parametrize(("spec", "culprit"), [
+    ("{in}", r"masks/a\.png: .*a\.PNG, .*a\.jpg, .*a\.png: names that differ only in their extension, in one folder; "
+             r".*rename all but one"),
+    (["{in}/a.png", "{in}/a.png"], r"masks/a\.png: .*in/a\.png: the same file given more than once.*give each image once"),
+    (["{in}", "{in}/a.jpg"], r"in/a\.jpg: the same file given more than once"),
+    (["{in}/other/b.png", "{in}/more/b.png"], r"masks/b\.png: .*other/b\.png, .*more/b\.png: the same file name in "
+                                              r"different folders; pass their common parent folder .*/in instead"),
+], ids=["extensions_in_one_folder", "listed_twice", "folder_and_file", "different_folders"])
+def test_predict_inputs_with_one_output_name_are_named(tmp_path: Path, spec, culprit: str) -> None:
+    inputs = _same_output(tmp_path)
+    if isinstance(spec, str):
+        spec = spec.format(**{"in": inputs})
+    else:
+        spec = [s.format(**{"in": inputs}) for s in spec]
+    err = raised_user_error(lambda: input_files(spec))
+    assert_short_named(user_message(err), culprit)
+
+
+def test_predict_with_one_output_name_writes_nothing(compose_cfg, tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "files", compose_cfg)
+    workspace.root.mkdir()
+    out = tmp_path / "out"
+    cfg = compose_cfg("predict", [*PREDICT, "device=cpu", f"ckpt_path={workspace['good']}",
+                                  f"input={_same_output(tmp_path)}"], output_dir=out)
+    cfg.output_dir = str(out)
+    err = raised_user_error(lambda: run_predict(cfg, []))
+    assert_short_named(user_message(err), r"masks/a\.png: .*differ only in their extension")
+    assert not list(out.rglob("*.png"))
+
+
+# ---- transparent masks ---------------------------------------------------------------------------------------------------
+
+COLOURS = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]  # make_folder's first three class colours
+RGB_MASKS = ["data.train_set.mask_format=rgb", f"data.train_set.colors={COLOURS}".replace(" ", "")]
+
+
+def _rgba(rgb: np.ndarray, alpha: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.dstack([rgb, alpha]).astype(np.uint8), "RGBA")
+
+
+def test_rgba_colour_mask_with_transparent_pixels_is_refused(compose_cfg, tmp_path: Path) -> None:
+    """A painted layer exported with its unpainted pixels transparent: their RGB beneath is (0, 0, 0), which
+    used to become class 0 without a word. Whether they mean background or "not labelled" is not guessed."""
+    root = make_folder(tmp_path / "data", splits={"train": 3, "val": 1}, mask_format="rgb")
+    mask_path = root / "masks" / "train" / "train_000.png"
+    rgb = np.asarray(Image.open(mask_path).convert("RGB"))
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:4] = 0  # four transparent rows (RGB (0, 0, 0) beneath), one half-transparent pixel
+    alpha[10, 10] = 128
+    _rgba(np.where(alpha[..., None] == 0, 0, rgb), alpha).save(mask_path)
+    cfg = compose_cfg("train", [*FOLDER, f"data.root={root}", *RGB_MASKS, "data.preflight=full"],
+                      output_dir=tmp_path / "out")
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, DataError)
+    assert_short_named(user_message(err), rf"mask file .*train_000\.png has {4 * W + 1} of its {H * W:,} pixels not "
+                                          rf"fully opaque \({4 * W} fully transparent\).*ambiguous.*without alpha.*"
+                                          r"data\.ignore_colors")
+    text, _ = doctor(root, *RGB_MASKS)
+    assert "not fully opaque" in text and "FAILED" in text
+
+
+def test_opaque_rgba_and_palette_transparency_keep_their_classes(tmp_path: Path) -> None:
+    """An alpha channel that is opaque everywhere says nothing: read as RGB. A palette entry marked transparent
+    (PNG tRNS) belongs to an index, which is the class: kept."""
+    rgb = np.asarray(COLOURS, np.uint8)[np.array([[0, 1], [2, 1]])]
+    _rgba(rgb, np.full((2, 2), 255)).save(tmp_path / "opaque.png")
+    assert read_rgb_mask(tmp_path / "opaque.png", COLOURS).tolist() == [[0, 1], [2, 1]]
+    palette = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), "P")
+    palette.putpalette([v for c in COLOURS for v in c])
+    palette.save(tmp_path / "trns.png", transparency=0)
+    assert read_label_png(tmp_path / "trns.png").tolist() == [[0, 1], [2, 1]]
+
+
+def test_grey_alpha_index_mask_with_a_transparent_pixel_is_refused(tmp_path: Path) -> None:
+    values = np.array([[0, 1], [2, 1]], np.uint8)  # (PNG has no palette + alpha mode: PA never reaches a file)
+    Image.fromarray(np.dstack([values, np.array([[255, 0], [255, 255]], np.uint8)]), "LA").save(tmp_path / "la.png")
+    err = raised_user_error(lambda: read_label_png(tmp_path / "la.png"))
+    assert_short_named(user_message(err), r"la\.png has 1 of its 4 pixels not fully opaque \(1 fully "
+                                          r"transparent\).*data\.ignore_index")
+
+
 # ---- class names and the ignore index ----------------------------------------------------------------------------------
 
 def test_doctor_reports_repeated_class_names(tmp_path: Path) -> None:
@@ -519,6 +645,12 @@ def _fault(root: Path, tmp_path: Path, fault: str) -> list[str]:
     elif fault == "dangling":
         (root / "images" / "train" / "train_002.jpg").unlink()
         os.symlink(tmp_path / "gone.jpg", root / "images" / "train" / "train_002.jpg")
+    elif fault == "transparent_mask":
+        values = np.asarray(Image.open(root / "masks" / "train" / "train_000.png"))
+        Image.fromarray(np.dstack([values, np.where(values == 0, 0, 255).astype(np.uint8)]), "LA").save(
+            root / "masks" / "train" / "train_000.png")
+    elif fault == "symlink_loop":
+        os.symlink("loop.jpg", root / "images" / "train" / "loop.jpg")
     elif fault == "class_names":
         return ["data.class_names=[a,a,b]"]
     elif fault == "ignore_index":
@@ -527,7 +659,7 @@ def _fault(root: Path, tmp_path: Path, fault: str) -> list[str]:
 
 
 @pytest.mark.parametrize("fault", ["exif", "mask_exif", "grey16", "jpeg_mask", "multi_page", "bomb", "dangling",
-                                   "class_names", "ignore_index"])
+                                   "symlink_loop", "transparent_mask", "class_names", "ignore_index"])
 def test_the_doctor_never_says_ok(tmp_path: Path, fault: str) -> None:
     root = folder(tmp_path)
     clean, _ = doctor(root)

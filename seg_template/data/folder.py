@@ -17,7 +17,7 @@ masks (``mask_format="rgb"``) with ``colors[k]`` the RGB colour of class ``k``. 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +103,10 @@ class FolderDataset(PairedFilesDataset):
         if self.mask_suffix:
             masks = {k[: -len(self.mask_suffix)]: v for k, v in masks.items()}
         if list_file is not None:
-            names, notes = read_list_file(list_file)
+            lines, notes = read_list_file(list_file, whole_lines=True)
             self.notes += notes
-            wanted = [Path(name).with_suffix("").as_posix() if Path(name).suffix.lower() in IMAGE_EXTENSIONS
-                      else name for name in names]
-            missing = [f"listed in {list_file} but no image {image_root}/{name}.<ext>"
-                       for name in wanted if name not in images]
+            wanted, missing = listed_names(lines, images, image_root)
+            missing = [f"listed in {list_file} but {problem}" for problem in missing]
             images = {k: images[k] for k in wanted if k in images}
             masks = {k: masks[k] for k in wanted if k in masks}
             dupes += missing
@@ -129,3 +127,26 @@ class FolderDataset(PairedFilesDataset):
         split_root = self.root / self.images_dir / self.split
         base = split_root if split_root.is_dir() and self.split else self.root / self.images_dir
         return image_path.relative_to(base).with_suffix("").as_posix()
+
+
+def _bare(name: str) -> str:
+    """A listed name without its image extension, if it has one (``a.jpg`` -> ``a``)."""
+    return Path(name).with_suffix("").as_posix() if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+
+
+def listed_names(lines: Sequence[str], images: Mapping[str, Path], root: Path) -> tuple[list[str], list[str]]:
+    """``(names, problems)`` for the lines of a split list, ``images`` mapping names to files in ``root``: a line names
+    the sample whose name is the whole line when there is one (names with spaces: ``my img`` for
+    ``my img.png``), else its first word (lists that add columns after the name: ``a.jpg a.png``)."""
+    names, problems = [], []
+    for line in lines:
+        whole, first = _bare(line), _bare(line.split()[0])
+        if whole in images or first in images:
+            names.append(whole if whole in images else first)
+        elif whole == first:
+            problems.append(f"no image {root}/{whole}.<ext>")
+        else:
+            problems.append(f"no image '{root}/{whole}.<ext>' (the whole line) nor '{root}/{first}.<ext>' (its first "
+                            "word)")
+    return names, problems
+

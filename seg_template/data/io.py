@@ -5,11 +5,13 @@ reported naming the file.
 An image arrives as viewers show it: EXIF orientation applied, 16-bit and float samples scaled by their real
 range (``decoding.py``). A mask keeps its stored integer values (8-, 16- or 1/2/4-bit grey, palette indices)
 and its EXIF orientation too; a lossy mask (JPEG, lossy WebP) is refused unless the dataset accepts them
-explicitly. Multi-page files and files over the pixel limit are refused, naming the page count or the size.
+explicitly, and so is a mask with an alpha channel that is not fully opaque (which class a transparent pixel
+has is a guess). Multi-page files and files over the pixel limit are refused, naming the page count or the size.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -68,11 +70,22 @@ def dangling_target(path: Path) -> str | None:
     return None
 
 
-def _missing(path: Path) -> MissingFileError:
+def broken_link(path: Path) -> str | None:
+    """What is wrong with ``path`` when it is a symbolic link that leads to no file, else None:
+    ``"dangling symlink: <link> -> <target> (...)"`` or ``"symlink loop: <link> -> <target> (...)"``."""
     link = dangling_target(path)
-    if link:
-        return MissingFileError(f"dangling symlink: {link} (the file it points to does not exist)")
-    return MissingFileError(f"image file not found: {path}")
+    if link is None:
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a link to itself, or a cycle of links
+            return f"symlink loop: {link} (following it leads back to a link, never to a file)"
+    return f"dangling symlink: {link} (the file it points to does not exist)"
+
+
+def _missing(path: Path) -> MissingFileError:
+    return MissingFileError(broken_link(path) or f"image file not found: {path}")
 
 
 def open_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, ImageInfo]:
@@ -95,6 +108,8 @@ def open_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, OSError) and err.errno == errno.ELOOP:
+            raise _missing(path) from err
         raise UnreadableImageError(f"cannot read image file {path}: {err}") from err
     # the orientation PIL left to apply to its pixels (a PNG's eXIf may follow the pixels; PIL turns a TIFF
     # itself unless it was decoded unturned)
@@ -148,6 +163,7 @@ def read_label_png(path: Path, lossy_ok: bool = False,
     if img.mode in ("RGB", "RGBA"):
         raise DataError(f"mask file {path} is an {img.mode} colour image; index masks must be single-channel "
                         "(grey or palette PNG). For colour masks set the colour table (mask_format: rgb)")
+    refuse_transparency(img, Path(path), "the ignore index (data.ignore_index) or their class id")
     return index_values(img, info, Path(path))
 
 
@@ -159,6 +175,7 @@ def read_rgb_mask(path: Path, colors: Sequence[Sequence[int]], ignore_colors: It
     Pixels in ``ignore_colors`` become ``ignore_index``; any other colour raises naming colour and file.
     """
     img, info = _mask_image(Path(path), lossy_ok, max_pixels)
+    refuse_transparency(img, Path(path), "an ignore colour (data.ignore_colors) or their class colour")
     rgb = image_rgb(img, info, Path(path)).astype(np.int64)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     table = {_code(c): k for k, c in enumerate(colors)}
@@ -170,6 +187,23 @@ def read_rgb_mask(path: Path, colors: Sequence[Sequence[int]], ignore_colors: It
         raise DataError(f"mask file {path}: unknown colour(s) {shown} (RGB) not in the colour table "
                         f"({len(table)} colours: data.colors / data.ignore_colors)")
     return np.asarray([table[u] for u in uniq.tolist()], dtype=np.int64)[inverse].reshape(codes.shape)
+
+
+def refuse_transparency(img: Image.Image, path: Path, paint: str) -> None:
+    """Raise ``DataError`` when the mask ``img`` has an alpha channel (RGBA, LA, PA) with a pixel that is not
+    fully opaque, naming the file and the counts. A transparent pixel's class is a guess: the colour or index
+    stored beneath it (often 0, whatever the annotator meant), "not labelled" (ignore), or background. A
+    palette or colour-key transparency (PNG tRNS) belongs to a stored value, which names the class: accepted."""
+    if img.mode not in ("RGBA", "LA", "PA"):
+        return
+    alpha = np.asarray(img.getchannel("A"))
+    clear = int((alpha < 255).sum())
+    if clear:
+        invisible = int((alpha == 0).sum())
+        raise DataError(f"mask file {path} has {clear:,} of its {alpha.size:,} pixels not fully opaque ({invisible:,} "
+                        f"fully transparent): which class a transparent pixel has is ambiguous (the value stored "
+                        f"beneath it, 'not labelled', or background), so it is not guessed. Save the mask without "
+                        f"alpha, painting those pixels with {paint}")
 
 
 def _code(color: Sequence[int]) -> int:
@@ -225,10 +259,11 @@ def list_images(folder: Path, recursive: bool = False, dangling: bool = False) -
                   and (p.is_file() or (dangling and dangling_target(p) is not None)))
 
 
-def read_list_file(path: Path) -> tuple[list[str], list[str]]:
-    """``(names, notes)`` from a split list: the first token of each non-blank line. A byte-order mark (which
-    Windows editors write and which would glue itself invisibly to the first name), CRLF line ends and
-    trailing spaces are dropped; ``notes`` says when a BOM was."""
+def read_list_file(path: Path, whole_lines: bool = False) -> tuple[list[str], list[str]]:
+    """``(names, notes)`` from a split list: the first token of each non-blank line (``whole_lines``: the
+    whole stripped line, for names with spaces). A byte-order mark (which Windows editors write and which would
+    glue itself invisibly to the first name), CRLF line ends and trailing spaces are dropped; ``notes`` says
+    when a BOM was."""
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -238,7 +273,8 @@ def read_list_file(path: Path) -> tuple[list[str], list[str]]:
     if "\ufeff" in text:
         notes.append(f"split list {path} holds an invisible byte-order mark (U+FEFF), ignored")
         text = text.replace("\ufeff", "")
-    return [line.split()[0] for line in text.splitlines() if line.strip()], notes
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines if whole_lines else [line.split()[0] for line in lines]), notes
 
 
 def format_paths(paths: Sequence[Path | str], limit: int = 10) -> str:

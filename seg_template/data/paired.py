@@ -18,9 +18,9 @@ from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
 from seg_template.data.io import (
     LOSSY_OPTION,
     DatasetLayoutError,
+    broken_link,
     check_labels,
     check_same_size,
-    dangling_target,
     format_paths,
     load_image,
     probe_image,
@@ -121,13 +121,14 @@ class PairedFilesDataset(SegmentationDataset):
 
 def pair_by_key(images: dict[str, Path], masks: dict[str, Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Match two ``key -> path`` maps; return pairs and messages for the orphans on either side. A path that is
-    a dangling symbolic link is named as one (not as the other file's missing partner)."""
+    a symbolic link leading to no file (dangling, or a loop) is named as one (not as the other file's missing
+    partner)."""
     pairs, unpaired = [], []
     for key in sorted(images.keys() | masks.keys()):
         image, mask = images.get(key), masks.get(key)
-        links = [link for link in (dangling_target(p) for p in (image, mask) if p is not None) if link]
+        links = [link for link in (broken_link(p) for p in (image, mask) if p is not None) if link]
         if links:
-            unpaired += [f"dangling symlink: {link} (the file it points to does not exist)" for link in links]
+            unpaired += links
         elif mask is None:
             unpaired.append(f"image without mask: {image}")
         elif image is None:
