@@ -56,6 +56,21 @@ def is_sweep_value(value: str) -> bool:
     return False
 
 
+def _sweep_command_line(file: Path) -> list[str]:
+    """The sweep's options as Hydra wrote them to ``hydra.overrides.task`` of its ``multirun.yaml`` (read
+    through the file-config door's reader: no YAML aliases, a size cap)."""
+    from seg_template.errors import ConfigError
+    from seg_template.file_config import read_run_yaml
+
+    found = read_run_yaml(file)
+    for key in ("hydra", "overrides", "task"):
+        found = found.get(key) if isinstance(found, dict) else None
+    if not isinstance(found, list) or not all(isinstance(a, str) for a in found):
+        raise ConfigError(f"'{file}' holds no list of options at hydra.overrides.task, where Hydra writes the "
+                          "sweep's command line: it was changed after the sweep started")
+    return found
+
+
 def swept_overrides(argv: list[str] | None = None) -> str:
     """This job's overrides of the keys the sweep varies (command-line sweeps and ``hydra.sweeper.params``),
     joined by commas, with ``/`` replaced so the result is one folder name; ``""`` outside a multirun."""
@@ -72,9 +87,7 @@ def swept_overrides(argv: list[str] | None = None) -> str:
         # <folder>): the sweep's command line is in the multirun.yaml Hydra wrote before launching
         launched = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
         if launched.is_file():
-            from omegaconf import OmegaConf
-
-            args = list(OmegaConf.load(launched).hydra.overrides.task)
+            args = _sweep_command_line(launched)
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and not arg.startswith("-") and is_sweep_value(value):

@@ -12,8 +12,10 @@ defaults, then applies the options typed on the command line again, so they win:
 ``data.val_set.length=``, ``model.*``; a whole group typed again (``data=voc``) replaces the recipe's node.
 
 A recipe comes from a file, so it may have been crafted: every way it is read or applied here passes
-``seg_template.file_config.check_recipe`` first, which refuses any ``_target_`` the project's own configs do
-not name before anything is instantiated.
+``seg_template.file_config.check_recipe`` first, which refuses, before anything is instantiated, whatever
+training does not write: a ``_target_`` (or ``_partial_``, ``_args_``...) the project's configs do not write
+at that key, a reference outside the recipe's nodes, nodes that do not resolve, a ``format`` other than
+:data:`RECIPE_FORMAT`, class names or a palette that do not fit ``data.num_classes``.
 """
 
 from __future__ import annotations
@@ -27,40 +29,35 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from seg_template.config_paths import Parts, absolute, references
 from seg_template.errors import CheckpointError
-from seg_template.file_config import check_recipe, is_option_name
+from seg_template.file_config import RECIPE_NODES, check_recipe, is_option_name
 
 log = logging.getLogger(__name__)
 
-#: the config nodes a checkpoint carries; interpolations among them are kept, others resolved
-RECIPE_NODES = ("data", "model", "loss")
+#: the config nodes a checkpoint carries (RECIPE_NODES, from the door): interpolations among them are kept,
+#: others resolved. RECIPE_FORMAT: what recipe_from writes and the door accepts.
 RECIPE_FORMAT = 1
-_REFERENCE = re.compile(r"\$\{([^${}]*)\}")
 
 
-def _is_internal(text: str) -> bool:
-    """True when every interpolation in ``text`` refers to a key inside the recipe's nodes (plain
-    ``${data.x}``, relative ``${..x}`` or ``${oc.select:data.x,default}``); resolvers and other roots are not."""
-    found = _REFERENCE.findall(text)
-    if not found or "${" in _REFERENCE.sub("", text):  # nested interpolations: resolve them
-        return False
-    for inner in found:
-        key = inner.split(":", 1)[1].split(",", 1)[0].strip() if inner.startswith("oc.select:") else inner
-        if ":" in key:
-            return False
-        if not key.startswith(".") and key.split(".", 1)[0] not in RECIPE_NODES:
-            return False
-    return True
+def _is_internal(text: str, where: Parts) -> bool:
+    """True when every interpolation in ``text`` (written at ``where``) is a plain reference to a key inside
+    the recipe's nodes (``${data.x}``, ``${..x}``, ``${oc.select:data.x,default}``): what the door
+    (``file_config.check_recipe``) lets a recipe keep. Resolvers and other roots are resolved instead."""
+    keys = references(text)
+    return bool(keys) and all((target := absolute(key, where)) is not None and target[0] in RECIPE_NODES
+                              for key, _ in keys)
 
 
-def _portable(raw: Any, resolved: Any) -> Any:
-    """``raw`` (unresolved container) with external interpolations replaced by their ``resolved`` values."""
+def _portable(raw: Any, resolved: Any, where: Parts) -> Any:
+    """``raw`` (unresolved container at ``where``) with external interpolations replaced by their
+    ``resolved`` values."""
     if isinstance(raw, dict):
-        return {str(k): _portable(v, resolved[k]) for k, v in raw.items()}
+        return {str(k): _portable(v, resolved[k], (*where, str(k))) for k, v in raw.items()}
     if isinstance(raw, list):
-        return [_portable(r, v) for r, v in zip(raw, resolved, strict=True)]
+        return [_portable(r, v, (*where, i)) for i, (r, v) in enumerate(zip(raw, resolved, strict=True))]
     if isinstance(raw, str) and "${" in raw:
-        return raw if _is_internal(raw) else resolved
+        return raw if _is_internal(raw, where) else resolved
     return raw
 
 
@@ -75,7 +72,7 @@ def recipe_from(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get(name) is not None:
             node = cfg[name]
             recipe[name] = _portable(OmegaConf.to_container(node, resolve=False),
-                                     OmegaConf.to_container(node, resolve=True))
+                                     OmegaConf.to_container(node, resolve=True), (name,))
     num_classes = int(cfg.data.num_classes)
     recipe["class_names"] = [str(n) for n in (cfg.data.get("class_names") or range(num_classes))]
     recipe["palette"] = dataset_palette(cfg.data).tolist()

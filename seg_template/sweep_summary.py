@@ -201,18 +201,30 @@ def _direction(sweep_dir: Path, name: str | None) -> int:
     told ``direction: minimize``)."""
     multirun = sweep_dir / "multirun.yaml"
     if multirun.is_file():
-        from omegaconf import OmegaConf
+        from seg_template.errors import UserError
+        from seg_template.file_config import read_run_yaml
 
-        sweeper = OmegaConf.select(OmegaConf.load(multirun), "hydra.sweeper") or {}
-        direction = str(sweeper.get("direction", "")).lower()  # optuna
+        try:  # the door's reader: plain data, no YAML aliases, a size cap
+            sweeper = _at(read_run_yaml(multirun), "hydra", "sweeper")
+        except UserError as err:  # the summary still comes, ranked by the objective's name
+            print(f"Sweep summary: {err}", flush=True)
+            sweeper = None
+        direction = str(_at(sweeper, "direction") or "").lower()  # optuna
         if "minimize" in direction:
             return -1
         if "maximize" in direction:
             return 1
-        maximize = OmegaConf.select(sweeper, "optim.maximize") if isinstance(sweeper, DictConfig) else None
+        maximize = _at(sweeper, "optim", "maximize")
         if maximize is not None:  # nevergrad
             return 1 if maximize else -1
     return -1 if name and "loss" in name else 1
+
+
+def _at(found: Any, *keys: str) -> Any:
+    """``found[k1][k2]...`` of plain data read from a file, None where a key or a mapping is missing."""
+    for key in keys:
+        found = found.get(key) if isinstance(found, dict) else None
+    return found
 
 
 _ORDER = {"completed": 0, "running": 1, "failed": 2}

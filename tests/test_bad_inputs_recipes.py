@@ -8,6 +8,12 @@ and the target, and no harm done (the victim file keeps its bytes, the victim fo
 file was created). ``test_crafted_nodes_are_live`` proves the crafted nodes would do that harm if Hydra
 instantiated them, so a pass is not vacuous. The slow test runs the real scripts.
 
+``SHAPES``: what the door lets through is data of the right shape. References only inside the recipe
+(``${trainer}`` would build the task's Trainer inside ``data``), special keys only as the config files write
+them at that same key (``train_transform`` as the ``val_transform`` scored random crops, exit 0), identifier
+keys, nodes that resolve (loops, missing keys, a reference bomb), a ``format`` / ``class_names`` / ``palette``
+that fit; and YAML read back from a run folder without aliases (``test_run_folder_yaml_*``).
+
     pytest -p no:cacheprovider -q tests/test_bad_inputs_recipes.py -rA        # the table, case by case
 """
 
@@ -115,15 +121,93 @@ CRAFTED = [
             r"holds a Tensor, not plain config \(at data\.val_transform\)", json_ok=False),
     Crafted("nested_too_deep", _too_deep, r"nested more than 64 levels deep \(at data\.deep\[0\]"),
 ]
+
+
+def _reference_bomb(recipe: dict[str, Any], _: Path) -> None:
+    # ten lists of ten references each: 10^10 values once Hydra's instantiate resolves data (a few hundred bytes)
+    recipe["data"]["l0"] = [0] * 10
+    for level in range(1, 10):
+        recipe["data"][f"l{level}"] = [f"${{data.l{level - 1}}}"] * 10
+
+
+def _keyed(key: Any) -> Callable[[dict[str, Any], Path], None]:
+    return lambda r, _: r["data"].__setitem__(key, 1)
+
+
+_SWAPPED = {"_target_": "seg_template.data.transforms.train_transform", "crop_size": [8, 8], "hflip": True,
+            "scale_range": [0.5, 0.6], "color_jitter": 0.0, "ignore_index": 255}
+_NOT_PLAIN = r"which is not a plain name: a recipe's keys are identifiers"
+SHAPES = [
+    # 1. references stay inside the recipe's data / model / loss nodes (also through oc.select, or relative)
+    Crafted("reference_to_the_trainer", lambda r, _: _put(r, "data.val_set.length", "${trainer}"),
+            r"reference to 'trainer' \(at data\.val_set\.length\), outside the recipe's data / model / loss"),
+    Crafted("select_of_a_logger", lambda r, _: _put(r, "data.val_set.seed", "${oc.select:logger.csv,0}"),
+            r"reference to 'logger\.csv' \(at data\.val_set\.seed\), outside the recipe's"),
+    Crafted("relative_reference_out_of_the_recipe", lambda r, _: _put(r, "data.val_set.length", "${...trainer}"),
+            r"reference to '\.\.\.trainer' \(at data\.val_set\.length\), outside the recipe's"),
+    # 2. a target only at the key the config files write it at
+    Crafted("val_transform_is_the_train_transform", lambda r, _: _put(r, "data.val_transform", dict(_SWAPPED)),
+            r"would call seg_template\.data\.transforms\.train_transform \(at data\.val_transform\._target_\), "
+            r"which no config file writes at that key \(they write seg_template\.data\.transforms\.eval_transform\)"),
+    Crafted("val_transform_references_the_train_transform",
+            lambda r, _: _put(r, "data.val_transform", "${data.train_transform}"),
+            r"would call seg_template\.data\.transforms\.train_transform \(at data\.val_transform\._target_, "
+            r"reached through a reference\)"),
+    Crafted("model_node_referenced_in_data", lambda r, _: _put(r, "data.val_set.length", "${model}"),
+            r"would call seg_template\.models\.small\.small_segnet \(at data\.val_set\.length\._target_, reached"),
+    # 3. Hydra's special keys only as the config files write them; keys are identifiers
+    Crafted("recursive_false", lambda r, _: _put(r, "loss._recursive_", False),
+            r"has _recursive_: False \(at loss\._recursive_\), which no config file writes at that key"),
+    Crafted("args_on_the_model", lambda r, _: _put(r, "model._args_", [6]),
+            r"has _args_: \[6\] \(at model\._args_\)"),
+    Crafted("convert_on_the_model", lambda r, _: _put(r, "model._convert_", "object"),
+            r"has _convert_: 'object' \(at model\._convert_\)"),
+    Crafted("partial_switched_off", lambda r, _: _put(r, "data.val_set._partial_", False),
+            r"has _partial_: False \(at data\.val_set\._partial_\)"),
+    Crafted("dotted_key", _keyed("val_set.length"), rf"has the key 'val_set\.length' \(at data\), {_NOT_PLAIN}"),
+    Crafted("interpolated_key", _keyed("${oc.env:HOME}"),
+            rf"has the key '\$\{{oc\.env:HOME\}}' \(at data\), {_NOT_PLAIN}"),
+    Crafted("number_key", _keyed(3), rf"has the key 3 \(at data\), {_NOT_PLAIN}", json_ok=False),
+    # 4. the nodes resolve on their own
+    Crafted("self_reference", lambda r, _: _put(r, "data.val_set.length", "${data.val_set.length}"),
+            r"refers back to itself \(at data\.val_set\.length: '\$\{data\.val_set\.length\}'\)"),
+    Crafted("two_key_loop", lambda r, _: _put(r, "data.num_classes", "${model.num_classes}"),
+            r"refers back to itself \(at data\.num_classes: '\$\{model\.num_classes\}'\)"),
+    Crafted("missing_key", lambda r, _: _put(r, "data.val_set.length", "${data.nosuch}"),
+            r"reference that cannot be resolved: Interpolation key 'data\.nosuch' not found "
+            r"\(at data\.val_set\.length"),
+    Crafted("reference_bomb", _reference_bomb, r"expands to more than 100000 values when its references are resolved"),
+    # 5. plain data of the right shape
+    Crafted("format_999", lambda r, _: _put(r, "format", 999),
+            r"is of format 999 \(at format\), which this version does not read \(it reads format 1\)"),
+    Crafted("class_names_not_strings", lambda r, _: _put(r, "class_names", [1, 2, 3, 4, 5, 6]),
+            r"class name that is not a printable string: 1 \(at class_names\[0\]\)"),
+    Crafted("data_class_names_of_lists",
+            lambda r, _: _put(r, "data.class_names", [[1], [2], {"a": 1}, None, True, "x"]),
+            r"class name that is not a printable string: \[1\] \(at data\.class_names\[0\]\)"),
+    Crafted("class_names_too_many", lambda r, _: _put(r, "class_names", [f"n{i}" for i in range(300)]),
+            r"class_names that are not a list of 6 names \(data\.num_classes\)"),
+    Crafted("palette_out_of_range", lambda r, _: _put(r, "palette", [[300, -5, 0], *r["palette"][1:]]),
+            r"palette colour that is not \[r, g, b\] of integers 0\.\.255: \[300, -5, 0\] \(at palette\[0\]\)"),
+    Crafted("palette_too_short", lambda r, _: _put(r, "palette", [[1, 2, 3]]),
+            r"palette that is not a list of 6 colours \(data\.num_classes\): \[\[1, 2, 3\]\] \(at palette\)"),
+]
+CRAFTED += SHAPES
 BY_ID = {c.id: c for c in CRAFTED}
 #: every route a recipe takes into a task, each with the cases that matter most there
 ROUTES = {
     "eval": [c.id for c in CRAFTED],
-    "predict_ckpt": ["builtins_open", "nested_in_transform_list", "os_system", "choices_with_a_path"],
+    "predict_ckpt": ["builtins_open", "nested_in_transform_list", "os_system", "choices_with_a_path",
+                     "reference_to_the_trainer", "val_transform_is_the_train_transform", "missing_key",
+                     "class_names_not_strings", "palette_out_of_range"],
     "predict_onnx": ["builtins_open", "nested_in_transform_list", "interpolated_target", "subprocess_run",
-                     "resolver_builds_a_node", "choices_with_a_path"],
-    "export": ["builtins_open", "shutil_rmtree", "partial", "attribute_walk"],
-    "resume": ["builtins_open", "os_system", "nested_in_transform_list", "interpolated_target"],
+                     "resolver_builds_a_node", "choices_with_a_path", "select_of_a_logger",
+                     "model_node_referenced_in_data", "interpolated_key", "reference_bomb", "self_reference",
+                     "format_999", "data_class_names_of_lists", "recursive_false"],
+    "export": ["builtins_open", "shutil_rmtree", "partial", "attribute_walk", "args_on_the_model",
+               "two_key_loop", "palette_too_short"],
+    "resume": ["builtins_open", "os_system", "nested_in_transform_list", "interpolated_target",
+               "reference_to_the_trainer", "recursive_false", "two_key_loop"],
 }
 CASES = [(route, BY_ID[name]) for route, names in ROUTES.items() for name in names]
 
@@ -263,6 +347,92 @@ def test_onnx_metadata_that_is_no_recipe_is_named(text: str, culprit: str, compo
     err = raised_user_error(lambda: run_predict(compose_cfg("predict", overrides, output_dir=tmp_path), overrides))
     assert isinstance(err, CheckpointError)
     assert_short_named(user_message(err), rf"model_file: '{re.escape(str(file))}' .*{culprit}")
+
+
+def test_crafted_shapes_are_live(compose_cfg, workspace: Workspace) -> None:
+    """Without the door these recipes go wrong in the task (the stranger's report): ``${trainer}`` reads the
+    eval config's Trainer node into ``data``, ``loss._recursive_: false`` leaves the loss a DictConfig to call
+    (a TypeError traceback mid-validation), a missing key is an OmegaConf traceback from ``instantiate``."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import InterpolationKeyError
+
+    def unguarded(name: str) -> DictConfig:  # the recipe's nodes in place, as apply_recipe does past the door
+        recipe = copy.deepcopy(genuine_checkpoint(workspace)["recipe"])
+        BY_ID[name].edit(recipe, workspace.root)
+        cfg = compose_cfg("eval", [*SMALL, "ckpt_path=x"])
+        for node in ("data", "model", "loss"):
+            cfg[node] = recipe[node]
+        return cfg
+
+    trainer = OmegaConf.select(unguarded("reference_to_the_trainer"), "data.val_set.length")
+    assert trainer._target_ == "pytorch_lightning.Trainer"
+    assert isinstance(instantiate(unguarded("recursive_false").loss).main, DictConfig)
+    with pytest.raises(InterpolationKeyError):
+        instantiate(unguarded("missing_key").data)
+
+
+def _alias_bomb(levels: int) -> str:
+    """A YAML list whose last item is ``levels`` nested lists of ten aliases each: 10^levels strings once
+    anything walks it (``str(item)``), from a file of a few hundred bytes."""
+    lines = ["- &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"- &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_run_folder_yaml_alias_bomb_next_to_a_checkpoint_drops_the_hint(compose_cfg, workspace: Workspace,
+                                                                        tmp_path: Path) -> None:
+    """A recipe-less checkpoint in ``<run>/checkpoints/`` with a crafted ``<run>/.hydra/overrides.yaml``: its
+    aliases are refused by the door's YAML reader, so eval names the missing recipe with the general hint
+    (the original main walked the aliases to print the hint: MemoryError at nine levels, here six)."""
+    from seg_template.eval import evaluate
+
+    run = workspace.root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- model=small\n" + _alias_bomb(6))
+    file = run / "checkpoints" / "best.ckpt"
+    torch.save({k: v for k, v in genuine_checkpoint(workspace).items() if k != "recipe"}, file)
+    overrides = [f"ckpt_path={file}"]
+    err = raised_user_error(lambda: evaluate(compose_cfg("eval", overrides, output_dir=tmp_path / "out"), overrides))
+    assert isinstance(err, CheckpointError)
+    assert_short_named(user_message(err), rf"ckpt_path={re.escape(str(file))} carries no training recipe.*"
+                                          r"its training run lists them in <run>/\.hydra/overrides\.yaml")
+    assert "the run that wrote it used" not in str(err)
+
+
+@pytest.mark.parametrize(("text", "culprit"), [
+    (_alias_bomb(9), r"holds a YAML anchor or alias \(1:3\)"),
+    ("a: &x 1\nb: 2\n", r"holds a YAML anchor or alias"),
+    ("base: &b {x: 1}\nother: {<<: *b}\n", r"holds a YAML anchor or alias"),
+    ("- " + "x" * 1_100_000 + "\n", r"is larger than 1000000 bytes"),
+    ("[" * 50_000 + "]" * 50_000, r"nests deeper than can be read"),
+    ("!!python/object/apply:os.system [touch marker]\n", r"is not readable YAML \(could not determine a constructor"),
+], ids=["alias_bomb", "anchor", "merge_key", "over_the_cap", "nested_past_the_reader", "python_tag"])
+def test_run_folder_yaml_is_read_through_the_door(text: str, culprit: str, tmp_path: Path, capsys) -> None:
+    """Every YAML file read back from a run folder passes ``file_config.read_run_yaml``: the hint beside a
+    checkpoint, a sweep's ``multirun.yaml`` (a submitit job's command line, the sweep summary's direction)."""
+    from seg_template.errors import ConfigError
+    from seg_template.file_config import read_run_yaml
+    from seg_template.models.weights import training_overrides
+    from seg_template.paths import _sweep_command_line
+    from seg_template.sweep_summary import _direction
+
+    for name in ("overrides.yaml", "multirun.yaml"):
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as err:
+        read_run_yaml(tmp_path / "overrides.yaml")
+    assert_short_named(str(err.value), rf"'{re.escape(str(tmp_path / 'overrides.yaml'))}' \(a YAML file read back "
+                                       rf"from a run folder\) {culprit}")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(text)
+    assert training_overrides(tmp_path / "checkpoints" / "x.ckpt") == []  # the hint is dropped
+    with pytest.raises(ConfigError, match=rf"multirun\.yaml.* {culprit}"):
+        _sweep_command_line(tmp_path / "multirun.yaml")
+    assert _direction(tmp_path, "val/mIoU") == 1  # ranked by the objective's name, the refusal printed
+    assert re.search(rf"Sweep summary: .*multirun\.yaml.* {culprit}", capsys.readouterr().out)
+    assert not (tmp_path / "marker").exists()
 
 
 def test_recipe_argv_never_turns_a_crafted_choice_into_an_option(workspace: Workspace) -> None:

@@ -3,6 +3,7 @@ command line's options are laid over it."""
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 
@@ -151,18 +152,18 @@ def test_allowed_targets_are_the_exact_names_written_in_the_yaml_files(tmp_path)
     assert {"seg_template.data.transforms.eval_transform", "torch.optim.SGD"} <= allowed_targets()
 
 
-def test_a_recipe_node_holds_only_the_targets_of_its_own_node() -> None:
+def test_a_recipe_node_holds_only_the_targets_of_its_own_node(compose_cfg) -> None:
     """A Trainer, a logger or a loss is one of the project's targets, but never inside a recipe's data node:
-    each node is checked against the targets the config files write under that node."""
+    each key is checked against the targets the config files write at that key."""
     from seg_template.file_config import targets_by_node
 
     by_node = targets_by_node()
     assert "seg_template.losses.CrossEntropy" in by_node["loss"] and "pytorch_lightning.Trainer" in by_node["trainer"]
-    good = {"data": {"_target_": "seg_template.data.datamodule.SegDataModule"}, "model": None, "loss": None}
+    good = recipe_from(compose_cfg())
     check_recipe(good, "x.ckpt")
     for node, target in (("data", "pytorch_lightning.Trainer"), ("data", "pytorch_lightning.loggers.MLFlowLogger"),
                          ("model", "seg_template.losses.CrossEntropy"), ("loss", "torch.optim.SGD")):
-        recipe = {**good, node: {"_target_": target, "inner": {}}}
+        recipe = {**good, node: {**good[node], "_target_": target}}
         with pytest.raises(CheckpointError, match=re.escape(f"would call {target} (at {node}._target_)")):
             check_recipe(recipe, "x.ckpt")
 
@@ -216,3 +217,71 @@ def test_the_no_recipe_hint_never_suggests_retyping_code(tmp_path) -> None:
     message = no_recipe_message(str(tmp_path / "checkpoints" / "x.ckpt"), "ckpt_path", "eval.py")
     assert "used: data=synthetic model.width=4 and 3 option(s) naming code or interpolations, not shown" in message
     assert "os.system" not in message and "rm -rf" not in message and "oc.env" not in message
+
+
+def test_a_special_key_is_allowed_only_at_the_key_the_config_files_write_it(tmp_path, compose_cfg) -> None:
+    """The allow-list is per key path: a fork's YAML extends it at the key it writes (``# @package`` headers
+    respected), a node written as a reference (``test_set: ${data.val_set}``) may hold what its referent may."""
+    import shutil
+
+    from seg_template.config_specials import allowed_at
+
+    assert '"seg_template.data.transforms.eval_transform"' in allowed_at(("data", "val_transform", "_target_"))
+    assert '"seg_template.data.transforms.train_transform"' not in allowed_at(("data", "val_transform", "_target_"))
+    assert '"seg_template.data.cityscapes.CityscapesDataset"' in allowed_at(("data", "test_set", "_target_"))
+    assert allowed_at(("data", "test_set", "_partial_")) == {"true"} and not allowed_at(("loss", "_recursive_"))
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    (configs / "experiment" / "fork.yaml").write_text(
+        "# @package _global_\ndata:\n  val_transform:\n    _target_: my_fork.EvalTransform\n")
+    (configs / "augment").mkdir()
+    (configs / "augment" / "strong.yaml").write_text(
+        "# @package data.train_transform\n_target_: my_fork.StrongTransform\n_convert_: all\n"
+        "extra:\n  - {_target_: my_fork.Jitter}\n")
+    recipe = recipe_from(compose_cfg())
+    recipe["data"]["val_transform"] = {"_target_": "my_fork.EvalTransform"}
+    recipe["data"]["train_transform"].update(_convert_="all", extra=[{"_target_": "my_fork.Jitter"}] * 2)
+    check_recipe(recipe, "x.ckpt", config_dir=configs)
+    with pytest.raises(CheckpointError, match=r"would call my_fork\.Jitter \(at data\.train_transform\.extra\[0\]\."):
+        check_recipe(recipe, "x.ckpt")  # the project's own configs never write them
+    recipe["data"]["val_transform"]["_convert_"] = "all"
+    with pytest.raises(CheckpointError, match=r"has _convert_: 'all' \(at data\.val_transform\._convert_\)"):
+        check_recipe(recipe, "x.ckpt", config_dir=configs)
+
+
+def test_references_stay_inside_the_recipe_and_resolve(compose_cfg) -> None:
+    """Relative references count from where they are written; the door resolves the nodes on their own and
+    names the key of a loop, a missing key or a reference bomb (recipe_resolution.py)."""
+    from seg_template.recipe_resolution import MAX_VALUES, Unresolvable, resolved_nodes
+
+    good = recipe_from(compose_cfg(overrides=["data=cityscapes", "loss=ohem"]))
+    good["loss"]["main"]["aux_weight"] = "${...model.align_corners}"  # loss.main -> loss -> top -> model
+    good["data"]["val_set"]["length"] = "${oc.select:data.nosuch,4}"
+    check_recipe(good, "x.ckpt")
+    for value, culprit in (("${....model.width}", r"reference to '\.\.\.\.model\.width'"),
+                           ("${oc.select:paths.data_dir,null}", r"reference to 'paths\.data_dir'"),
+                           ("${hydra:runtime.cwd}", r"interpolation that would build config")):
+        bad = copy.deepcopy(good)
+        bad["loss"]["main"]["aux_weight"] = value
+        with pytest.raises(CheckpointError, match=rf"{culprit}.* \(at loss\.main\.aux_weight\)"):
+            check_recipe(bad, "x.ckpt")
+    bad = copy.deepcopy(good)
+    bad["class_names"][0] = "${data.root}"
+    with pytest.raises(CheckpointError, match=r"interpolation outside its data / model / loss nodes .*class_names\[0\]"):
+        check_recipe(bad, "x.ckpt")
+    cases = {
+        "through_a_node": ({"data": {"a": "${data.a.x}"}}, r"refers back to itself \(at data\.a\)"),
+        "a_node_in_itself": ({"data": {"x": "${data}"}}, r"refers back to itself \(at data\.x\)"),
+        "string_loop": ({"data": {"a": "x${data.b}", "b": "y${data.a}"}}, r"refers back to itself"),
+        "long_chain": ({"data": {f"a{i}": f"${{data.a{i + 1}}}" for i in range(100)}}, r"more than 32 references"),
+        "string_chain": ({"data": {f"a{i}": f"x${{data.a{i + 1}}}" for i in range(300)}}, r"more than 128 nested"),
+        "string_doubled": ({"data": {"s0": "x" * 1_000_000, **{f"s{i}": f"${{data.s{i - 1}}}${{data.s{i - 1}}}"
+                                                                 for i in range(1, 40)}}},
+                           rf"expands to more than {MAX_VALUES} values .*\(at data\.s7\)"),
+    }
+    for nodes, culprit in cases.values():
+        with pytest.raises(Unresolvable, match=culprit):
+            resolved_nodes(nodes)
+    assert resolved_nodes({"data": {"root": "???", "val": {"root": "${data.root}"}, "test": "${data.val}",
+                                    "t": "${data.test.root}/x"}}) == {
+        "data": {"root": None, "val": {"root": None}, "test": {"root": None}, "t": "None/x"}}

@@ -259,11 +259,11 @@ def training_overrides(file: Path) -> list[str]:
     overrides = file.parent.parent / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return []
-    try:
-        import yaml
+    try:  # the door's reader: a run folder handed over with a checkpoint may be crafted (an alias bomb)
+        from seg_template.file_config import read_run_yaml
 
-        items = yaml.safe_load(overrides.read_text())
-    except Exception:  # unreadable or malformed: we only lose the hint
+        items = read_run_yaml(overrides)
+    except Exception:  # unreadable, malformed or refused: we only lose the hint
         return []
     if not isinstance(items, list):
         return []
