@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,49 @@ def _shapes(cfg: DictConfig) -> list[tuple[int, int, int]]:
     return shapes  # type: ignore[return-value]
 
 
+def is_onnx_model(path: Path) -> bool:
+    """Whether ``path`` holds an ONNX model (a ModelProto with an IR version and a graph output)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError, or anything else a foreign file causes
+        return False
+    return model.ir_version > 0 and len(model.graph.output) > 0
+
+
+def check_output_file(output_file: str | Path, ckpt_path: str | Path) -> Path:
+    """The file export writes, checked before anything is read: an ``.onnx`` name, not the checkpoint being
+    exported (same path or same file through a link), and no existing file there, nor at the
+    ``.unverified.onnx`` name kept beside it, unless it is an ONNX model (an earlier export). A
+    ``ConfigError`` names the file otherwise: export replaced whatever ``output_file=`` named."""
+    target = Path(output_file).expanduser()
+    if target.suffix.lower() != ".onnx":
+        raise ConfigError(f"output_file={output_file}: export writes an ONNX model, so the name must end in .onnx "
+                          "(e.g. output_file=model.onnx)")
+    source = Path(ckpt_path).expanduser()
+    for path in (target, target.with_name(target.stem + ".unverified.onnx")):
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir():
+            raise ConfigError(f"output_file={output_file}: {path} is a folder; name a file, e.g. "
+                              f"output_file={path / 'model.onnx'}")
+        if path.exists() and source.exists() and os.path.samefile(path, source):
+            raise ConfigError(f"output_file={output_file} is the checkpoint being exported (ckpt_path={ckpt_path}): "
+                              "export would replace it. Name another file, e.g. output_file=model.onnx")
+        if path.is_file() and not is_onnx_model(path):
+            raise ConfigError(f"output_file={output_file}: {path} exists and is not an ONNX model, so export would "
+                              "replace it. Name a new file (or an earlier export's .onnx), or move that file")
+    try:  # a folder that cannot take the file fails now, not after the export and its check
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"output_file={output_file}: {target.parent} cannot be written ({err.strerror or err}); "
+                          "name a file in a writable folder") from None
+    return target
+
+
 def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     """Export ``cfg.ckpt_path`` to ``cfg.output_file`` and check it; returns the file's path.
 
@@ -54,6 +98,7 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     require_onnx("onnx", "onnxruntime", "onnxscript")
     check_options(cfg)  # typed options (export.check_shapes=[[1,abc,3]]...) before anything is read
     shapes = _shapes(cfg)
+    check_output_file(cfg.output_file, ckpt_path)  # never writes over the checkpoint or a file of another kind
     recipe = read_checkpoint_recipe(ckpt_path)
     cfg = with_recipe(cfg, ckpt_path, recipe, overrides, "export.py")
     check_options(cfg)  # the recipe's values with the options typed over them, as eval and predict do

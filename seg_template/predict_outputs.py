@@ -11,6 +11,7 @@ Per image ``<name>.png`` (the input's sub-folders mirrored under each folder):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -33,10 +34,39 @@ FOLDERS = ("masks", "color", "overlay", "submission")
 MARKER = ".seg_template_predict"
 
 
+def foreign_outputs(folder: Path) -> list[str]:
+    """The output folders of ``folder`` (``masks/``, ``color/``...) that hold files predict did not write there:
+    any file when ``folder`` has no :data:`MARKER` (predict writes it before its first output), and anything
+    that is not a folder under those names. Empty when ``folder`` is new, empty, or one of predict's own."""
+    folder = Path(folder)
+    own = (folder / MARKER).is_file()
+    found = []
+    for name in FOLDERS:
+        path = folder / name
+        if not os.path.lexists(path):
+            continue
+        if not path.is_dir():
+            found.append(f"{name} (not a folder)")
+        elif not own and next((files for _, _, files in os.walk(path, followlinks=True) if files), None):
+            found.append(f"{name}/")
+    return found
+
+
 def check_writable(folder: Path, option: str = "output_dir") -> Path:
     """Create ``folder`` and write its :data:`MARKER` into it; a ``ConfigError`` names the folder otherwise,
-    so a read-only or mistyped destination fails before any image is processed."""
+    so a read-only or mistyped destination fails before any image is processed.
+
+    predict writes only into a folder that is new, empty, or one of its own (marked): one whose ``masks/``,
+    ``color/``, ``overlay/`` or ``submission/`` hold files it did not write (a dataset root, whose ``masks/`` are
+    its ground truth) is refused before anything is written there, naming the folder and those sub-folders.
+    """
     folder = Path(folder)
+    foreign = foreign_outputs(folder)
+    if foreign:
+        raise ConfigError(f"{option}={folder} holds {', '.join(foreign)} with files predict did not write (a "
+                          f"dataset's ground truth?); predict writes {', '.join(f + '/' for f in FOLDERS)} there "
+                          f"and would replace them. Pass a new or empty folder: {option}=<folder> (or leave "
+                          f"{option} out for a new run folder)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".write_test_", delete=False) as probe:
@@ -100,7 +130,16 @@ class OutputWriter:
     def _save(self, folder: str, name: str, pixels: np.ndarray) -> Path:
         path = self.root / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(path)
+        # written beside the target and renamed over it: a kill leaves no half image, and a link at the target
+        # is replaced, never written through
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+        try:
+            Image.fromarray(pixels).save(partial)
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
         return path
 
     def write(self, name: str, rgb: np.ndarray, labels: np.ndarray) -> Path:
