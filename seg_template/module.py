@@ -81,8 +81,9 @@ class SegmentationModule(pl.LightningModule):
         self._configured_groups: list[dict[str, Any]] = []
         self._total_steps: int | None = None
         self._resumed: dict[str, Any] | None = None
-        #: ``(checkpoint file, step)`` this fit resumed from (set when training starts), for divergence advice
-        self.resumed_from: tuple[str, int] | None = None
+        #: ``(checkpoint file, step, optimiser / scheduler options changed)`` of a resumed fit, set when training
+        #: starts: what a divergence soon after is blamed on (callbacks/nan_guard.py)
+        self.resumed_from: tuple[str, int, tuple[str, ...]] | None = None
         # per stage: [batches whose logits held NaN/inf (a device tensor: no wait per batch), batches seen]
         self._logit_checks: dict[str, list[Any]] = {}
 
@@ -159,7 +160,7 @@ class SegmentationModule(pl.LightningModule):
         """Stop when any batch of this ``stage`` gave NaN/inf logits (every process takes the same decision):
         during fit a ``TrainingDiverged`` naming the stage, the epoch and the file a resumed fit came from,
         otherwise a ``CheckpointError`` naming the checkpoint tested."""
-        from seg_template.callbacks.nan_guard import lr_advice
+        from seg_template.callbacks.nan_guard import lr_advice, resume_suspect
         from seg_template.inference.model import nonfinite_cause
 
         bad, seen = self._logit_checks.pop(stage, (0, 0))
@@ -176,9 +177,11 @@ class SegmentationModule(pl.LightningModule):
                                   f"scored (their argmax would be class 0): {cause}; {fix}")
         where = (f"the sanity-check validation before training (at step {self.global_step})" if trainer.sanity_checking
                  else f"the validation of epoch {self.current_epoch} (step {self.global_step})")
+        suspect = resume_suspect(trainer)  # None before training starts (the sanity check): then the file
         if ckpt:
-            fix = (f"This fit resumed from ckpt_path={ckpt}, the likely cause: resume from an earlier checkpoint of "
-                   f"that run; if that file trained fine before, {lr_advice(trainer)}")
+            suspect = suspect or (f"this fit resumed from ckpt_path={ckpt}, so that file is the likely cause: resume "
+                                  "from an earlier checkpoint of that run (or start anew from sound weights)")
+            fix = f"{suspect[0].upper()}{suspect[1:]}; else {lr_advice(trainer)}"
         elif self.global_step == 0:  # not one update yet: the starting weights give them
             fix = ("No training step has run yet, so the starting weights give them: if model.pretrained names a "
                    "file, pass a sound one (or model.pretrained=null)")
@@ -231,9 +234,12 @@ class SegmentationModule(pl.LightningModule):
         self._resumed = {"record": checkpoint.get(resume.RECORD_KEY),
                          "had_scheduler": bool(checkpoint.get("lr_schedulers"))}
 
+    def on_fit_start(self) -> None:
+        self.resumed_from = None  # known once training starts (the resumed step is restored after this hook)
+
     def on_train_start(self) -> None:
         ckpt = self.trainer.ckpt_path
-        self.resumed_from = (str(ckpt), self.trainer.global_step) if ckpt else None
+        self.resumed_from = (str(ckpt), self.trainer.global_step, ()) if ckpt else None
         resumed, self._resumed = self._resumed, None
         if resumed is None or not self._configured_groups or not self.trainer.optimizers:
             return
@@ -243,6 +249,9 @@ class SegmentationModule(pl.LightningModule):
         changes = resume.apply_changed_options(optimizer, scheduler, self._configured_groups, resumed["record"],
                                                self._optimization_record(), resumed["had_scheduler"],
                                                self.trainer.global_step)
+        if self.resumed_from is not None:  # what changes the optimisation (max_epochs only stretches the schedule)
+            dynamics = tuple(c for c in changes if c.startswith(("optimizer.", "scheduler")))
+            self.resumed_from = (*self.resumed_from[:2], dynamics)
         if changes and self.trainer.is_global_zero:
             log.info("Resuming with changed options, applied from step %d: %s; learning rate now %.4g",
                      self.trainer.global_step, ", ".join(changes), optimizer.param_groups[0]["lr"])

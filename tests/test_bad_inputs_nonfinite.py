@@ -118,6 +118,9 @@ class Files(Workspace):
             train(self.compose("train", [*TRAIN, "trainer.max_epochs=1"], output_dir=self.trained_run))
         return torch.load(last, weights_only=True)
 
+    def _make_trained(self, path: Path, _: str) -> None:  # sound
+        torch.save(self.trained(), path)
+
     def _make_negvar(self, path: Path, _: str) -> None:  # what the stranger resumed: finite, variance -1
         ckpt = self.trained()
         ckpt["state_dict"][BN_VAR].fill_(-1.0)
@@ -297,7 +300,8 @@ TEST_ONLY = [*SMALL, "callbacks.rich_model_summary=null", "train=false", "test=t
 FIT_CASES = [
     ("nonfinite/resume_sanity_validation_nan", [*TRAIN, "trainer.max_epochs=2", "ckpt_path={hugemean}"],
      TrainingDiverged, r"the sanity-check validation before training \(at step 2\) gave NaN/inf logits in 1 of its 1 "
-                       r"batch\(es\).*not scored.*This fit resumed from ckpt_path=.*hugemean, the likely cause"),
+                       r"batch\(es\).*not scored.*This fit resumed from ckpt_path=.*hugemean, so that file is the "
+                       r"likely cause"),
     # the stranger's run: the validation of the first resumed epoch used to report val/mIoU 0.16 and become best
     ("nonfinite/resume_epoch_validation_nan", [*TRAIN, "trainer.max_epochs=2", NO_SANITY, "ckpt_path={hugemean}"],
      TrainingDiverged, r"the validation of epoch 1 \(step 4\) gave NaN/inf logits .*no checkpoint was written.*"
@@ -310,9 +314,13 @@ FIT_CASES = [
     # weights x 1e36 (finite): the guard stops the resumed fit; the advice names the file, then the lr
     ("nonfinite/resume_scaled_weights_diverge", [*TRAIN, "trainer.max_epochs=3", NO_SANITY,
                                                  "callbacks.nan_guard.patience=2", "ckpt_path={scaled}"],
-     TrainingDiverged, r"2 training steps in a row .*Try: the file this fit resumed from is the likely cause, as "
-                       r"training diverged 1 step\(s\) after resuming it at step 2 \(ckpt_path=.*scaled\).*"
-                       r"lower optimizer\.lr"),
+     TrainingDiverged, r"2 training steps in a row .*Try: this fit resumed from ckpt_path=.*scaled at step 2 and "
+                       r"diverged 1 step\(s\) later, so that file is the likely cause.*; else lower optimizer\.lr"),
+    # ... unless the resume changed the optimiser's options: then those are named
+    ("nonfinite/resume_with_huge_lr_diverges", [*TRAIN, "trainer.max_epochs=3", NO_SANITY, "optimizer.lr=1e9",
+                                                "callbacks.nan_guard.patience=1", "ckpt_path={trained}"],
+     TrainingDiverged, r"[Tt]his fit resumed from ckpt_path=.*trained at step 2 with changed options "
+                       r"\(optimizer\.lr: 0\.003 -> 1e\+09\).* so those changes are the likely cause"),
 ]
 
 
@@ -333,8 +341,8 @@ def test_divergence_long_after_a_resume_blames_the_learning_rate() -> None:
     from seg_template.callbacks.nan_guard import RESUME_WINDOW, divergence_advice
 
     optimizer = SimpleNamespace(defaults={"lr": 0.01})
-    for resumed, step, names_file in ((None, 3, False), (("/r/last.ckpt", 100), 101, True),
-                                      (("/r/last.ckpt", 100), 100 + RESUME_WINDOW + 1, False)):
+    for resumed, step, names_file in ((None, 3, False), (("/r/last.ckpt", 100, ()), 101, True),
+                                      (("/r/last.ckpt", 100, ()), 100 + RESUME_WINDOW + 1, False)):
         trainer = SimpleNamespace(optimizers=[optimizer], precision="32-true", global_step=step,
                                   lightning_module=SimpleNamespace(resumed_from=resumed))
         advice = divergence_advice(trainer)

@@ -32,12 +32,28 @@ log = logging.getLogger(__name__)
 RESUME_WINDOW = 10
 
 
-def resumed_from(trainer: pl.Trainer) -> tuple[str, int] | None:
-    """``(checkpoint file, step)`` this fit resumed from, as the module recorded it when training started
-    (``SegmentationModule.resumed_from``); None for a fresh fit or another LightningModule."""
+def resumed_from(trainer: pl.Trainer) -> tuple[str, int, tuple[str, ...]] | None:
+    """``(checkpoint file, step, changed optimiser / scheduler options)`` this fit resumed with, as the module
+    recorded it when training started (``SegmentationModule.resumed_from``); None for a fresh fit or another
+    LightningModule."""
     module = getattr(trainer, "lightning_module", None)
     point = getattr(module, "resumed_from", None)
     return point if isinstance(point, tuple) else None
+
+
+def resume_suspect(trainer: pl.Trainer, later: int | None = None) -> str | None:
+    """The likely cause when a resumed fit goes non-finite (``later`` steps after resuming, if known): the
+    optimiser or scheduler options changed on resuming, else the file itself; None for a fresh fit."""
+    resumed = resumed_from(trainer)
+    if resumed is None:
+        return None
+    path, start, changes = resumed
+    when = f" and diverged {later} step(s) later" if later is not None else ""
+    if changes:
+        return (f"this fit resumed from ckpt_path={path} at step {start} with changed options ({'; '.join(changes)})"
+                f"{when}, so those changes are the likely cause: resume with the values that file was trained with")
+    return (f"this fit resumed from ckpt_path={path} at step {start}{when}, so that file is the likely cause: resume "
+            "from an earlier checkpoint of that run (or start anew from sound weights)")
 
 
 def lr_advice(trainer: pl.Trainer) -> str:
@@ -54,17 +70,14 @@ def lr_advice(trainer: pl.Trainer) -> str:
 
 def divergence_advice(trainer: pl.Trainer, began_at: int | None = None) -> str:
     """What to try (:func:`lr_advice`). When the divergence began (``began_at``, default the current step)
-    within ``RESUME_WINDOW`` steps of resuming from a file, that file comes first: weights that cannot train a
-    few steps were broken before this run touched them (scaled up, edited, damaged)."""
-    advice = lr_advice(trainer)
+    within ``RESUME_WINDOW`` steps of resuming from a file, the resume comes first (:func:`resume_suspect`):
+    weights that cannot train a few steps were broken before this run touched them (scaled up, edited,
+    damaged), unless the options changed on resuming."""
     resumed = resumed_from(trainer)
     step = trainer.global_step if began_at is None else began_at
     if resumed is not None and 0 <= step - resumed[1] <= RESUME_WINDOW:
-        path, start = resumed
-        advice = (f"the file this fit resumed from is the likely cause, as training diverged {step - start} step(s) "
-                  f"after resuming it at step {start} (ckpt_path={path}): resume from an earlier checkpoint of that "
-                  f"run (or start anew from sound weights); if that file trained fine before, {advice}")
-    return advice
+        return f"{resume_suspect(trainer, step - resumed[1])}; else {lr_advice(trainer)}"
+    return lr_advice(trainer)
 
 
 def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
