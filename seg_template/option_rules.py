@@ -14,7 +14,9 @@ from typing import Any
 class Rule:
     """What an option accepts. ``kinds``: any of ``bool``, ``int``, ``real`` (an int or a float), ``str``
     (limited to ``choices`` when given), ``list`` or ``any`` (no type check); numbers must lie in
-    [``low``, ``high``] (an end is excluded when ``open_low`` / ``open_high``) unless listed in ``also``."""
+    [``low``, ``high``] (an end is excluded when ``open_low`` / ``open_high``) unless listed in ``also``. A list
+    holds ``length`` entries (any number when None), each valid under ``item`` (a Rule, a list rule for lists
+    of lists) when given."""
 
     kinds: tuple[str, ...]
     low: float | None = None
@@ -27,6 +29,8 @@ class Rule:
     null: bool = False
     unique: bool = False  # list entries must differ
     example: Any = None
+    length: int | None = None
+    item: Rule | None = None
 
 
 def int_rule(low: int | None = None, high: int | None = None, **kw: Any) -> Rule:
@@ -39,6 +43,11 @@ def real_rule(low: float | None = None, high: float | None = None, **kw: Any) ->
 
 def choice_rule(*choices: str, **kw: Any) -> Rule:
     return Rule(("str",), choices=choices, example=choices[0], **kw)
+
+
+def list_rule(item: Rule | None = None, length: int | None = None, **kw: Any) -> Rule:
+    """A list of ``length`` entries (the files' length when None) of ``item`` (the files' kind when None)."""
+    return Rule(("list",), item=item, length=length, **kw)
 
 
 #: Ranges and choices the config files cannot express. A key may be a pattern (``*`` spans dots).
@@ -68,7 +77,17 @@ RULES: dict[str, Rule] = {
     "data.num_workers": int_rule(0), "data.seed": int_rule(0, 2**32 - 1, null=True),
     "data.ohem_min_kept": int_rule(1),
     "data.preflight": choice_rule("sample", "full", "none"),
-    "data.class_names": Rule(("list",), unique=True, null=True),
+    # lists: their length comes from the files when they agree (betas 2, crop_size 2...), their entries' range
+    # from here (a crop of 0 pixels, a beta of 1, a scale of 0 fail later with a traceback)
+    "data.class_names": list_rule(Rule(("str",)), unique=True, null=True),
+    # numbers (true is no weight); a negative one is named by the loss (losses/class_weights.py), as for a file
+    "data.class_weights": Rule(("list", "str"), item=real_rule(), null=True,
+                               note="a string: a .npy / .json / .txt file of weights"),
+    "data.train_transform.crop_size": list_rule(int_rule(1)),
+    "data.train_transform.scale_range": list_rule(real_rule(0, open_low=True)),
+    "data.*_transform.mean": list_rule(real_rule(0, 1), 3, example=[0.485, 0.456, 0.406]),  # RGB, fractions of 255
+    "data.*_transform.std": list_rule(real_rule(0, open_low=True), 3, example=[0.229, 0.224, 0.225]),
+    "data.*_set.image_size": list_rule(int_rule(1)),
     "data.*_set.length": int_rule(0), "data.*_set.seed": int_rule(0, 2**32 - 1),
     "data.*_set.max_image_pixels": int_rule(1, null=True, note="null: no limit", example=89478485),
     "data.train_transform.color_jitter": real_rule(0),
@@ -79,9 +98,13 @@ RULES: dict[str, Rule] = {
     "loss.main.reduction": choice_rule("mean", "sum", "none"),
     "loss.main.ignore_index": int_rule(),
     "optimizer.lr": real_rule(0), "optimizer.weight_decay": real_rule(0),
+    "optimizer.betas": list_rule(real_rule(0, 1, open_high=True)),  # torch's range
     "scheduler.power": real_rule(0), "scheduler.warmup_steps": real_rule(0),
     "scheduler.warmup_ratio": real_rule(0, 1, open_low=True), "scheduler.min_lr_ratio": real_rule(0, 1),
     "inference.mode": choice_rule("whole", "slide"), "inference.window_batch": int_rule(1),
+    "inference.crop_size": list_rule(int_rule(1)), "inference.stride": list_rule(int_rule(1)),
+    "inference.scales": list_rule(real_rule(0, open_low=True)),
+    "ohem_thresh_range": list_rule(real_rule(0, 1, open_low=True)),  # the range loss.main.thresh is searched in
     "callbacks.nan_guard.patience": int_rule(1), "callbacks.nan_guard.check_gradients": Rule(("bool",)),
     "callbacks.model_checkpoint.every_n_train_steps": int_rule(0, note="0: only at epoch ends"),
     "callbacks.model_checkpoint.save_top_k": int_rule(-1),
@@ -93,6 +116,7 @@ RULES: dict[str, Rule] = {
     "callbacks.early_stopping.patience": int_rule(0),
     "export.atol": real_rule(0), "export.min_agreement": real_rule(0, 1), "export.threads": int_rule(0),
     "export.opset": int_rule(7, null=True, example=17),
+    "export.check_shapes": list_rule(list_rule(int_rule(1), 3)),  # [batch, height, width] each
 }
 
 #: the kinds that are numbers
@@ -137,12 +161,56 @@ def describe(rule: Rule) -> str:
     if "str" in rule.kinds and rule.choices:
         parts.append(("one of " if len(rule.choices) > 1 else "") + ", ".join(repr(c) for c in rule.choices))
     if "list" in rule.kinds:
-        parts.append("a list of distinct names" if rule.unique else "a list")
+        parts.append("a list of " + _plural(rule) if rule.item or rule.length else "a list")
+    if "str" in rule.kinds and not rule.choices:
+        parts.append("a string")
     parts += [str(v) for v in rule.also]
     if rule.null:
         parts.append("null")
     parts = parts or ["any value"]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _plural(rule: Rule) -> str:
+    """What the entries of a list under ``rule`` are, in words: ``2 finite numbers in [0, 1)``."""
+    count = f"{rule.length} " if rule.length is not None else ""
+    item = rule.item
+    if item is None:
+        return f"{count}entries"
+    if rule.unique and "str" in item.kinds:
+        return f"{count}distinct names"
+    if "list" in item.kinds:
+        return f"{count}lists of {_plural(item)}"
+    if item.kinds == ("int",):
+        return f"{count}integers{_range(item)}"
+    if item.kinds == ("real",):
+        return f"{count}finite numbers{_range(item)}"
+    if item.kinds == ("str",) and not item.choices:
+        return f"{count}strings"
+    return f"{count}values ({describe(item)})"
+
+
+def _list_culprit(value: list | tuple, rule: Rule) -> Any:
+    """The first part of ``value`` that breaks ``rule``'s length or entries: ``value`` itself for a wrong
+    length, an entry (of an entry, for lists of lists), or ``_FINE``. NaN / inf entries are left to the
+    caller's walk, which names each with its index (``key[1]=nan``)."""
+    if rule.length is not None and len(value) != rule.length:
+        return value
+    if rule.item is None:
+        return _FINE
+    for entry in value:
+        if isinstance(entry, float) and not math.isfinite(entry):
+            continue
+        if isinstance(entry, list | tuple) and "list" in rule.item.kinds:
+            inner = _list_culprit(entry, rule.item)
+            if inner is not _FINE:
+                return inner
+        elif problem("", entry, rule.item) is not None:
+            return entry
+    return _FINE
+
+
+_FINE = object()
 
 
 def _duplicates(names: list) -> str:
@@ -172,6 +240,12 @@ def problem(key: str, value: Any, rule: Rule) -> str | None:
         ok = "str" in rule.kinds and (not rule.choices or value in rule.choices)
     elif isinstance(value, list | tuple):
         ok = "list" in rule.kinds
+        culprit = _list_culprit(value, rule) if ok else _FINE
+        if culprit is not _FINE:
+            got = "" if culprit is value else f", got {show(culprit)}"
+            if isinstance(culprit, int | float) and rule.item and rule.item.kinds == ("str",):
+                got += " (quote a name that reads as a number: '1')"
+            return f"{key}={show(value)}: expected {describe(rule)}{got}{hint(key, rule.note, rule.example)}"
         if ok and rule.unique and _duplicates(list(value)):
             return (f"{key}={show(value)}: expected distinct names, but {_duplicates(list(value))} (the metrics "
                     "would merge them into one column)")

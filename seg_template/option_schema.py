@@ -3,16 +3,18 @@
 :func:`schema` scans ``configs/**/*.yaml`` and records, for every key at its composed path
 (``configs/inference/slide.yaml`` -> ``inference.bounded``; a ``# @package`` header wins, ``_global_`` is the top
 level; ``configs/train.yaml`` is the top level), the kinds of the literal values the files give it (bool, int,
-real, str, list, mapping, null) and of the entries of its lists. An interpolation tells nothing. Hydra's own
-node and the defaults lists are left out. seg_template/options.py turns the kinds into types.
+real, str, list, mapping, null), the lengths of its lists and what their entries hold (recursively, for lists
+of lists), and the ``_target_`` of the node it sits in. An interpolation tells nothing. Hydra's own node and
+the defaults lists are left out. seg_template/options.py turns the kinds into types, and
+seg_template/option_keys.py the keys into the set of options that exist.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,16 @@ from seg_template.paths import CONFIG_DIR
 
 @dataclass
 class Seen:
-    """What the config files give one key: the kinds of its values, of its list entries, a first example."""
+    """What the config files give one key: the kinds of its values, a first example, the lengths of its lists
+    and (``item``) what their entries hold, and ``targets``: the ``_target_`` of the node holding the key in
+    each file that writes it (None where that file writes no literal ``_target_`` there: an experiment's
+    ``model.pretrained`` counts for any model)."""
 
-    kinds: set[str]
-    entries: set[str]
+    kinds: set[str] = field(default_factory=set)
     example: Any = None
+    lengths: set[int] = field(default_factory=set)
+    item: Seen | None = None
+    targets: set[str | None] = field(default_factory=set)
 
 
 def kind_of(value: Any) -> str | None:
@@ -63,28 +70,36 @@ def package_of(file: Path, config_dir: Path) -> str | None:
     return None if group == "hydra" or group.startswith("hydra.") else group
 
 
-def _flat_entries(values: list) -> Iterator[str | None]:
-    for value in values:
-        if isinstance(value, list):
-            yield from _flat_entries(value)
-        else:
-            yield kind_of(value)
+def literal_target(node: Mapping) -> str | None:
+    """The ``_target_`` a mapping names, or None (none, or an interpolation: it names nothing yet)."""
+    target = node.get("_target_")
+    return target if isinstance(target, str) and "${" not in target else None
+
+
+def _record_value(seen: Seen, value: Any) -> None:
+    kind = kind_of(value)
+    if kind is None:
+        return
+    seen.kinds.add(kind)
+    if seen.example is None and kind not in ("null", "mapping"):
+        seen.example = value
+    if kind == "list":
+        seen.lengths.add(len(value))
+        seen.item = seen.item or Seen()
+        for entry in value:
+            _record_value(seen.item, entry)
 
 
 def _record(table: dict[str, Seen], prefix: str, node: Mapping, root: bool = False) -> None:
+    target = literal_target(node)
     for key, value in node.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if (root and key == "defaults") or path == "hydra" or path.startswith("hydra."):
             continue  # a file's defaults list is not an option; Hydra's own node is Hydra's business
-        seen = table.setdefault(path, Seen(set(), set()))
-        kind = kind_of(value)
-        if kind is not None:
-            seen.kinds.add(kind)
-            if seen.example is None and kind not in ("null", "mapping"):
-                seen.example = value
-        if kind == "list":
-            seen.entries.update(k for k in _flat_entries(value) if k is not None)
-        elif kind == "mapping":
+        seen = table.setdefault(path, Seen())
+        seen.targets.add(target)
+        _record_value(seen, value)
+        if kind_of(value) == "mapping":
             _record(table, path, value)
 
 
@@ -114,5 +129,10 @@ def schema(config_dir: Path = CONFIG_DIR) -> dict[str, Seen]:
     for file in sorted(loaded, key=order):
         package, content = packages[file], loaded[file]
         if package is not None and isinstance(content, Mapping):
+            parts = package.split(".") if package else []
+            for end in range(1, len(parts) + 1):  # the file's package is a node the files write too
+                node = table.setdefault(".".join(parts[:end]), Seen())
+                node.kinds.add("mapping")
+                node.targets.add(None)
             _record(table, package, content, root=True)
     return table

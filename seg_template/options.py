@@ -9,10 +9,17 @@ Where the rules come from:
   be a bool (``inference.bounded=flase`` is refused instead of becoming True); only integers -> an int (not a
   bool, a string or 1.5); numbers with a float among them -> a number. null is accepted where a file writes
   null. A forker's new option is covered by writing it in a YAML file: ``my_flag: false`` makes it a bool,
-  ``3`` an int, ``3.0`` a number. Lists whose file values hold only numbers must hold numbers.
-- **:data:`RULES`**, what types cannot say: ranges (``data.batch_size >= 1``), choices (``data.preflight``),
-  options the files do not write (``trainer.accumulate_grad_batches``) and the few whose files show fewer
-  kinds than they take (``trainer.devices``, ``trainer.fast_dev_run``).
+  ``3`` an int, ``3.0`` a number. A key whose files hold only lists must be a list (or null where a file
+  writes null), of the length every file gives it when they agree on one of 2 or more (``optimizer.betas``
+  2, ``crop_size`` 2: a list of one, like ``inference.scales: [1.0]``, is taken as a default, not a size),
+  and its entries keep their kind (numbers, integers, strings), one level down for lists of lists
+  (``export.check_shapes``: each a list of 3 integers; the outer length is never fixed).
+- **the keys themselves** (seg_template/option_keys.py): a key that no config file writes is refused, naming
+  the closest real key, unless the ``_target_`` of its node takes it (``+optimizer.amsgrad=true``).
+- **:data:`RULES`**, what types cannot say: ranges (``data.batch_size >= 1``, list entries: ``optimizer.betas``
+  in [0, 1)), choices (``data.preflight``), options the files do not write (``trainer.accumulate_grad_batches``)
+  and the few whose files show fewer kinds than they take (``trainer.devices``, ``data.class_weights``). A list
+  rule without a length or entry rule takes them from the files.
 - everywhere: no float may be NaN or infinite (no option of this project means anything at ±inf).
 
 :func:`check_options` checks a composed config (each task calls it first); :func:`require` checks one value
@@ -33,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from seg_template.errors import ConfigError
-from seg_template.option_rules import NUMERIC, RULES, Rule, describe, hint, int_rule, problem, show
+from seg_template.option_keys import unknown_keys
+from seg_template.option_rules import NUMERIC, RULES, Rule, describe, int_rule, problem, show
 from seg_template.option_schema import Seen, schema
 from seg_template.paths import CONFIG_DIR
 
@@ -41,8 +49,9 @@ __all__ = ["RULES", "Rule", "check_class_names", "check_options", "int_at_least"
            "positive_int", "problems", "require", "rule_for", "schema", "seed_int"]
 
 
-def inferred_rule(seen: Seen) -> Rule | None:
-    """The type a key's file values imply, or None when they imply none (strings, lists, mappings, mixes)."""
+def inferred_rule(seen: Seen, entry: bool = False) -> Rule | None:
+    """The type a key's file values imply, or None when they imply none (mappings, mixes, and strings: a
+    string option may well be given a number, ``name=2024``; a list ``entry`` of strings must stay one)."""
     kinds = seen.kinds - {"null"}
     if kinds == {"bool"}:
         found = ("bool",)
@@ -50,9 +59,22 @@ def inferred_rule(seen: Seen) -> Rule | None:
         found = ("int",)
     elif kinds and kinds <= NUMERIC:
         found = ("real",)
+    elif kinds == {"str"} and entry:
+        found = ("str",)
+    elif kinds == {"list"}:
+        item = inferred_rule(seen.item, entry=True) if seen.item is not None else None
+        return Rule(("list",), null="null" in seen.kinds, example=seen.example, length=_fixed_length(seen),
+                    item=item)
     else:
         return None
     return Rule(found, null="null" in seen.kinds, example=seen.example)
+
+
+def _fixed_length(seen: Seen) -> int | None:
+    """The length every file gives a key's lists when they agree on one of 2 or more and hold no lists:
+    ``[H, W]``, ``[min, max]``; a list of one (``scales: [1.0]``) or of lists is a collection that grows."""
+    nested = seen.item is not None and "list" in seen.item.kinds
+    return next(iter(seen.lengths)) if len(seen.lengths) == 1 and min(seen.lengths) >= 2 and not nested else None
 
 
 def rule_for(key: str, config_dir: Path | None = None) -> Rule | None:
@@ -63,32 +85,25 @@ def rule_for(key: str, config_dir: Path | None = None) -> Rule | None:
         return inferred_rule(seen) if seen is not None else None
     if seen is None:
         return rule
+    if "list" in rule.kinds:  # the length and the entries' kind the files give, where the table says none
+        rule = _with_files_shape(rule, inferred_rule(dataclasses.replace(seen, kinds={"list"})))
     example = rule.example
     if example is None and seen.example is not None and problem(key, seen.example, rule) is None:
         example = seen.example
     return dataclasses.replace(rule, null=rule.null or "null" in seen.kinds, example=example)
 
 
-def _entries_problem(key: str, value: list, seen: Seen) -> str | None:
-    """A list whose file values hold only numbers (ints only) must hold numbers (ints): ``betas=[0.9,abc]``."""
-    if not seen.entries or not seen.entries <= NUMERIC:
-        return None
-    kind = "int" if seen.entries == {"int"} else "real"
-    # NaN / inf entries are named one by one by the walk (``key[i]=nan``)
-    bad = [v for v in _flat_values(value) if isinstance(v, bool) or not isinstance(v, int | float)
-           or (kind == "int" and not isinstance(v, int))]
-    if not bad:
-        return None
-    what = "integers" if kind == "int" else "numbers"
-    return f"{key}={show(value)}: expected a list of {what}, got {show(bad[0])}{hint(key, '', seen.example)}"
-
-
-def _flat_values(values: Any) -> Iterator[Any]:
-    for value in values:
-        if isinstance(value, list | tuple):
-            yield from _flat_values(value)
-        else:
-            yield value
+def _with_files_shape(rule: Rule, files: Rule | None) -> Rule:
+    """``rule`` with the length and entry rule of ``files`` (what the files imply) where it has none; entry
+    rules of lists of lists are merged one level down the same way."""
+    if files is None:
+        return rule
+    item = rule.item
+    if item is None:
+        item = files.item
+    elif "list" in item.kinds and files.item is not None and "list" in files.item.kinds:
+        item = _with_files_shape(item, files.item)
+    return dataclasses.replace(rule, length=rule.length if rule.length is not None else files.length, item=item)
 
 
 def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -122,16 +137,14 @@ def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
 
 def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
     """Every problem of the composed config ``cfg`` (a ``DictConfig``), in config order."""
-    found: list[str] = []
     table = schema(CONFIG_DIR if config_dir is None else config_dir)
+    found = unknown_keys(cfg, table)  # first: a mistyped key explains the errors that may follow
     for key, value in _leaves(cfg, ""):
         rule = rule_for(key, config_dir)
         if isinstance(value, dict):  # a mapping where a value is expected: checked as one
             found += [f"{key}: expected {describe(rule)}, got a mapping"] if rule and "any" not in rule.kinds else []
             continue
         text = problem(key, value, rule) if rule is not None else None
-        if text is None and isinstance(value, list) and key in table:
-            text = _entries_problem(key, value, table[key])
         if text is None and isinstance(value, float) and not math.isfinite(value):
             text = f"{key}={show(value)}: expected a finite number"
         if text is not None:

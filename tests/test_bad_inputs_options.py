@@ -8,6 +8,14 @@ pick a random seed, ``model.compile=flase`` compiled the model, duplicated class
 columns, a second predict run over a folder holding its outputs segmented its own masks, and
 ``compute_class_weights.py --limit -1`` used all masks but the last.
 
+Wave 3 (the schema tightened): a key no config file writes is refused with the closest real key
+(``+resume_in_plce=false`` resumed in place and overwrote the run's last.ckpt; ``+seeed=3`` was ignored), unless
+the ``_target_`` of its node takes it; keys a target does not take are named before building (they were
+``TypeError`` tracebacks); lists keep the length and entry kind of their files (``optimizer.betas=[0.9]`` was a
+``ConfigIndexError`` traceback, ``data.train_set.image_size=[32]`` was reported as ``crop_size``);
+``scale_range`` entries that leave no pixel (a ``cv2.error`` mid-epoch); class-weight files holding booleans
+(``true`` was weight 1), nested too deep (a ``RecursionError``), or ``.npy`` arrays of bool / text.
+
     pytest tests/test_bad_inputs_options.py -v
 """
 
@@ -17,9 +25,12 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from pytorch_lightning import Callback
 
 from seg_template import options
 from seg_template.cli import user_message
@@ -41,6 +52,38 @@ TYPED_TASKS = {**TASKS, "export": run_export}
 
 def export_case(id: str, *overrides: str, culprit: str) -> Case:
     return Case(id, "export", (*PREDICT, *overrides), ConfigError, culprit)
+
+
+class EveryProbe(Callback):
+    """A forker's callback with an argument of its own, added from the command line."""
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = every
+
+
+class OptionWorkspace(Workspace):
+    """:class:`Workspace` plus class-weight files: ``{cw__bool_json}`` writes ``<root>/cw__bool.json``."""
+
+    def _make_cw(self, path: Path, name: str) -> Path:
+        kind, _, suffix = name.partition("__")[2].rpartition("_")
+        path = path.with_name(f"cw__{kind}.{suffix}")
+        if kind == "bool":  # JSON true was read as weight 1
+            if suffix == "json":
+                path.write_text("[true, 1, 1, 1, 1, 1]")
+            else:
+                np.save(path, np.ones(6, dtype=bool))
+        elif kind == "strings":  # numbers written as strings were read as numbers
+            path.write_text('["1", "2", "1", "1", "1", "1"]')
+        elif kind == "deep":  # json.loads raised RecursionError
+            path.write_text("[" * 100_000 + "]" * 100_000)
+        elif kind == "text":
+            np.save(path, np.array(["1", "2", "1", "1", "1", "1"]))
+        elif kind == "object":
+            np.save(path, np.array([1, "a", 1, 1, 1, 1], dtype=object), allow_pickle=True)
+        return path
+
+
+ADD_ONE = r"\(a new option: write it with its default in a YAML file under configs/\)"
 
 
 CASES = [
@@ -72,7 +115,7 @@ CASES = [
     train_case("options/class_weight_nan", "loss=wce", "data.class_weights=[1,nan,1,1,1,1]",
                culprit=r"data\.class_weights\[1\]=nan: expected a finite number"),
     train_case("options/betas_text", "optimizer.betas=[0.9,abc]",
-               culprit=r"optimizer\.betas=\[0\.9, abc\]: expected a list of numbers"),
+               culprit=r"optimizer\.betas=\[0\.9, abc\]: expected a list of 2 finite numbers in \[0, 1\), got 'abc'"),
     train_case("options/resume_in_place_typo", "resume_in_place=flase",
                culprit=r"resume_in_place='flase': expected true or false"),
     train_case("options/preflight_choice", "data.preflight=ful",
@@ -84,15 +127,94 @@ CASES = [
     predict_case("options/predict_alpha_nan", "ckpt_path={good}", "input={images}", "overlay_alpha=nan",
                  error=ConfigError, culprit=r"overlay_alpha=nan: expected a finite number in \[0, 1\]"),
     export_case("options/export_shapes_text", "ckpt_path={good}", "export.check_shapes=[[1,abc,32]]",
-                culprit=r"export\.check_shapes=\[\[1, abc, 32\]\]: expected a list of integers"),
+                culprit=r"export\.check_shapes=\[\[1, abc, 32\]\]: expected a list of lists of 3 integers >= 1, "
+                        r"got 'abc'"),
     export_case("options/export_atol_nan", "ckpt_path={good}", "export.atol=nan",
                 culprit=r"export\.atol=nan: expected a finite number >= 0"),
+    # ---- keys no config file writes (were ignored, exit 0), keys a target does not take (were tracebacks)
+    train_case("keys/seed_typo", "+seeed=3", culprit=r"seeed=3: no config file writes this option; did you mean "
+                                                     rf"seed\? {ADD_ONE}"),
+    train_case("keys/name_typo", "+nmae=foo", culprit=r"nmae='foo': .*did you mean name\?"),
+    train_case("keys/resume_in_place_typo", "+resume_in_plce=false",
+               culprit=r"resume_in_plce=false: .*did you mean resume_in_place\?"),
+    train_case("keys/in_another_node", "+max_epochs=3", culprit=r"max_epochs=3: .*did you mean trainer\.max_epochs\?"),
+    train_case("keys/new_node", "+foo.bar=1", culprit=r"foo: no config file writes this option \(the top-level "
+                                                      r"options: task_name, name, seed, "),
+    export_case("keys/export_atol_typo", "ckpt_path={good}", "+export.atoll=1",
+                culprit=r"export\.atoll=1: .*did you mean export\.atol\?"),
+    eval_case("keys/eval_inference_typo", "ckpt_path={good}", "+inference.flips=true", error=ConfigError,
+              culprit=r"inference\.flips=true: no config file writes this option; did you mean inference\.flip\?"),
+    predict_case("keys/predict_inference_typo", "ckpt_path={good}", "input={images}", "+inference.flips=true",
+                 error=ConfigError, culprit=r"inference\.flips=true: .*did you mean inference\.flip\?"),
+    train_case("keys/scheduler_target", "+scheduler.warmup_step=10",
+               culprit=r"scheduler\.warmup_step=10: seg_template\.optim\.poly_warmup takes no argument "
+                       r"'warmup_step'; did you mean scheduler\.warmup_steps\?"),
+    train_case("keys/transform_target", "+data.train_transform.hfilp=false",
+               culprit=r"data\.train_transform\.hfilp=false: .*train_transform takes no argument 'hfilp'; did you "
+                       r"mean data\.train_transform\.hflip\?"),
+    train_case("keys/model_target", "+model.widht=8", culprit=r"model\.widht=8: .*did you mean model\.width\?"),
+    train_case("keys/loss_target", "loss=ohem", "+loss.main.threshh=0.9",
+               culprit=r"loss\.main\.threshh=0\.9: seg_template\.losses\.OhemCrossEntropy takes no argument"),
+    train_case("keys/callback_target", "+callbacks.val_images.num_image=2",
+               culprit=r"callbacks\.val_images\.num_image=2: .*did you mean callbacks\.val_images\.num_images\?"),
+    train_case("keys/forkers_callback_typo", f"+callbacks.probe._target_={__name__}.EveryProbe",
+               "+callbacks.probe.evrey=2", culprit=r"callbacks\.probe\.evrey=2: .*EveryProbe takes no argument "
+                                                   r"'evrey'; did you mean callbacks\.probe\.every\?"),
+    # ---- list shapes from the config files (were tracebacks, or named another key)
+    train_case("lists/betas_one", "optimizer.betas=[0.9]",
+               culprit=r"optimizer\.betas=\[0\.9\]: expected a list of 2 finite numbers in \[0, 1\) \(e\.g\. "
+                       r"optimizer\.betas=\[0\.9, 0\.999\]\)"),
+    train_case("lists/betas_one_is_not_a_beta", "optimizer.betas=[0.9,1.5]",
+               culprit=r"optimizer\.betas=\[0\.9, 1\.5\]: .*, got 1\.5"),
+    train_case("lists/image_size_one", "data.train_set.image_size=[32]",
+               culprit=r"^ConfigError: data\.train_set\.image_size=\[32\]: expected a list of 2 integers >= 1"),
+    train_case("lists/crop_size_three", "data.train_transform.crop_size=[32,32,3]", data="missing",
+               culprit=r"data\.train_transform\.crop_size=\[32, 32, 3\]: expected a list of 2 integers >= 1"),
+    train_case("lists/class_names_numbers", "data.class_names=[1,2,3,4,5,6]",
+               culprit=r"data\.class_names=\[1, 2, 3, 4, 5, 6\]: expected a list of distinct names or null, got 1 "
+                       r"\(quote a name"),
+    train_case("lists/class_names_text", "data.class_names=abc",
+               culprit=r"data\.class_names='abc': expected a list of distinct names or null"),
+    train_case("lists/std_two", "+data.val_transform.std=[0.2,0.2]",
+               culprit=r"data\.val_transform\.std=\[0\.2, 0\.2\]: expected a list of 3 finite numbers > 0"),
+    export_case("lists/export_shapes_text", "ckpt_path={good}", "export.check_shapes=abc",
+                culprit=r"export\.check_shapes='abc': expected a list of lists of 3 integers >= 1"),
+    export_case("lists/export_shapes_short", "ckpt_path={good}", "export.check_shapes=[[1,32]]",
+                culprit=r"export\.check_shapes=\[\[1, 32\]\]: expected a list of lists of 3 integers >= 1, "
+                        r"got \[1, 32\]"),
+    eval_case("lists/eval_crop_one", "ckpt_path={good}", "inference=slide", "inference.crop_size=[16]",
+              "inference.stride=[8,8]", error=ConfigError,
+              culprit=r"inference\.crop_size=\[16\]: expected a list of 2 integers >= 1 or null"),
+    # ---- scale_range (a cv2.error traceback mid-epoch)
+    train_case("scale/tiny", "data.train_transform.scale_range=[0.001,0.002]",
+               culprit=r"data\.train_transform\.scale_range=\[0\.001, 0\.002\]: a 32x32 image \(the crop's size\) "
+                       r"scaled by 0\.001 keeps no pixel; expected a min scale >= 1/32"),
+    train_case("scale/zero", "data.train_transform.scale_range=[0,1]",
+               culprit=r"data\.train_transform\.scale_range=\[0, 1\]: expected a list of 2 finite numbers > 0, got 0"),
+    train_case("scale/one", "data.train_transform.scale_range=[0.5]",
+               culprit=r"data\.train_transform\.scale_range=\[0\.5\]: expected a list of 2 finite numbers > 0"),
+    # ---- class-weight files (true was weight 1; a deep JSON a RecursionError naming no file)
+    train_case("weights/json_bool", "loss=wce", "data.class_weights={cw__bool_json}",
+               culprit=r"cw__bool\.json: expected a flat list of numbers, one per class, got the boolean true"),
+    train_case("weights/json_strings", "loss=wce", "data.class_weights={cw__strings_json}",
+               culprit=r"cw__strings\.json: expected a flat list of numbers, one per class, got '1'"),
+    train_case("weights/json_deep", "loss=wce", "data.class_weights={cw__deep_json}",
+               culprit=r"cw__deep\.json: nested too deeply to read"),
+    train_case("weights/npy_bool", "loss=wce", "data.class_weights={cw__bool_npy}",
+               culprit=r"cw__bool\.npy: expected numbers, got an array of bool"),
+    train_case("weights/npy_text", "loss=wce", "data.class_weights={cw__text_npy}",
+               culprit=r"cw__text\.npy: expected numbers, got an array of <U1"),
+    train_case("weights/npy_object", "loss=wce", "data.class_weights={cw__object_npy}",
+               culprit=r"cw__object\.npy: Object arrays cannot be loaded"),
+    train_case("weights/list_bool", "loss=wce", "data.class_weights=[true,1,1,1,1,1]",
+               culprit=r"data\.class_weights=\[true, 1, 1, 1, 1, 1\]: expected a list of finite numbers, a "
+                       r"string or null, got true"),
 ]
 
 
 @pytest.fixture
 def workspace(compose_cfg, tmp_path: Path) -> Workspace:
-    return Workspace(tmp_path / "files", compose_cfg)
+    return OptionWorkspace(tmp_path / "files", compose_cfg)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -125,6 +247,10 @@ GOOD = [  # one value of each kind, and the special values the table documents
     "loss.aux_weight=1", "optimizer.lr=1e-4", "data.class_weights=/data/w.json", "callbacks.val_images=null",
     "scheduler=none", "callbacks.model_checkpoint.every_n_train_steps=0", "data.preflight=none",
     "model.pretrained=/x/weights.pth", "data.train_transform.scale_range=[1,2]", "name=abc",
+    # keys the files do not write, taken by the target of their node; a forker's callback and its argument
+    "+optimizer.amsgrad=true", "+data.val_transform.mean=[0.5,0.5,0.5]", "+trainer.benchmark=true",
+    f"+callbacks.probe._target_={__name__}.EveryProbe", "+paths.my_dir=/x", "name=2024",
+    "data.class_names=[a,b,c,d,e,f]", "optimizer.betas=[0.5,0.99]", "optimizer=sgd",
 ]
 
 
@@ -135,16 +261,51 @@ def test_good_values_are_accepted(override: str, compose_cfg) -> None:
 
 @pytest.mark.parametrize(("config", "override"), [("eval", "inference.bounded=true"), ("eval", "split=test"),
                                                   ("predict", "batch_size=1"), ("predict", "overlay_alpha=1"),
-                                                  ("export", "export.opset=17"), ("export", "export.atol=0")])
+                                                  ("export", "export.opset=17"), ("export", "export.atol=0"),
+                                                  ("export", "export.check_shapes=[[1,32,32]]"),
+                                                  ("eval", "inference.scales=[0.5,1,1.5,2]")])
 def test_good_values_of_the_other_tasks_are_accepted(config: str, override: str, compose_cfg) -> None:
     assert problems(compose_cfg(config, [override, "ckpt_path=x"])) == []
+
+
+def test_a_forkers_key_is_accepted_where_its_target_takes_it(compose_cfg) -> None:
+    """``+key`` for a target that takes it: the forker's callback gets its argument, the optimiser one torch's
+    AdamW takes; both build."""
+    cfg = compose_cfg(overrides=[*TRAIN, f"+callbacks.probe._target_={__name__}.EveryProbe", "+callbacks.probe.every=3",
+                                 "+optimizer.amsgrad=true"])
+    assert problems(cfg) == []
+    from hydra.utils import instantiate
+
+    from seg_template.build import instantiate_callbacks
+
+    (probe,) = [c for c in instantiate_callbacks(cfg.callbacks) if isinstance(c, EveryProbe)]
+    assert probe.every == 3
+    assert instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))]).defaults["amsgrad"] is True
+
+
+def test_a_misspelt_resume_key_leaves_the_run_alone(compose_cfg, workspace: Workspace, tmp_path: Path) -> None:
+    """``+resume_in_plce=false`` resumed in place and overwrote the run's last.ckpt (exit 0): now nothing in the
+    run folder is touched."""
+    workspace.root.mkdir()
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    last = run / "checkpoints" / "last.ckpt"
+    shutil.copy(workspace["good"], last)
+    before, files = last.read_bytes(), sorted(run.rglob("*"))
+    cfg = compose_cfg(overrides=[*TRAIN, f"ckpt_path={last}", "+resume_in_plce=false"], output_dir=run)
+    err = raised_user_error(lambda: train(cfg))
+    assert_short_named(user_message(err), r"resume_in_plce=false: .*did you mean resume_in_place\?")
+    assert last.read_bytes() == before and sorted(run.rglob("*")) == files
 
 
 # ------------------------------------------------------------------------------------ the schema itself
 def test_schema_follows_packages_and_groups() -> None:
     table = schema()
     assert table["inference.bounded"].kinds == {"bool"}  # configs/inference/whole.yaml
-    assert "real" in table["data.class_weights"].entries  # data/class_weights/*.yaml: `# @package data`
+    assert "real" in table["data.class_weights"].item.kinds  # data/class_weights/*.yaml: `# @package data`
+    assert table["optimizer.betas"].lengths == {2} and table["export.check_shapes"].item.lengths == {3}
+    assert table["model.width"].targets == {"seg_template.models.small.small_segnet"}  # the node's _target_
+    assert table["callbacks"].kinds == {"mapping"}  # a package node: written by the files under it
     assert "data.class_weights.class_weights" not in table
     assert table["trainer.fast_dev_run"].kinds == {"bool"}  # debug/fdr.yaml: `# @package _global_`
     assert table["seed"].kinds == {"int"} and table["seed"].example == 42  # train.yaml first
@@ -180,6 +341,11 @@ def _compose_from(config_dir: Path, overrides: list[str], tmp_path: Path):
 
 
 def test_a_forkers_new_option_is_typed_without_code(tmp_path: Path, monkeypatch) -> None:
+    # before it is written in a YAML file, +my_flag is a key no code reads: refused, saying how to add one
+    assert problems(_compose_from(CONFIG_DIR, ["+my_flag=true"], tmp_path)) == [
+        "my_flag=true: no config file writes this option (the top-level options: task_name, name, seed, train, "
+        "test, ckpt_path, resume_in_place, optimized_metric, data, model, loss, optimizer, ...; a new option: write "
+        "it with its default in a YAML file under configs/)"]
     config_dir = _forked_configs(tmp_path)
     monkeypatch.setattr(options, "CONFIG_DIR", config_dir)  # as if the project's own configs/ held them
     cfg = _compose_from(config_dir, ["my_flag=flase"], tmp_path)

@@ -122,8 +122,19 @@ def test_load_class_weights_errors(tmp_path):
     (tmp_path / "neg.json").write_text("[1, -0.5, -2]")
     with pytest.raises(ValueError, match=r"neg.json: class weights must be finite and >= 0, got \[-0.5, -2.0\]"):
         load_class_weights(tmp_path / "neg.json")
-    with pytest.raises(ValueError, match="expected a list of numbers"):
+    with pytest.raises(ValueError, match="expected a flat list of numbers, one per class, got 'a'"):
         load_class_weights(["a", "b"])
+    with pytest.raises(ValueError, match="got the boolean true"):  # JSON true is no weight of 1
+        load_class_weights([True, 1.0])
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    with pytest.raises(ValueError, match=r"deep\.json: nested too deeply to read"):
+        load_class_weights(tmp_path / "deep.json")
+    for dtype in (bool, "U1", complex):
+        np.save(tmp_path / "typed.npy", np.ones(6, dtype=dtype))
+        with pytest.raises(ValueError, match=r"typed\.npy: expected numbers, got an array of"):
+            load_class_weights(tmp_path / "typed.npy")
+    with pytest.raises(ValueError, match="expected numbers, got an array of bool"):
+        load_class_weights(torch.ones(3, dtype=torch.bool))
     (tmp_path / "bad.txt").write_text("1.0 one")
     with pytest.raises(ValueError, match="bad.txt: could not convert"):
         load_class_weights(tmp_path / "bad.txt")

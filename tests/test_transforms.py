@@ -77,7 +77,22 @@ def test_eval_transform_only_normalises() -> None:
     ({"crop_size": [8, 8, 8]}, "crop_size"),
     ({"crop_size": [8, 8], "scale_range": (2.0, 1.0)}, "scale_range"),
     ({"crop_size": [8, 8], "color_jitter": -1}, "color_jitter"),
+    ({"crop_size": [8, 8], "scale_range": (0.0, 1.0)}, r"scale_range=\[0\.0, 1\.0\]: expected a list of 2 finite "
+                                                        r"numbers > 0, got 0\.0"),
+    ({"crop_size": [8, 8], "scale_range": [0.5]}, r"scale_range=\[0\.5\]: expected a list of 2"),
+    # a cv2.error in the middle of the first epoch, before
+    ({"crop_size": [64, 64], "scale_range": (0.001, 0.002)}, r"scale_range=\[0\.001, 0\.002\]: a 64x64 image "
+                                                             r"\(the crop's size\) scaled by 0\.001 keeps no pixel"),
 ])
 def test_bad_arguments_name_the_key(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=rf"data\.train_transform\.{match}"):
         train_transform(**kwargs)
+
+
+def test_an_image_far_smaller_than_the_crop_keeps_one_pixel() -> None:
+    """OpenCV refuses to resize to 0 pixels: a 3-pixel-high strip at an accepted scale of 0.1 keeps 1 row."""
+    image, mask = _sample(3, 200)
+    t = train_transform([16, 16], scale_range=(0.1, 0.1), hflip=False)  # 0.1 * 16 >= 1: accepted
+    out = t(image=image, mask=mask)
+    assert out["image"].shape == (16, 16, 3)
+    assert (out["mask"] == 0).sum() == 16, "one row of the strip, as wide as the crop; the rest is padding"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +25,10 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
     """Class weights as float32 ``[C]`` from a list, a ``.npy`` / ``.json`` / ``.txt`` file, or ``None``.
 
     Raises ``ConfigError`` (``MissingFileError`` for a missing file) naming the file or the config keys when
-    the weights cannot be used: unreadable, not a 1-D list of numbers, negative or non-finite, or all zero
-    (every pixel would weigh 0 and the loss would stay 0.0: training would run and learn nothing).
+    the weights cannot be used: unreadable, nested too deep to parse, not a 1-D list of numbers (booleans and
+    numbers written as strings are not numbers: ``true`` must not become 1, nor ``"2"`` 2), negative or
+    non-finite, or all zero (every pixel would weigh 0 and the loss would stay 0.0: training would run and
+    learn nothing).
     """
     if spec is None:
         return None
@@ -40,11 +44,10 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
             spec = _read_weight_file(path)
         except ValueError as err:  # includes json.JSONDecodeError and a bad number in a .txt
             raise _error(source, str(err)) from err
-    try:
-        values = spec.detach().cpu().numpy() if isinstance(spec, Tensor) else np.asarray(list(spec), dtype=float)
-    except (TypeError, ValueError) as err:
-        raise _error(source, f"expected a list of numbers, got {spec!r}") from err
-    values = values.astype(np.float64)
+        except RecursionError as err:  # json gives up on lists nested about a thousand deep
+            raise _error(source, "nested too deeply to read; expected a flat list of numbers, one per "
+                                 "class") from err
+    values = _numbers(spec, source)
     if values.ndim != 1 or values.size == 0:
         raise _error(source, f"expected a non-empty 1-D list of numbers, got shape {values.shape}")
     bad = values[~np.isfinite(values) | (values < 0)]
@@ -54,6 +57,30 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
         raise _error(source, "every class weight is 0, so every pixel would weigh 0 and the loss would stay "
                              "0.0; give the classes to learn positive weights")
     return torch.tensor(values, dtype=torch.float32)
+
+
+def _numbers(spec: Any, source: str) -> np.ndarray:
+    """``spec`` (a tensor, an array or a sequence such as a ``ListConfig``) as a float64 array, if it holds only
+    real numbers: no booleans, strings, objects or complex numbers (the shape is checked by the caller)."""
+    if isinstance(spec, Tensor):
+        spec = spec.detach().cpu().numpy()
+    if isinstance(spec, np.ndarray):
+        if spec.dtype.kind not in "iuf":  # b: bool, O: object, U/S: text, c: complex
+            raise _error(source, f"expected numbers, got an array of {spec.dtype}")
+        return spec.astype(np.float64)
+    if isinstance(spec, str | bytes) or not isinstance(spec, Sequence):
+        raise _error(source, f"expected a list of numbers, got {_short(spec)}")
+    for value in spec:
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+            what = ("a nested list" if isinstance(value, Sequence) and not isinstance(value, str) else
+                    f"the boolean {str(value).lower()}" if isinstance(value, bool | np.bool_) else _short(value))
+            raise _error(source, f"expected a flat list of numbers, one per class, got {what} in {_short(spec)}")
+    return np.asarray(list(spec), dtype=np.float64)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _error(source: str, problem: str) -> ConfigError:
