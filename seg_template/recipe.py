@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: the config nodes a checkpoint carries (RECIPE_NODES, from the door): interpolations among them are kept,
 #: others resolved. RECIPE_FORMAT: what recipe_from writes and the door accepts.
 RECIPE_FORMAT = 1
+#: the no-recipe hint shows at most this many of the run's options, each at most this long
+_HINT_OPTIONS, _HINT_CHARS = 20, 200
 
 
 def _is_internal(text: str, where: Parts) -> bool:
@@ -179,9 +181,14 @@ def no_recipe_message(source: str, option: str, script: str) -> str:
 
     file = resolve_path(source)
     listed = training_overrides(file)
-    used = [o for o in listed if _safe_to_retype(str(o))]
-    if len(used) < len(listed):
-        used.append(f"and {len(listed) - len(used)} option(s) naming code or interpolations, not shown")
+    safe = [o for o in listed if _safe_to_retype(str(o))]
+    # a crafted overrides.yaml could flood the message too: a run types a few short options
+    shown = [o for o in safe if len(str(o)) <= _HINT_CHARS][:_HINT_OPTIONS]
+    used = list(shown)
+    if len(safe) < len(listed):
+        used.append(f"and {len(listed) - len(safe)} option(s) naming code or interpolations, not shown")
+    if len(shown) < len(safe):
+        used.append(f"and {len(safe) - len(shown)} more option(s), too many or too long to show")
     hint = (f"the run that wrote it used: {' '.join(used)}" if used else
             "its training run lists them in <run>/.hydra/overrides.yaml; a run that set neither used "
             "data=synthetic model=small")

@@ -217,6 +217,10 @@ def test_the_no_recipe_hint_never_suggests_retyping_code(tmp_path) -> None:
     message = no_recipe_message(str(tmp_path / "checkpoints" / "x.ckpt"), "ckpt_path", "eval.py")
     assert "used: data=synthetic model.width=4 and 3 option(s) naming code or interpolations, not shown" in message
     assert "os.system" not in message and "rm -rf" not in message and "oc.env" not in message
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "".join(f"- data.x{i}=1\n" for i in range(5000)) + f"- data.root=/{'a' * 10_000}\n")
+    message = no_recipe_message(str(tmp_path / "checkpoints" / "x.ckpt"), "ckpt_path", "eval.py")
+    assert "data.x19=1 and 4981 more option(s), too many or too long to show)" in message and len(message) < 1000
 
 
 def test_a_special_key_is_allowed_only_at_the_key_the_config_files_write_it(tmp_path, compose_cfg) -> None:
