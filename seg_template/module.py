@@ -3,7 +3,8 @@
 Logs ``train/loss``, ``train/loss_main`` (+ ``train/loss_aux`` for models with an auxiliary head),
 ``val/loss``, ``val/mIoU``, ``val/aAcc`` and ``val/IoU/<class>`` (``test/...`` likewise). Metrics come
 from a torchmetrics confusion matrix, which sums itself across processes under DDP before the scores are
-computed, so every rank logs the same global mIoU.
+computed, so every rank logs the same global mIoU. Logits holding NaN or inf are never scored: their argmax is
+class 0, a made-up score that could become ``best.ckpt``; the stage stops instead (``_refuse_nonfinite_logits``).
 """
 
 from __future__ import annotations

@@ -501,3 +501,18 @@ def test_predict_script_refuses_a_nan_checkpoint(files: Files, tmp_path: Path) -
     assert len(errors) == 1, output[-3000:]
     assert_short_named(output[output.index(errors[0]):], rf"CheckpointError: ckpt_path: '.*nan' holds NaN/inf.*{HEAD}")
     _no_masks(out)
+
+
+@pytest.mark.slow
+def test_train_script_stops_a_resumed_fit_whose_validation_is_nan(files: Files, tmp_path: Path) -> None:
+    """The stranger's run, for real: it used to exit 0 with val/mIoU 0.16 from NaN logits and a best.ckpt."""
+    logs = tmp_path / "logs"
+    result = run_script("train.py", *TRAIN, "trainer.max_epochs=2", f"ckpt_path={files['hugemean']}",
+                        f"paths.log_dir={logs}", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if "][ERROR] - " in line]
+    assert len(errors) == 1, output[-3000:]
+    assert_short_named(output[output.index(errors[0]):], r"TrainingDiverged: the sanity-check validation before "
+                                                         r"training .*NaN/inf logits.*resumed from ckpt_path=.*hugemean")
+    assert not list(logs.rglob("*.ckpt")), "a checkpoint of the non-finite state was written"
