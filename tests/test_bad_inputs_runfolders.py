@@ -665,3 +665,35 @@ def test_ddp_resumes_in_its_claimed_folder(tmp_path):
     assert resumed.returncode == 0, out[-3000:]  # rank 1, re-launched into the held folder, was not refused
     assert "RunFolderBusy" not in out and list(tmp_path.glob("train/runs/*")) == [run]
     assert epoch_of(run / "checkpoints" / "last.ckpt") == 1 and not (run / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_real_runs_never_write_over_a_run_folder(tmp_path):
+    def run(script: str, *args: str) -> tuple[int, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, script, *args, f"paths.log_dir={tmp_path / 'logs'}"], cwd=PROJECT_ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stdout + done.stderr
+
+    code, out = run("train.py", *BASE, "trainer.max_epochs=2")
+    assert code == 0, out[-3000:]
+    folder = next((tmp_path / "logs" / "train" / "runs").iterdir())
+    before = files(folder)
+    small = [o for o in BASE if not o.startswith(("callbacks.", "test="))]
+    for script, *args in (("train.py", *BASE, "trainer.max_epochs=1", f"hydra.run.dir={folder}"),
+                          ("eval.py", *small, f"ckpt_path={folder}/checkpoints/best.ckpt", f"hydra.run.dir={folder}"),
+                          ("train.py", *BASE, "name=../../../decoy")):
+        code, out = run(script, *args)
+        assert code == 1, out[-3000:]
+        assert_short_named(out, r"ConfigError: (hydra\.run\.dir=.* already holds|name='\.\./\.\./\.\./decoy')")
+        assert files(folder) == before  # was: exit 0, checkpoints replaced, metrics.csv mixed or wiped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]  # name= did not leave paths.log_dir
+    code, out = run("train.py", *BASE, f"ckpt_path={folder}/checkpoints/best.ckpt", "train=false", "test=true")
+    assert code == 0, out[-3000:]
+    assert "metrics.csv: dropped" not in out  # was: 'dropped 7 row(s) at step >= 0', 2 lines left
+
+    def rows(text: str) -> list[dict[str, str]]:
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(text.splitlines())]
+
+    history, now = rows(before["metrics.csv"].decode()), rows((folder / "metrics.csv").read_text())
+    assert now[:len(history)] == history and now[-1].get("test/mIoU")  # the history, then the test appended
