@@ -66,13 +66,17 @@ def _visit(node: Any, prefix: str, table: dict[str, Seen], found: list[str]) -> 
         elif target is not None:
             params = _parameters(target)
             if params is not None and key not in params:
-                found.append(_refusal(path, value, table, list(params), f"{target} takes no argument {key!r}"))
+                why = f"{target} takes no argument {key!r}"
+                others = sorted(t for t in seen.targets if t) if seen is not None else []
+                if others:  # written for another target: +optimizer.momentum on AdamW
+                    why += f" (the config files give it to {', '.join(others[:3])})"
+                found.append(_refusal(path, value, table, list(params), why, new=""))
                 continue
             if not (isinstance(value, DictConfig) and "_target_" in value):
                 continue  # the target takes the value whole
         elif not (isinstance(value, DictConfig) and "_target_" in value and _holds_objects(prefix, table)):
             here = _options_here(node, prefix, table)
-            found.append(_refusal(path, value, table, here, "no config file writes this option"))
+            found.append(_refusal(path, value, table, here, "no config file writes this option", new=ADD_ONE))
             continue
         if isinstance(value, DictConfig):
             _visit(value, path, table, found)
@@ -122,19 +126,43 @@ def _join(prefix: str, key: Any) -> str:
 @functools.lru_cache(maxsize=256)
 def _parameters(target: str) -> tuple[str, ...] | None:
     """The keyword arguments ``target`` takes, or None when it takes any (``**kwargs``) or cannot be looked up
-    here (instantiating it names that problem)."""
+    here (instantiating it names that problem). A class of this project whose ``__init__`` takes ``**kwargs``
+    passes them to its base class (``AtomicModelCheckpoint`` -> ``ModelCheckpoint``): the base's arguments
+    count as its own."""
     obj = _locate(target)
     if obj is None:
         return None
+    if inspect.isclass(obj):
+        return _init_parameters(obj)
+    return _named(obj)
+
+
+def _named(call: Any) -> tuple[str, ...] | None:
+    """The keyword arguments of ``call``'s signature; None for ``**kwargs`` or no signature."""
     try:
-        signature = inspect.signature(obj)
+        params = inspect.signature(call).parameters.values()
     except (TypeError, ValueError):  # some builtins have none
         return None
-    params = signature.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return tuple(p.name for p in params
-                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in params if p.kind in keyword and p.name != "self")
+
+
+def _init_parameters(cls: type) -> tuple[str, ...] | None:
+    names: list[str] = []
+    for owner in cls.__mro__:
+        if "__init__" not in vars(owner) or owner is object:
+            continue
+        own = _named(owner.__init__)
+        if own is not None:
+            return tuple(dict.fromkeys([*names, *own]))
+        if not owner.__module__.startswith("seg_template."):
+            return None  # a library's **kwargs goes wherever that library sends it (wandb.init...)
+        signature = inspect.signature(owner.__init__).parameters.values()
+        names += [p.name for p in signature if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                          inspect.Parameter.KEYWORD_ONLY) and p.name != "self"]
+    return None
 
 
 def _locate(target: str) -> Any:
@@ -154,8 +182,8 @@ def _locate(target: str) -> Any:
     return None
 
 
-def _refusal(path: str, value: Any, table: dict[str, Seen], here: list[str], why: str) -> str:
-    """``<key>=<value>: <why>; did you mean <closest>?`` (or the options ``here`` when none is close). The
+def _refusal(path: str, value: Any, table: dict[str, Seen], here: list[str], why: str, new: str) -> str:
+    """``<key>=<value>: <why>; did you mean <closest>? (<new>)`` (or the options ``here`` when none is close). The
     closest key is looked for among ``here`` (the target's arguments, or the keys this node has), then the keys
     the files write beside it, then the same name anywhere (``+max_epochs`` -> ``trainer.max_epochs``)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -166,20 +194,22 @@ def _refusal(path: str, value: Any, table: dict[str, Seen], here: list[str], why
         except Exception:  # noqa: BLE001 - shown by its key alone
             value = None
     shown = f"{path}" if value is None or isinstance(value, dict) else f"{path}={show(value)}"
+    after = f" ({new})" if new else ""
     parent, _, name = path.rpartition(".")
     here = [k for k in here if k not in INSTANTIATE_KEYS]
     beside = [k.rpartition(".")[2] for k in table if k.rpartition(".")[0] == parent]
-    for candidates in (here, [k for k in beside if k not in INSTANTIATE_KEYS]):
+    for candidates in (here, [k for k in beside if k not in INSTANTIATE_KEYS and k != name]):
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
         if close:
-            return f"{shown}: {why}; did you mean {_join(parent, close[0])}? ({ADD_ONE})"
-    elsewhere = [k for k in table if k.rpartition(".")[2] not in INSTANTIATE_KEYS]
+            return f"{shown}: {why}; did you mean {_join(parent, close[0])}?{after}"
+    # the same name elsewhere, for a key that is nowhere (one written for another target is where it belongs)
+    elsewhere = [k for k in table if k.rpartition(".")[2] not in INSTANTIATE_KEYS] if path not in table else []
     close = difflib.get_close_matches(name, [k.rpartition(".")[2] for k in elsewhere], n=1, cutoff=0.8)
     if close:
         match = next(k for k in elsewhere if k.rpartition(".")[2] == close[0])
-        return f"{shown}: {why}; did you mean {match}? ({ADD_ONE})"
+        return f"{shown}: {why}; did you mean {match}?{after}"
     if not here:
-        return f"{shown}: {why} ({ADD_ONE})"
+        return f"{shown}: {why}{after}"
     listed = ", ".join(here[:12]) + (", ..." if len(here) > 12 else "")
     where = f"the options of {parent}" if parent else "the top-level options"
-    return f"{shown}: {why} ({where}: {listed}; {ADD_ONE})"
+    return f"{shown}: {why} ({where}: {listed}{'; ' + new if new else ''})"

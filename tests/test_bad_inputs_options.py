@@ -160,6 +160,21 @@ CASES = [
     train_case("keys/forkers_callback_typo", f"+callbacks.probe._target_={__name__}.EveryProbe",
                "+callbacks.probe.evrey=2", culprit=r"callbacks\.probe\.evrey=2: .*EveryProbe takes no argument "
                                                    r"'evrey'; did you mean callbacks\.probe\.every\?"),
+    train_case("keys/trainer_target", "+trainer.max_epoch=3",
+               culprit=r"trainer\.max_epoch=3: pytorch_lightning\.Trainer takes no argument 'max_epoch'; did you mean "
+                       r"trainer\.max_epochs\?"),
+    train_case("keys/another_targets_key", "+data.train_set.lossy_masks=true",
+               culprit=r"data\.train_set\.lossy_masks=true: .*SyntheticShapes takes no argument 'lossy_masks' \(the "
+                       r"config files give it to seg_template\.data\.folder\.FolderDataset\)"),
+    train_case("keys/another_optimizers_key", "optimizer=sgd", "+optimizer.betas=[0.9,0.99]",
+               culprit=r"optimizer\.betas=\[0\.9, 0\.99\]: torch\.optim\.SGD takes no argument 'betas'"),
+    train_case("keys/wrong_node", "+data.max_epochs=3",
+               culprit=r"data\.max_epochs=3: .*SegDataModule takes no argument 'max_epochs'; did you mean "
+                       r"trainer\.max_epochs\?"),
+    train_case("keys/forwarded_kwargs", "+callbacks.model_checkpoint.dirpth=/x",  # **kwargs to ModelCheckpoint
+               culprit=r"callbacks\.model_checkpoint\.dirpth='/x': .*did you mean callbacks\.model_checkpoint\.dirpath\?"),
+    predict_case("keys/predict_top_level", "ckpt_path={good}", "input={images}", "+overlay_alpah=0.3",
+                 error=ConfigError, culprit=r"overlay_alpah=0\.3: .*did you mean overlay_alpha\?"),
     # ---- list shapes from the config files (were tracebacks, or named another key)
     train_case("lists/betas_one", "optimizer.betas=[0.9]",
                culprit=r"optimizer\.betas=\[0\.9\]: expected a list of 2 finite numbers in \[0, 1\) \(e\.g\. "
