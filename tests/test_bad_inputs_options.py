@@ -42,6 +42,7 @@ from seg_template.paths import CONFIG_DIR
 from seg_template.predict import run_predict
 from seg_template.train import train
 from tests.bad_input_files import PREDICT, TRAIN, Workspace, assert_short_named, raised_user_error
+from tests.helpers import run_script
 from tests.test_bad_inputs import TASKS, Case, eval_case, predict_case, train_case
 from tests.test_scripts import load_script
 
@@ -311,6 +312,31 @@ def test_a_misspelt_resume_key_leaves_the_run_alone(compose_cfg, workspace: Work
     err = raised_user_error(lambda: train(cfg))
     assert_short_named(user_message(err), r"resume_in_plce=false: .*did you mean resume_in_place\?")
     assert last.read_bytes() == before and sorted(run.rglob("*")) == files
+
+
+@pytest.mark.slow
+def test_a_misspelt_resume_key_in_a_real_run(tmp_path: Path) -> None:
+    """The stranger's command, end to end: a trained run, then ``ckpt_path=<run>/checkpoints/last.ckpt
+    +resume_in_plce=false``. It exited 0 having resumed in place over last.ckpt; now it exits 1 with one block
+    and the run's checkpoints, metrics and reports are as they were (what a resume in place records before the
+    task starts, ``.hydra/resumed_<time>/`` and the refusal's lines in train.log, is run_folder.py's)."""
+    logs = tmp_path / "logs"
+    first = run_script("train.py", *TRAIN, "trainer.max_epochs=1", "name=orig", f"paths.log_dir={logs}", timeout=300)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    (run,) = (logs / "train" / "runs").iterdir()
+    def files() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != "train.log"
+                and ".hydra/resumed_" not in p.as_posix()}
+
+    before = files()
+    assert run / "checkpoints" / "last.ckpt" in before
+    result = run_script("train.py", *TRAIN, "trainer.max_epochs=3", f"paths.log_dir={logs}",
+                        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "+resume_in_plce=false", timeout=300)
+    text = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in text, text[-3000:]
+    assert_short_named(text, r"ConfigError: resume_in_plce=false: .*did you mean resume_in_place\?")
+    assert files() == before
+    assert [p.name for p in (logs / "train" / "runs").iterdir()] == [run.name], "no new run folder left behind"
 
 
 # ------------------------------------------------------------------------------------ the schema itself
