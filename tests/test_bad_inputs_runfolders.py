@@ -446,6 +446,18 @@ def test_a_checkpoint_linked_from_another_run_is_refused(compose_cfg, interrupte
     assert files(run) == before and files(other) == theirs
 
 
+def test_checkpoints_pointed_at_another_run_s_folder_are_refused(compose_cfg, interrupted, tmp_path):
+    other = tmp_path / "other"
+    before = a_run_folder(interrupted, other)
+    cfg = compose_cfg(overrides=[*BASE, "trainer.max_epochs=1",
+                                 f"callbacks.model_checkpoint.dirpath={other / 'checkpoints'}"], output_dir=tmp_path / "new")
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, ConfigError)  # found by the stranger playing on: exit 0, the other run's checkpoints replaced
+    assert_short_named(user_message(err), r"checkpoint folder .*other/checkpoints already holds best\.ckpt, last\.ckpt "
+                                          r"of another run; this fit \(from scratch\).*ckpt_path=.*last\.ckpt")
+    assert files(other) == before
+
+
 def test_a_checkpoint_folder_linked_to_another_disk_resumes(tmp_path):
     from seg_template.run_folder import check_resume_in_place
 

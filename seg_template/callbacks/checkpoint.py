@@ -23,6 +23,7 @@ paths as ``str``), or every resume fails with a message naming the offending cla
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,29 @@ class BestAndLastCheckpoint(ModelCheckpoint):
                 logger.continue_fit_from(logging_step(checkpoint))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.strategy.restore_checkpoint_after_setup:
+            self._refuse_others_checkpoints(trainer.ckpt_path)
         if self._resumed_fit:  # the usual order: restored first (a strategy restoring later calls the above later)
             return
         for logger in trainer.loggers:
             if trainer.is_global_zero and hasattr(logger, "append_only"):
                 logger.append_only()  # a fit from scratch drops nothing, whatever step it logs first
+
+    def _refuse_others_checkpoints(self, resumed: Any) -> None:
+        """A ``ConfigError`` when the checkpoint folder already holds checkpoints and this fit does not resume
+        one of that folder (or its run folder's ``hpc_ckpt``): it would replace another run's ``best.ckpt`` /
+        ``last.ckpt`` (``callbacks.model_checkpoint.dirpath=<another run>/checkpoints``)."""
+        if not self.dirpath or not _is_local_file_protocol(self.dirpath) or not Path(self.dirpath).is_dir():
+            return
+        folder = Path(os.path.realpath(self.dirpath))
+        held = sorted(p.name for p in folder.glob("*.ckpt"))
+        if not held or (resumed and Path(os.path.realpath(str(resumed))).parent in (folder, folder.parent)):
+            return
+        source = f"from {resumed}" if resumed else "from scratch"
+        raise ConfigError(f"the checkpoint folder {self.dirpath} already holds {', '.join(held)} of another run; this "
+                          f"fit ({source}) would replace them. Keep callbacks.model_checkpoint.dirpath at its default "
+                          f"(the run folder's checkpoints/), or continue that run: ckpt_path="
+                          f"{folder / ('last.ckpt' if 'last.ckpt' in held else held[-1])}")
 
     def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:  # noqa: N802 - Lightning's private
         """Lightning warns "Checkpoint directory ... exists and is not empty" at every fit. A run folder belongs to
