@@ -200,8 +200,9 @@ def check_resume_in_place(ckpt_path: str | Path, run_dir: str | Path, ckpt_dir: 
                           global_step: int) -> None:
     """Before a fit resumes ``ckpt_path`` (holding ``global_step``) in the run folder ``run_dir`` whose checkpoints
     go to ``ckpt_dir``: a ``ConfigError`` when the checkpoint lies in the folder but is a link to a file outside
-    it, or is older than the folder's own ``last.ckpt`` (resuming it would overwrite ``last.ckpt`` and drop the
-    metrics logged since). A checkpoint from elsewhere (``resume_in_place=false``) is not checked."""
+    it, when one of the folder's own checkpoints is such a link (the test after fit would use it), or when it is
+    older than the folder's own ``last.ckpt`` (resuming it would overwrite ``last.ckpt`` and drop the metrics
+    logged since). A checkpoint from elsewhere (``resume_in_place=false``) is not checked."""
     from seg_template.callbacks.checkpoint_io import checkpoint_step
 
     typed, run_dir = Path(ckpt_path).expanduser().absolute(), Path(run_dir).absolute()
@@ -210,6 +211,11 @@ def check_resume_in_place(ckpt_path: str | Path, run_dir: str | Path, ckpt_dir: 
         if _inside(typed, run_dir) or _inside(typed, ckpt_dir):
             raise ConfigError(_link_message(typed, run_dir))
         return
+    for own in sorted(ckpt_dir.glob("*.ckpt")):  # best.ckpt linked from elsewhere: the test after fit would use it
+        if own.is_symlink() and not _belongs(own, run_dir, ckpt_dir):
+            raise ConfigError(f"{own} is a link to {_real(own)}, outside the run folder {run_dir}: resuming in place "
+                              "would test (and keep as this run's) another run's checkpoint. Replace the link by a "
+                              "copy of the file, or start a new folder with resume_in_place=false.")
     last = ckpt_dir / "last.ckpt"
     if not last.is_file() or _real(last) == _real(typed):
         return

@@ -467,6 +467,10 @@ def test_a_checkpoint_folder_linked_to_another_disk_resumes(tmp_path):
     (run / "checkpoints").symlink_to(disk)
     torch.save({"global_step": 4}, disk / "last.ckpt")
     check_resume_in_place(run / "checkpoints" / "last.ckpt", run, run / "checkpoints", 4)  # accepted
+    (tmp_path / "other.ckpt").write_bytes(b"another run's best")
+    (disk / "best.ckpt").symlink_to(tmp_path / "other.ckpt")  # the test after fit would have used it
+    with pytest.raises(ConfigError, match=r"best\.ckpt is a link to .*other\.ckpt, outside the run folder"):
+        check_resume_in_place(run / "checkpoints" / "last.ckpt", run, run / "checkpoints", 4)
 
 
 @pytest.mark.parametrize("name", ["../../../../decoy", "../../etc", "a/b", "my run", "a\\b", "x,y", "..", "-x",
