@@ -17,6 +17,8 @@ keep its history. The rule:
   never call either, and log from step 0: they append.
 - A logger nobody told (a Trainer without our checkpoint callback) keeps the earlier rule: a first row at a
   step ``T > 0`` is taken for a resumed fit's, and rows at steps ``>= T`` are dropped.
+- ``hparams.yaml`` of the run that made the folder is kept: a run continuing there writes its own hyperparameters
+  to ``hparams_resumed_<date>_<time>.yaml`` (as Hydra's record goes to ``.hydra/resumed_<date>_<time>/``).
 - A ``metrics.csv`` that cannot be continued is a ``ConfigError`` naming it when the logger opens it, before
   anything is logged: a folder or a link (appending would write into what it points at), not UTF-8 text, or a
   CSV without a ``step`` column (not written by a run). An empty file is started afresh.
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning.core.saving import save_hparams_to_yaml
 from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
@@ -121,7 +125,15 @@ class _ContinuingWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str) -> None:
         self._settled = False  # whether someone said if this run resumes a fit (or the first row decided)
+        self.hparams_file = os.path.join(log_dir, self.NAME_HPARAMS_FILE)
+        if os.path.lexists(self.hparams_file):  # the record of the run that made this folder: kept
+            stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            self.hparams_file = os.path.join(log_dir, f"hparams_resumed_{stamp}.yaml")
         super().__init__(log_dir=log_dir)
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        self.hparams.update(params)
+        save_hparams_to_yaml(self.hparams_file, self.hparams)
 
     def _check_log_dir_exists(self) -> None:
         header = continuable_header(self.metrics_file_path)

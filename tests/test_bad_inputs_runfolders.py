@@ -373,7 +373,9 @@ def test_test_only_in_a_run_folder_appends_to_its_metrics(compose_cfg, interrupt
     old_rows = list(csv.DictReader(history.splitlines()))
     assert [{k: v for k, v in r.items() if v} for r in rows[:len(old_rows)]] == \
            [{k: v for k, v in r.items() if v} for r in old_rows]  # every earlier row, in order (new columns added)
-    assert all(files(run)[f"checkpoints/{n}"] == before[f"checkpoints/{n}"] for n in ("best.ckpt", "last.ckpt"))
+    after = files(run)
+    assert all(after[name] == before[name] for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "hparams.yaml"))
+    assert [n for n in after if n.startswith("hparams_resumed_")]  # this run's own record, beside the original
 
 
 def test_a_resumed_fit_drops_only_rows_after_its_checkpoint(compose_cfg, interrupted, tmp_path, caplog):
