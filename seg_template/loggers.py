@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The header and the rows of a CSV file (UTF-8)."""
-    with open(path, newline="", encoding="utf-8") as file:
+    """The header and the rows of a CSV file (UTF-8; a byte-order mark, as spreadsheets write, is dropped)."""
+    with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
@@ -105,7 +105,7 @@ def continuable_header(path: str | Path) -> list[str] | None:
         path.unlink()
         return None
     try:
-        with open(path, newline="", encoding="utf-8") as file:
+        with open(path, newline="", encoding="utf-8-sig") as file:
             header = next(csv.reader(file), [])
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}), "

@@ -417,6 +417,18 @@ def test_a_metrics_csv_that_cannot_be_continued_is_named(tmp_path, kind):
     assert victim.read_text() == "someone's notes\n"
 
 
+def test_a_metrics_csv_saved_by_a_spreadsheet_is_continued(tmp_path):
+    from seg_template.loggers import CSVLogger
+
+    (tmp_path / "metrics.csv").write_bytes("epoch,step,val/mIoU\r\n0,1,0.5\r\n".encode("utf-8-sig"))  # with a BOM
+    logger = CSVLogger(save_dir=tmp_path, name="", version="")
+    logger.log_metrics({"test/mIoU": 0.4, "epoch": 1}, step=0)
+    logger.save()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open(encoding="utf-8-sig")))
+    assert [(r["epoch"], r["step"], r["val/mIoU"], r["test/mIoU"]) for r in rows] == [("0", "1", "0.5", ""),
+                                                                                       ("1", "0", "", "0.4")]
+
+
 def test_resuming_in_place_from_an_older_checkpoint_is_refused(compose_cfg, interrupted, tmp_path):
     run = tmp_path / "run"
     a_run_folder(interrupted, run)
