@@ -12,8 +12,9 @@
   fit drops the rows an earlier attempt logged after that checkpoint).
 - :class:`~seg_template.callbacks.checkpoint_io.AtomicCheckpointIO`, installed by that callback: atomic writes,
   ``torch.load(weights_only=True)`` reads (``seg_template/callbacks/checkpoint_io.py``).
-- :func:`check_resume_checkpoint`: before ``trainer.fit(ckpt_path=...)``, checks safely that the file is a
-  Lightning training checkpoint that fits the model, so that a wrong file fails with a message naming it.
+- :func:`~seg_template.callbacks.checkpoint_io.check_resume_checkpoint` (re-exported here): before
+  ``trainer.fit(ckpt_path=...)``, checks safely that the file is a Lightning training checkpoint that fits the
+  model, so that a wrong file fails with a message naming it.
 
 Our checkpoints hold only tensors, numbers, strings and plain containers, which ``weights_only=True``
 reads without an allow-list: keep it so (save configs as ``OmegaConf.to_container(cfg, resolve=True)``,
@@ -39,18 +40,18 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from seg_template.callbacks.checkpoint_io import (
     PARTIAL_SUFFIX,
+    RESUME_KEYS,
     AtomicCheckpointIO,
     atomic_save,
     check_folder_writable,
+    check_resume_checkpoint,
     logging_step,
     remove_partial_files,
     write_problem,
 )
 from seg_template.callbacks.nan_guard import divergence_advice, nonfinite_tensors
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
-from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
 from seg_template.options import require
-from seg_template.resume import check_optimizer
 
 # the writer and reader used to live here: callers import them from this module
 __all__ = ["PARTIAL_SUFFIX", "RESUME_KEYS", "AtomicCheckpointIO", "BestAndLastCheckpoint", "atomic_save",
@@ -265,48 +266,3 @@ def relocated_state(state: Mapping[str, Any], dirpath: str) -> tuple[dict[str, A
         if lost:
             notes.append("the next validation writes a new best checkpoint")
     return out, notes
-
-
-#: what a checkpoint written by ``Trainer.fit`` holds and resuming needs
-RESUME_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
-
-
-def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = None) -> dict[str, int]:
-    """Check, without running code from the file, that ``path`` can resume training (of ``module``).
-
-    Returns ``{"epoch": ..., "global_step": ...}`` of the checkpoint. Raises ``MissingFileError`` or
-    ``CheckpointError`` naming the file: unreadable or unsafe, not a Lightning training checkpoint (a
-    weights-only file: use ``model.pretrained`` instead), tensors that do not fit ``module`` (another
-    model or class count: both shapes and the training run's options are given), or a state written by
-    another optimiser class than ``module``'s (``seg_template.resume.check_optimizer``).
-    """
-    source = str(resolve_path(path))
-    ckpt = read_weights_file(path, "ckpt_path")
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"ckpt_path: '{source}' holds a {type(ckpt).__name__}, not a Lightning checkpoint")
-    if ckpt.get("recipe") is not None:  # resume never builds from it, but a crafted recipe = a crafted file
-        from seg_template.file_config import check_recipe
-
-        check_recipe(ckpt["recipe"], source, "ckpt_path")
-    missing = [k for k in RESUME_KEYS if k not in ckpt]
-    if missing:
-        raise CheckpointError(
-            f"ckpt_path: '{source}' is not a Lightning training checkpoint (it lacks {', '.join(missing)}; "
-            f"keys: {', '.join(map(str, list(ckpt)[:8]))}). Resuming needs a .ckpt written by training, e.g. "
-            f"<run>/checkpoints/last.ckpt; to start a new run from these weights, pass model.pretrained={path} "
-            f"instead of ckpt_path.")
-    if module is not None:
-        state = {str(k): v for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
-        report, _ = compare_state(state, module.state_dict(), source)
-        if report.missing or report.unexpected or report.mismatched:
-            hparams = ckpt.get("hyper_parameters")
-            classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
-            raise CheckpointError(mismatch_message(report, "ckpt_path", f"the configured {type(module).__name__}",
-                                                   classes))
-        # another optimiser class than the one that wrote the state: refused before any folder fills up
-        check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
-    from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
-
-    refuse_nonfinite({"state_dict": ckpt["state_dict"], "optimizer_states": ckpt["optimizer_states"]}, source,
-                     "ckpt_path")
-    return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"])}

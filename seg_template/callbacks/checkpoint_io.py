@@ -9,6 +9,8 @@ folder cannot take them.
 - :func:`check_folder_writable` / :func:`write_problem`: a folder that cannot take checkpoints is named with
   the reason its errno gives (not writable, full, gone), when fit starts rather than after a whole epoch.
 - :func:`checkpoint_step`: the training step a checkpoint holds, read without loading its tensors.
+- :func:`check_resume_checkpoint`: before ``trainer.fit(ckpt_path=...)``, checks safely that the file is a
+  Lightning training checkpoint that fits the model, so that a wrong file fails with a message naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,8 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 
 from seg_template.errors import CheckpointError
-from seg_template.models.weights import read_weights_file
+from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
+from seg_template.resume import check_optimizer
 
 log = logging.getLogger("seg_template.callbacks.checkpoint")
 
@@ -153,3 +157,48 @@ def logging_step(checkpoint: dict[str, Any]) -> int:
     with contextlib.suppress(KeyError, TypeError, ValueError):
         return int(checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
     return int(checkpoint.get("global_step", 0))
+
+
+#: what a checkpoint written by ``Trainer.fit`` holds and resuming needs
+RESUME_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
+
+
+def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = None) -> dict[str, int]:
+    """Check, without running code from the file, that ``path`` can resume training (of ``module``).
+
+    Returns ``{"epoch": ..., "global_step": ...}`` of the checkpoint. Raises ``MissingFileError`` or
+    ``CheckpointError`` naming the file: unreadable or unsafe, not a Lightning training checkpoint (a
+    weights-only file: use ``model.pretrained`` instead), tensors that do not fit ``module`` (another
+    model or class count: both shapes and the training run's options are given), or a state written by
+    another optimiser class than ``module``'s (``seg_template.resume.check_optimizer``).
+    """
+    source = str(resolve_path(path))
+    ckpt = read_weights_file(path, "ckpt_path")
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"ckpt_path: '{source}' holds a {type(ckpt).__name__}, not a Lightning checkpoint")
+    if ckpt.get("recipe") is not None:  # resume never builds from it, but a crafted recipe = a crafted file
+        from seg_template.file_config import check_recipe
+
+        check_recipe(ckpt["recipe"], source, "ckpt_path")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"ckpt_path: '{source}' is not a Lightning training checkpoint (it lacks {', '.join(missing)}; "
+            f"keys: {', '.join(map(str, list(ckpt)[:8]))}). Resuming needs a .ckpt written by training, e.g. "
+            f"<run>/checkpoints/last.ckpt; to start a new run from these weights, pass model.pretrained={path} "
+            f"instead of ckpt_path.")
+    if module is not None:
+        state = {str(k): v for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
+        report, _ = compare_state(state, module.state_dict(), source)
+        if report.missing or report.unexpected or report.mismatched:
+            hparams = ckpt.get("hyper_parameters")
+            classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
+            raise CheckpointError(mismatch_message(report, "ckpt_path", f"the configured {type(module).__name__}",
+                                                   classes))
+        # another optimiser class than the one that wrote the state: refused before any folder fills up
+        check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
+    from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
+
+    refuse_nonfinite({"state_dict": ckpt["state_dict"], "optimizer_states": ckpt["optimizer_states"]}, source,
+                     "ckpt_path")
+    return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"])}
