@@ -8,6 +8,12 @@ that always mean what they say.
   over with a notice; DDP ranks > 0 and a requeued SLURM job are never refused.
 - Resume with changed optimisation options (``seg_template/resume.py``): applied from the resumed step with one
   notice line naming each ``key: old -> new``; another optimiser class is one short message naming both.
+- Nothing a run writes destroys what a folder holds: a fresh run, eval / predict / export or another folder's
+  checkpoint typed into a folder with results (``hydra.run.dir=``) is refused before Hydra writes; ``train=false``
+  in a run folder appends its test (only a resumed fit drops rows, those after its checkpoint); a resume in
+  place from a checkpoint older than ``last.ckpt``, or from a link to another run's file, is refused; ``name=``
+  is one folder-name word; ``callbacks.model_checkpoint.dirpath=<another run>/checkpoints`` is refused; a
+  ``metrics.csv`` that cannot be continued and a checkpoint folder that cannot be written are named up front.
 
 Fast cases run in-process on tiny data; ``slow`` ones start real ``train.py`` processes. The table:
 ``pytest tests/test_bad_inputs_runfolders.py -m "slow or not slow" -rxX -v``.
