@@ -125,7 +125,7 @@ def small_onnx(path: Path) -> None:
     ("a_folder.onnx", r"a_folder\.onnx is a folder"),
     ("notes_beside.onnx", r"notes_beside\.unverified\.onnx exists and is not an ONNX model"),
     ("under_a_file", r"notes\.txt cannot be written"),
-])
+], ids=lambda v: v if "\\" not in v and " " not in v else "")
 def test_export_never_replaces_a_file_of_another_kind(compose_cfg, workspace, tmp_path, target, culprit):
     ckpt = Path(workspace["good"])
     (tmp_path / "notes.txt").write_text("my notes\n")
@@ -178,7 +178,7 @@ SYNTHETIC = ["data=synthetic", "data.train_set.length=4", "data.train_set.image_
     ("w.csv", r"--out .*w\.csv: the suffix '\.csv' is none of"),
     ("folder.json", r"--out .*folder\.json is a folder"),
     ("notes.txt/w.json", r"--out .*notes\.txt is a file, not a folder"),
-])
+], ids=lambda v: v if "\\" not in v and " " not in v else "")
 def test_class_weights_out_is_checked_before_the_scan(weights_tool, tmp_path, capsys, out, culprit):
     from seg_template.errors import run_tool
 
