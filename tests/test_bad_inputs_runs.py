@@ -104,7 +104,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(compose_cfg, tmp_
         err = raised_user_error(lambda: train(cfg))
         assert isinstance(err, CheckpointError)
         assert_short_named(user_message(err),
-                           r"(best|last)\.ckpt could not be written \(No space left on device\)")
+                           r"(best|last)\.ckpt could not be written.*No space left on device")
         assert not list(mount.glob(".*.partial"))
         assert _epoch(mount / "last.ckpt") == 0  # the previous checkpoint, whole
     finally:
