@@ -23,6 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from seg_template.data.synthetic import CLASS_NAMES, PALETTE, SyntheticShapes  # noqa: E402
+from seg_template.errors import ConfigError, run_tool  # noqa: E402
 from seg_template.options import int_at_least, positive_int, seed_int  # noqa: E402
 
 
@@ -36,7 +37,14 @@ def palette_bytes(ignore_index: int) -> list[int]:
 
 def write_split(out: Path, split: str, length: int, image_size: list[int], seed: int,
                 ignore_index: int = 255) -> int:
-    """Write ``length`` samples of ``split``; returns the number written."""
+    """Write ``length`` samples of ``split``; returns the number written. The split's two folders must be
+    new or empty: the names written (``train_000000.png``...) could be a dataset's own files."""
+    if not split or split in (".", "..") or any(c in split for c in "/\\\0"):
+        raise ConfigError(f"--split {split!r}: expected a plain folder name (e.g. --split val)")
+    for folder in (out / "images" / split, out / "masks" / split):
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ConfigError(f"--out {out}: {folder} is not a new or empty folder, and writing the {split} split "
+                              "there could overwrite files of yours. Remove it, or pick another --out / --split.")
     dataset = SyntheticShapes(split, length, image_size=image_size, seed=seed, cache=False,
                               ignore_index=ignore_index)
     image_dir, mask_dir = out / "images" / split, out / "masks" / split
@@ -70,4 +78,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

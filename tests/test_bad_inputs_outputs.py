@@ -209,3 +209,27 @@ def test_class_weights_split_is_one_of_the_splits(weights_tool, tmp_path, capsys
                                                "--out", str(tmp_path / "w.json")])) == 1
     assert_short_named(capsys.readouterr().err, r"--split test: this data config has no test split")
     assert not weights_tool.scanned and not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- write_synthetic --out / --split
+@pytest.mark.parametrize(("split", "culprit"), [
+    ("train", r"--out .*images/train is not a new or empty folder"),
+    ("../escape", r"--split '\.\./escape': expected a plain folder name"),
+])
+def test_write_synthetic_never_writes_over_a_dataset(tmp_path, capsys, split, culprit):
+    from seg_template.errors import run_tool
+
+    tool = load_script("write_synthetic")
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "train" / "train_000000.png").write_bytes(b"a user's own image")
+    before = files(tmp_path)
+    assert run_tool(lambda: tool.main(["--out", str(tmp_path), "--split", split, "--length", "2"])) == 1
+    assert_short_named(capsys.readouterr().err, rf"ConfigError: {culprit}")
+    assert files(tmp_path) == before and not (tmp_path / "escape").exists()  # was: overwritten without a word
+
+
+def test_write_synthetic_adds_a_new_split_beside_others(tmp_path):
+    tool = load_script("write_synthetic")
+    tool.main(["--out", str(tmp_path), "--split", "train", "--length", "2", "--image-size", "16"])
+    tool.main(["--out", str(tmp_path), "--split", "val", "--length", "2", "--image-size", "16"])
+    assert len(list((tmp_path / "masks").rglob("*.png"))) == 4

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS
-from seg_template.data.io import DatasetLayoutError, dangling_target, read_list_file, require_dir
+from seg_template.data.io import DatasetLayoutError, broken_link, read_list_file, require_dir
 from seg_template.data.paired import PairedFilesDataset
 from seg_template.data.palette import default_palette
 
@@ -90,9 +90,9 @@ class VOCDataset(PairedFilesDataset):
         pairs, unpaired = [], []
         for sample_id, mask_dir in entries:
             image, mask = voc / "JPEGImages" / f"{sample_id}.jpg", mask_dir / f"{sample_id}.png"
-            links = [link for link in map(dangling_target, (image, mask)) if link]
+            links = [problem for problem in map(broken_link, (image, mask)) if problem]
             if links:
-                unpaired += [f"dangling symlink: {link} (the file it points to does not exist)" for link in links]
+                unpaired += links
             elif not image.is_file():
                 unpaired.append(f"listed id {sample_id!r} has no image: {image}")
             elif not mask.is_file():

@@ -95,9 +95,11 @@ class CrossEntropy(PixelCrossEntropy):
         return mean_or_zero(losses.sum(), checked.n_valid if weights is None else weights.sum())
 
 
-def weighted_cross_entropy(weight: WeightSpec = None, **kwargs) -> CrossEntropy:
-    """``CrossEntropy`` that insists on class weights (``loss=wce``): a null weight is a config mistake."""
+def weighted_cross_entropy(weight: WeightSpec = None, ignore_index: int = 255, align_corners: bool = False,
+                           reduction: str = "mean", memory_efficient: bool = False) -> CrossEntropy:
+    """``CrossEntropy`` that insists on class weights (``loss=wce``): a null weight is a config mistake. The
+    arguments are ``CrossEntropy``'s, spelled out so that an unknown key (``+loss.main.threshh``) is named."""
     if weight is None:
         raise ConfigError("loss=wce needs class weights: set data.class_weights (a list or a .npy/.json/.txt "
                          "path, e.g. from scripts/compute_class_weights.py) or pass loss.main.weight=<file>")
-    return CrossEntropy(weight=weight, **kwargs)
+    return CrossEntropy(ignore_index, weight, align_corners, reduction, memory_efficient)
