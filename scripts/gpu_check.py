@@ -256,6 +256,9 @@ def run_check(name: str, func: Callable[[], str]) -> tuple[str, str, str, float]
     return name, status, figure, time.monotonic() - start
 
 
+MARKER = ".gpu_check"  # in every --out folder this script wrote: it may write there again
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="keep every check's logs and runs here (default: a temporary "
@@ -267,8 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown checks {unknown}; choose from {CHECKS}")
     deadline = time.monotonic() + BUDGET_S
+    if args.out is not None and args.out.exists() and not (args.out / MARKER).is_file() and (
+            not args.out.is_dir() or any(args.out.iterdir())):
+        parser.error(f"--out {args.out}: not a new or empty folder, nor an earlier gpu_check's (marked by {MARKER}); "
+                     "its runs and logs could overwrite files of yours. Pick another --out.")
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
 
     rows = [run_check("imports", check_imports)]
     if not torch.cuda.is_available():

@@ -8,6 +8,8 @@ there.
   through a link), never an existing file that is not an ONNX model.
 - ``scripts/compute_class_weights.py --out``: checked before any mask is read (suffix, a folder that can take
   the file, an existing file only if it is a class-weights file); ``--split`` is one of the splits.
+- ``scripts/write_synthetic.py --out``: the split's folders new or empty, ``--split`` a plain folder name;
+  ``scripts/gpu_check.py --out``: a new or empty folder, or one it wrote before.
 
 All cases run in-process. The table: ``pytest tests/test_bad_inputs_outputs.py -rA -v``.
 """
@@ -233,3 +235,16 @@ def test_write_synthetic_adds_a_new_split_beside_others(tmp_path):
     tool.main(["--out", str(tmp_path), "--split", "train", "--length", "2", "--image-size", "16"])
     tool.main(["--out", str(tmp_path), "--split", "val", "--length", "2", "--image-size", "16"])
     assert len(list((tmp_path / "masks").rglob("*.png"))) == 4
+
+
+# ---------------------------------------------------------------- gpu_check --out
+def test_gpu_check_out_is_new_empty_or_its_own(tmp_path, capsys):
+    tool = load_script("gpu_check")
+    (tmp_path / "mine.txt").write_text("a user's notes\n")
+    with pytest.raises(SystemExit) as exit_:
+        tool.main(["--out", str(tmp_path), "--only", "imports"])
+    assert exit_.value.code == 2 and "not a new or empty folder" in capsys.readouterr().err
+    assert files(tmp_path) == {"mine.txt": b"a user's notes\n"}
+    own = tmp_path / "checks"
+    assert tool.main(["--out", str(own), "--only", "imports"]) == 0
+    assert tool.main(["--out", str(own), "--only", "imports"]) == 0  # its own folder: written again
