@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,8 +22,9 @@ def register_resolvers() -> None:
 
     - ``${name_suffix:${name}}``: ``""`` for an unnamed run, ``"_<name>"`` otherwise
       (``logs/train/runs/<date>_<time>_<name>``);
-    - ``${swept_overrides:}``: this multirun job's values of the swept keys, e.g. ``loss=ohem`` for
-      ``python train.py -m loss=ce,wce,ohem trainer.max_epochs=1`` (job folder ``2_loss=ohem``).
+    - ``${swept_overrides:}``: this multirun job's values of the swept keys as a folder name, e.g.
+      ``loss-ohem`` for ``python train.py -m loss=ce,wce,ohem trainer.max_epochs=1`` (job folder
+      ``2_loss-ohem``; see :func:`swept_overrides`).
     """
     from omegaconf import OmegaConf
 
@@ -71,9 +73,33 @@ def _sweep_command_line(file: Path) -> list[str]:
     return found
 
 
+#: the characters a job folder's name keeps: a command line takes the path as it is (``ckpt_path=<job>/...``
+#: parses as one value: no ``=``, ``,``, quotes, brackets or spaces)
+_FOLDER_WORD = re.compile(r"[^A-Za-z0-9._-]+")
+#: job folder names stay far below the file systems' 255-byte limit; the job number keeps them unique
+MAX_FOLDER_NAME = 120
+
+
+def folder_name(overrides: list[str]) -> str:
+    """Overrides as one folder name that a Hydra command line (and a shell) takes unquoted: ``key=value``
+    becomes ``key-value``, the pairs are joined by ``_``, group paths ``a/b`` become ``a.b`` and every other
+    character outside ``[A-Za-z0-9._-]`` becomes ``-``: ``["loss=ohem", "optimizer.lr=0.01"]`` ->
+    ``loss-ohem_optimizer.lr-0.01``; ``data.crop_size=[32,32]`` -> ``data.crop_size-32-32``."""
+    words = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = _FOLDER_WORD.sub("-", key.lstrip("+~").replace("/", ".")).strip("-")
+        word = _FOLDER_WORD.sub("-", value)
+        # a negative number keeps its sign; other runs of replaced characters at the ends go
+        word = ("-" + word[1:].strip("-")) if value.startswith("-") else word.strip("-")
+        words.append(f"{key}-{word}")
+    return "_".join(words)[:MAX_FOLDER_NAME]
+
+
 def swept_overrides(argv: list[str] | None = None) -> str:
-    """This job's overrides of the keys the sweep varies (command-line sweeps and ``hydra.sweeper.params``),
-    joined by commas, with ``/`` replaced so the result is one folder name; ``""`` outside a multirun."""
+    """This job's overrides of the keys the sweep varies (command-line sweeps and ``hydra.sweeper.params``)
+    as one folder name (:func:`folder_name`: ``loss-ohem_optimizer.lr-0.01``); ``""`` outside a multirun.
+    Hydra's ``hydra.sweep.subdir`` prefixes the job number, so names cut at the length cap stay unique."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -93,4 +119,4 @@ def swept_overrides(argv: list[str] | None = None) -> str:
         if sep and not arg.startswith("-") and is_sweep_value(value):
             swept.add(key.lstrip("+~"))
     chosen = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") in swept]
-    return ",".join(chosen).replace("/", "_")
+    return folder_name(chosen)

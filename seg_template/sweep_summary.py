@@ -1,7 +1,8 @@
 """A Hydra callback that makes a sweep explain itself: after ``python train.py -m ...`` the sweep folder holds
 
 - ``summary.csv``: one row per job (its varying overrides, status, best val/mIoU and its epoch, test/mIoU, the
-  value returned to the sweeper, wall time, the error of a failed job, its folder), best job first;
+  value returned to the sweeper, wall time, the error of a failed job, its folder and its ``best.ckpt``),
+  best job first;
 - ``summary_val_mIoU.png``: the jobs' val/mIoU curves on one plot;
 
 and the same table is printed at the end. Registered in ``configs/hydra/default.yaml`` (``hydra.callbacks``).
@@ -235,6 +236,9 @@ def collect_jobs(sweep_dir: Path, final: bool) -> list[dict[str, Any]]:
     best val/mIoU when they returned none), those whose objective is NaN / inf or missing after them, then
     running ones, then failed ones. In the ``final`` summary a job still "running" never ended."""
     jobs = [read_job(p.parent) for p in sorted(sweep_dir.rglob(STATUS_FILE))]
+    for job in jobs:  # the path to paste after ckpt_path= (job folders are named to be pasted as they are)
+        best = sweep_dir / job["job"] / "checkpoints" / "best.ckpt"
+        job["checkpoint"] = str(best) if best.is_file() else ""
     for job in jobs:
         if final and job["status"] == "running":
             job["status"], job["error"] = "failed", job.get("error") or "never ended (killed?)"
@@ -266,24 +270,25 @@ def summary_rows(jobs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
     keys = varying_overrides(jobs)
     name = next((j.get("objective_name") for j in jobs if j.get("objective_name")), None) or "objective"
     header = ["job", "overrides", "status", "best val/mIoU", "best epoch", "test/mIoU", f"{name} (returned)",
-              "wall time", "error", "folder"]
+              "wall time", "error", "folder", "checkpoint"]
     rows = []
     for job in jobs:
         shown = [o for o in job.get("overrides") or [] if o.partition("=")[0] in keys]
         rows.append([str(job.get("num", "")), " ".join(shown), job["status"], _fmt(job["best_val"]),
                      "" if job["best_epoch"] is None else str(job["best_epoch"]), _fmt(job["test"]),
                      _fmt(job["objective"]), _fmt_time(job.get("wall_s")), job.get("error") or "",
-                     job["job"]])
+                     job["job"], job.get("checkpoint") or ""])
     return header, rows
 
 
 def format_summary(header: Sequence[str], rows: Sequence[Sequence[str]], title: str) -> str:
-    """The summary as a text table (the folder and error columns left to the CSV when nothing failed)."""
+    """The summary as a text table (the folder and checkpoint columns left to the CSV, and the error column
+    when nothing failed)."""
     from rich.console import Console
     from rich.table import Table
 
     error = header.index("error")
-    drop = {"folder"} | (set() if any(r[error] for r in rows) else {"error"})
+    drop = {"folder", "checkpoint"} | (set() if any(r[error] for r in rows) else {"error"})
     short = [r[error] if len(r[error]) <= 60 else r[error][:59] + "…" for r in rows]  # the CSV has it all
     rows = [[*r[:error], text, *r[error + 1:]] for r, text in zip(rows, short, strict=True)]
     table = Table(title=title)
@@ -311,6 +316,9 @@ def write_summary(sweep_dir: Path, final: bool = True) -> str:
     title = f"sweep {sweep_dir.name}: {len(rows)} job(s)" + (f", {failed} failed" if failed else "")
     text = format_summary(header, rows, title)
     notes = [f"Summary: {sweep_dir / SUMMARY_CSV}"]
+    best = next((job for job in jobs if job["status"] == "completed" and job["checkpoint"]), None)
+    if best is not None:
+        notes.append(f"Best job {best.get('num', '')}: python eval.py ckpt_path={best['checkpoint']}")
     if final:
         if any(job["curve"] for job in jobs):
             plot_sweep_curves(jobs, varying_overrides(jobs), sweep_dir / CURVES_PNG)

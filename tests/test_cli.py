@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from seg_template.cli import find_user_error, resume_in_place_argv, user_message
 from seg_template.errors import ConfigError, DataError, UserError
-from seg_template.paths import PROJECT_ROOT, is_sweep_value, register_resolvers
+from seg_template.paths import PROJECT_ROOT, folder_name, is_sweep_value, register_resolvers
 
 HELP_PROBE = """
 import runpy, sys
@@ -97,6 +97,26 @@ def test_run_names() -> None:
                                               ("ohem", False), ("'a,b'", False), ("[1,2],[3,4]", True)])
 def test_sweep_values_are_told_from_list_values(value: str, sweep: bool) -> None:
     assert is_sweep_value(value) is sweep
+
+
+@pytest.mark.parametrize(("overrides", "name"), [
+    (["loss=ohem"], "loss-ohem"),
+    (["loss=ohem", "optimizer.lr=0.01"], "loss-ohem_optimizer.lr-0.01"),
+    (["data.crop_size=[32,32]"], "data.crop_size-32-32"),
+    (["optimizer.lr=-0.1"], "optimizer.lr--0.1"),
+    (["+loss.main.thresh=0.7", "data/aug=strong"], "loss.main.thresh-0.7_data.aug-strong"),
+    (["name='a b, c'", "x={a: 1}", 'y="q"'], "name-a-b-c_x-a-1_y-q"),
+])
+def test_a_sweep_job_folder_pastes_into_a_command_line(overrides: list[str], name: str) -> None:
+    """Job folders are named so that ``ckpt_path=<sweep>/<n>_<name>/checkpoints/best.ckpt`` is one Hydra value
+    as it is (issue 18: ``1_loss=ohem`` made Hydra's parser stop at the second ``=``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert folder_name(overrides) == name
+    path = f"logs/train/multiruns/2026-12-03_06-00-00_try/3_{name}/checkpoints/best.ckpt"
+    (parsed,) = OverridesParser.create().parse_overrides([f"ckpt_path={path}"])
+    assert parsed.value() == path
+    assert len(folder_name([f"data.class_names=[{','.join(['a_long_class_name'] * 40)}]"])) <= 120
 
 
 def test_a_stopped_run_exits_143_and_an_error_while_stopping_is_part_of_the_stop(caplog) -> None:

@@ -35,7 +35,7 @@ def test_submitit_local_runs_a_two_job_multirun(tmp_path: Path) -> None:
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
     assert len(jobs) == 2 and len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
     # the job process's argv is submitit's: the swept values come from the sweep's multirun.yaml
-    assert [p.name for p in jobs] == ["0_loss=ce", "1_loss=ohem"]
+    assert [p.name for p in jobs] == ["0_loss-ce", "1_loss-ohem"]
     for job, loss in zip(jobs, ["ce", "ohem"], strict=True):
         assert f"loss={loss}" in (job / ".hydra" / "overrides.yaml").read_text()
         with open(job / "metrics.csv") as f:

@@ -68,12 +68,20 @@ def test_multirun_over_the_three_losses(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0_loss=ce", "1_loss=wce", "2_loss=ohem"]  # the swept value, not TINY
+    assert [p.name for p in jobs] == ["0_loss-ce", "1_loss-wce", "2_loss-ohem"]  # the swept value, not TINY
     for job, loss in zip(jobs, ["ce", "wce", "ohem"], strict=True):
         assert f"loss={loss}" in (job / ".hydra" / "overrides.yaml").read_text()
         rows = read_metrics(job / "metrics.csv")
         assert any(r.get("val/mIoU") for r in rows) and any(r.get("test/mIoU") for r in rows)
         assert (job / "checkpoints" / "best.ckpt").is_file()
+    # the sweep -> best job -> eval path by copy and paste: the summary's checkpoint column and printed command
+    with open(sweep / "summary.csv", newline="") as file:
+        best = next(csv.DictReader(file))
+    assert best["checkpoint"] == str(sweep / best["folder"] / "checkpoints" / "best.ckpt")
+    assert f"python eval.py ckpt_path={best['checkpoint']}" in result.stdout
+    evaluated = run_script("eval.py", f"ckpt_path={best['checkpoint']}", *TINY, f"paths.log_dir={tmp_path}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"Recipe of {best['checkpoint']}" in evaluated.stdout and "mIoU" in evaluated.stdout
 
 
 @pytest.mark.slow
