@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from seg_template.models.outputs import split_outputs  # noqa: E402
 from seg_template.options import non_negative_int, positive_int  # noqa: E402
 
 MODEL_DIR = ROOT / "configs" / "model"
@@ -55,9 +56,8 @@ def bench(name: str, size: int, batch: int, reps: int, warmup: int, num_classes:
     for step in range(warmup + reps):
         model.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        outputs = model(images)
-        parts = outputs if isinstance(outputs, dict) else {"out": outputs}
-        sum(p.float().mean() for p in parts.values()).backward()
+        out, aux = split_outputs(model(images))
+        (out.float().mean() + (0 if aux is None else aux.float().mean())).backward()
         if step >= warmup:
             times.append((time.perf_counter() - start) / batch)
     gflop = gflops(model, size)
@@ -68,8 +68,8 @@ def bench(name: str, size: int, batch: int, reps: int, warmup: int, num_classes:
         "torch_ms": torch_ms,
         "ort_ms": ort_ms,
         "params": sum(p.numel() for p in model.parameters()) / 1e6,
-        "stride": size // parts["out"].shape[-1],
-        "aux": f"yes (stride {size // parts['aux'].shape[-1]})" if "aux" in parts else "no",
+        "stride": size // out.shape[-1],
+        "aux": "no" if aux is None else f"yes (stride {size // aux.shape[-1]})",
         "seconds": statistics.median(times),
     }
 

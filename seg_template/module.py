@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -25,6 +24,7 @@ from seg_template import resume
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.inference.whole import finite_flag
 from seg_template.metrics import format_table, segmentation_scores
+from seg_template.models.outputs import canonical_outputs, logits_at, main_logits
 from seg_template.optim import param_groups
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,9 @@ def print_table(text: str) -> None:
     log.info("%s", text.rstrip())
 
 
-def main_logits(outputs: Tensor | Mapping[str, Tensor]) -> Tensor:
-    """The logits that metrics and inference use: ``outputs["out"]`` or the tensor itself."""
-    return outputs["out"] if isinstance(outputs, Mapping) else outputs
-
-
 class SegmentationModule(pl.LightningModule):
-    """``net(images[N, 3, H, W]) -> logits[N, C, h, w]`` (or ``{"out", "aux"}``), trained with ``loss``.
+    """``net(images[N, 3, H, W]) -> logits[N, C, h, w]`` (or ``{"out", "aux"}``, or any form of the model-output
+    contract: seg_template/models/outputs.py), trained with ``loss``, which receives the canonical form.
 
     ``optimizer`` is a partial taking the parameter groups; ``scheduler`` (or None) a partial taking the
     optimiser and ``total_steps``; it is stepped every optimisation step. ``torch.compile`` is the model
@@ -103,13 +99,13 @@ class SegmentationModule(pl.LightningModule):
                                  f"but data.num_classes is {self.num_classes}")
             self._checked_output = True
 
-    def forward(self, images: Tensor) -> Tensor | Mapping[str, Tensor]:
+    def forward(self, images: Tensor) -> Any:
         return self.net(images)
 
     # ----------------------------------------------------------------- steps
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         images, masks = batch["image"], batch["mask"]
-        outputs = self.net(images)
+        outputs = canonical_outputs(self.net(images))
         self._check_output(main_logits(outputs))
         parts = self.loss.parts(outputs, masks) if hasattr(self.loss, "parts") else {"loss": self.loss(outputs, masks)}
         for name, value in parts.items():
@@ -123,7 +119,7 @@ class SegmentationModule(pl.LightningModule):
         if not getattr(self.net, "returns_logits", True):  # eval.py with inference.bounded=true: class ids only
             self.confmats[stage].update(self.net.predict_labels(images), masks)
             return
-        outputs = self.net(images)
+        outputs = canonical_outputs(self.net(images))
         logits = main_logits(outputs)
         self._check_output(logits)
         # inference's own check (seg_template/inference): NaN logits argmax to class 0, a made-up score
@@ -132,9 +128,7 @@ class SegmentationModule(pl.LightningModule):
         loss = self.loss(outputs, masks)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
         # upsample once to the label size; argmax of upsampled logits, as inference does
-        if logits.shape[-2:] != masks.shape[-2:]:
-            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=self.align_corners)
-        self.confmats[stage].update(logits.argmax(1), masks)
+        self.confmats[stage].update(logits_at(logits, masks.shape[-2:], self.align_corners).argmax(1), masks)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seg_template.errors import CheckpointError, ConfigError
+from seg_template.models.outputs import logits_at, main_logits
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,11 @@ class ImageSizeLogits(nn.Module):
         d = self.size_divisor
         if d > 1:  # zeros at the bottom / right, as the net itself pads (zero = the normalised mean)
             images = F.pad(images, (0, (d - w % d) % d, 0, (d - h % d) % d))
-        out = self.net(images)
-        logits = out["out"] if isinstance(out, Mapping) else out
+        logits = main_logits(self.net(images))
         if d > 1:  # the net's stride from the padded size; keep ceil(h / stride) rows as the net does
             sh, sw = images.shape[-2] // logits.shape[-2], images.shape[-1] // logits.shape[-1]
             logits = logits[..., : (h + sh - 1) // sh, : (w + sw - 1) // sw]
+        # always resized (not logits_at's shortcut): an exported graph must not bake in the example's size
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=self.align_corners)
 
 
@@ -297,10 +298,7 @@ def check_parity(net: nn.Module, path: str | Path, shapes: Sequence[Sequence[int
     for n, h, w in shapes:
         images = torch.randn(int(n), 3, int(h), int(w), generator=generator)
         with torch.no_grad():  # the PyTorch inference path itself (not the export wrapper): net, then upsample
-            out = net(images)
-            logits = out["out"] if isinstance(out, Mapping) else out
-            expected = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
-                                     align_corners=align_corners).numpy()
+            expected = logits_at(main_logits(net(images)), images.shape[-2:], align_corners).numpy()
         (got,) = session.run(None, {INPUT: images.numpy()})
         if got.shape != expected.shape:
             raise RuntimeError(f"ONNX output {got.shape} differs from PyTorch's {expected.shape} for input "

@@ -78,9 +78,9 @@ def test_aux_shares_ignore_index_weights_and_align_corners():
 
 def test_wrapper_rejects_bad_input():
     out, _, target = make_batch()
-    with pytest.raises(KeyError, match="'out' entry, got keys \\['logits'\\]"):
-        SegmentationLoss(CrossEntropy())({"logits": out}, target)
-    with pytest.raises(TypeError, match="got list"):
+    with pytest.raises(TypeError, match="returned keys \\['features'\\]: a model returns logits"):
+        SegmentationLoss(CrossEntropy())({"features": out}, target)  # every form: test_model_outputs.py
+    with pytest.raises(TypeError, match="returned a list"):
         SegmentationLoss(CrossEntropy())([out], target)
     with pytest.raises(ValueError, match=r"loss\.aux_weight=-1: expected a finite number >= 0"):
         SegmentationLoss(CrossEntropy(), aux_weight=-1)

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
@@ -26,6 +25,7 @@ from torch import Tensor
 from seg_template.data.base import IMAGENET_MEAN, IMAGENET_STD
 from seg_template.data.palette import default_palette
 from seg_template.data.preflight import sample_indices
+from seg_template.models.outputs import logits_at, main_logits
 from seg_template.visualize import font, legend_panel, overlay
 
 log = logging.getLogger("seg_template")
@@ -233,12 +233,8 @@ class ValidationImages(Callback):
                 for index in self.indices:
                     sample = dataset[index]
                     image, target = sample["image"], sample["mask"]
-                    outputs = net(image[None].to(pl_module.device))
-                    logits = outputs["out"] if isinstance(outputs, dict) else outputs
-                    if logits.shape[-2:] != target.shape[-2:]:
-                        logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
-                                               align_corners=align_corners)
-                    pred = logits.argmax(1)[0].cpu().numpy()
+                    logits = main_logits(net(image[None].to(pl_module.device))).float()
+                    pred = logits_at(logits, target.shape[-2:], align_corners).argmax(1)[0].cpu().numpy()
                     shown = to_display(image, getattr(dataset, "transform", None))
                     rows.append((shown, target.numpy(), pred))
         finally:

@@ -1,16 +1,15 @@
 """One forward pass and its upsampling: the building block of every inference mode.
 
-Models return native-stride logits (``[N, C, h, w]`` or ``{"out": ...}``, model contract); inference
-upsamples them once, here, at the end of each forward pass.
+Models return native-stride logits (``[N, C, h, w]``, ``{"out": ...}`` or ``.logits``: the model-output contract,
+read by seg_template/models/outputs.py); inference upsamples them once, at the end of each forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from seg_template.models.outputs import logits_at, main_logits
 
 
 class NonFiniteLogits(ValueError):
@@ -26,16 +25,13 @@ def _share(count: int, total: int) -> str:
 
 
 def net_logits(net: nn.Module, images: Tensor) -> Tensor:
-    """``net(images)`` at its native stride; the ``"out"`` entry of a model with auxiliary heads."""
-    out = net(images)
-    return out["out"] if isinstance(out, dict) else out
+    """``net(images)``'s main logits ``[N, C, h, w]`` at its native stride (:func:`main_logits`)."""
+    return main_logits(net(images))
 
 
-def resize(x: Tensor, size: Sequence[int], align_corners: bool) -> Tensor:
-    """Bilinear resize of ``x[N, C, h, w]`` to ``size`` (``[H, W]``); ``x`` itself when already that size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+#: bilinear resize of any ``x[N, C, h, w]`` to ``[H, W]`` (logits, and images for multi-scale inference); ``x``
+#: itself when already that size: the one "logits at image size" of seg_template/models/outputs.py
+resize = logits_at
 
 
 def predict_whole(net: nn.Module, images: Tensor, align_corners: bool = False) -> Tensor:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 from seg_template.losses.cross_entropy import CrossEntropy
+from seg_template.models.outputs import split_outputs
 from seg_template.options import require
 
 
@@ -14,7 +15,7 @@ class SegmentationLoss(nn.Module):
     """Main loss plus an auxiliary-head term: ``main(out) + aux_weight * CE(aux)``.
 
     ``outputs`` is what the model returns: logits ``[N, C, h, w]`` or ``{"out": ..., "aux": ...}``
-    (``aux`` may be missing or None). The aux term is a ``CrossEntropy`` with the main loss's ignore index,
+    (``aux`` may be missing or None; any form of the model-output contract, seg_template/models/outputs.py). The aux term is a ``CrossEntropy`` with the main loss's ignore index,
     class weights and ``align_corners``, averaged over the valid pixels only. Typical ``aux_weight``:
     HRNet-OCR 0.4, torchvision 0.5. ``memory_efficient`` selects the memory-efficient kernels for the aux
     term (the main loss has its own flag; the loss configs set both from one key).
@@ -31,21 +32,14 @@ class SegmentationLoss(nn.Module):
                                 align_corners=getattr(main, "align_corners", False),
                                 memory_efficient=memory_efficient)
 
-    def parts(self, outputs: Tensor | Mapping[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+    def parts(self, outputs: Any, target: Tensor) -> dict[str, Tensor]:
         """``{"loss", "loss_main"}`` plus ``"loss_aux"`` (unweighted) when the outputs carry aux logits."""
-        if isinstance(outputs, Mapping):
-            if "out" not in outputs:
-                raise KeyError(f"model output dict needs an 'out' entry, got keys {list(outputs)}")
-            out, aux = outputs["out"], outputs.get("aux")
-        elif isinstance(outputs, Tensor):
-            out, aux = outputs, None
-        else:
-            raise TypeError(f"model outputs must be a Tensor or a dict with 'out', got {type(outputs).__name__}")
+        out, aux = split_outputs(outputs)
         loss_main = self.main(out, target)
         if aux is None:
             return {"loss": loss_main, "loss_main": loss_main}
         loss_aux = self.aux(aux, target)
         return {"loss": loss_main + self.aux_weight * loss_aux, "loss_main": loss_main, "loss_aux": loss_aux}
 
-    def forward(self, outputs: Tensor | Mapping[str, Tensor], target: Tensor) -> Tensor:
+    def forward(self, outputs: Any, target: Tensor) -> Tensor:
         return self.parts(outputs, target)["loss"]
