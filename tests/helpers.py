@@ -1,6 +1,6 @@
 """Constants and plain helpers shared by several test files (fixtures live in ``tests/conftest.py``).
 
-    from tests.helpers import TINY, run_script, skip_unless_importable
+    from tests.helpers import TINY, options, run_script, skip_unless_importable
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from seg_template.paths import PROJECT_ROOT
+from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
 
 #: A few 32x32 synthetic images: enough to run every code path of train / eval / predict in seconds.
 TINY = ["data.train_set.length=8", "data.val_set.length=4", "data.test_set.length=4",
@@ -42,3 +42,9 @@ def skip_unless_importable(*names: str) -> None:
     imported; no names: nothing is needed."""
     if names and not any(importable(n) for n in names):
         pytest.skip(f"needs the optional package {' or '.join(names)}")
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group, read from ``configs/<group>/*.yaml``: tests parametrized over them take
+    a new option (a forker's loss, dataset or model file) without any edit."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))

@@ -21,10 +21,11 @@ from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
 from seg_template.build import build_net, instantiate_callbacks, instantiate_loggers
+from seg_template.models.outputs import main_logits
 from seg_template.optim import param_groups
 from seg_template.options import problems
-from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
-from tests.helpers import skip_unless_importable
+from seg_template.paths import PROJECT_ROOT
+from tests.helpers import options, skip_unless_importable
 
 #: option -> modules of which one must be importable for it to build (optional extras)
 OPTIONAL_PACKAGES = {
@@ -34,11 +35,6 @@ OPTIONAL_PACKAGES = {
                  "submitit_local": ("hydra_plugins.hydra_submitit_launcher",)},
     "hparams_search": {"optuna": ("hydra_plugins.hydra_optuna_sweeper",)},
 }
-
-
-def options(group: str) -> list[str]:
-    """The options of a config group: the stems of ``configs/<group>/*.yaml``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def composed(compose_cfg, tmp_path: Path, group: str, option: str, *overrides: str) -> DictConfig:
@@ -58,7 +54,7 @@ def num_classes_out(model_cfg: DictConfig, size: int = 64) -> int:
         net, _ = build_net(model_cfg)  # as the module builds it (model.align_corners is not every builder's)
         assert isinstance(net, nn.Module)
         out = net.eval()(torch.empty(1, 3, size, size))
-    return (out["out"] if isinstance(out, dict) else out).shape[1]
+    return main_logits(out).shape[1]
 
 
 def check_loss(loss_cfg: DictConfig, num_classes: int, ignore_index: int) -> None:

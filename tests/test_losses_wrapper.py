@@ -22,6 +22,7 @@ from seg_template.losses import (
     weighted_cross_entropy,
 )
 from seg_template.paths import CONFIG_DIR
+from tests.helpers import options
 
 IGNORE = 255
 
@@ -230,7 +231,7 @@ def test_config_wce_without_weights_says_what_to_set(compose_tmp):
 
 
 
-@pytest.mark.parametrize("data", ["synthetic", "cityscapes", "voc", "ade20k", "folder"])
+@pytest.mark.parametrize("data", options("data"))
 def test_ohem_mines_on_each_data_configs_default_batch(data, compose_tmp, caplog):
     """min_kept comes from the data config and is well below the pixels of one default batch, so OHEM keeps
     only the hard pixels once the model is confident (at 100000 it was plain CE on the synthetic batch)."""
