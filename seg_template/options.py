@@ -135,10 +135,34 @@ def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
             yield path, value
 
 
+#: required values (``???``) that the tasks ask for themselves, with the command that gives them
+_ASKED_BY_THE_TASK = {"ckpt_path", "input"}
+
+
+def missing_values(node: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted keys under ``node`` whose value is ``???`` (OmegaConf's "required, not set"), in config order.
+    Interpolations to them are not listed: the key they point to is."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        path = f"{prefix}.{key}" if isinstance(key, str) and prefix else f"{prefix}[{key}]" if prefix else str(key)
+        if path == "hydra" or OmegaConf.is_interpolation(node, key):
+            continue
+        if OmegaConf.is_missing(node, key):
+            yield path
+            continue
+        value = node._get_node(key)  # the node itself: nothing is resolved
+        if isinstance(value, DictConfig | ListConfig) and not value._is_none():
+            yield from missing_values(value, path)
+
+
 def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
     """Every problem of the composed config ``cfg`` (a ``DictConfig``), in config order."""
     table = schema(CONFIG_DIR if config_dir is None else config_dir)
     found = unknown_keys(cfg, table)  # first: a mistyped key explains the errors that may follow
+    found += [f"{key}: a required value ('???' in its config) that is not set: give it, e.g. {key}=<value>"
+              for key in missing_values(cfg) if key not in _ASKED_BY_THE_TASK]
     for key, value in _leaves(cfg, ""):
         rule = rule_for(key, config_dir)
         if isinstance(value, dict):  # a mapping where a value is expected: checked as one

@@ -99,23 +99,19 @@ def without_outputs(files: Sequence[tuple[Path, Path]], output_dir: Path,
 
 
 def submission_table(dataset_class: type, num_classes: int) -> np.ndarray:
-    """``uint8[256]`` lookup: class id -> the dataset's official id for its benchmark submissions.
-
-    Cityscapes: labelIds (the inverse of the official labelId -> trainId table); ADE20K: ids 1..150 (0 is
-    "other"). A dataset without an official id scheme raises ``ConfigError``.
+    """``uint8[256]`` lookup: class id -> the dataset's official id for its benchmark submissions, from the
+    dataset class's own ``submission_ids`` (Cityscapes: labelIds; ADE20K: 1..150, 0 being "other"). A dataset
+    without them, or with one id per class for another class count, raises ``ConfigError``.
     """
-    from seg_template.data.ade20k import ADE20KDataset
-    from seg_template.data.cityscapes import LABEL_ID_TO_TRAIN_ID, CityscapesDataset
-
-    table = np.zeros(256, dtype=np.uint8)
-    if issubclass(dataset_class, CityscapesDataset):
-        for label_id, train_id in LABEL_ID_TO_TRAIN_ID.items():
-            table[train_id] = label_id
-    elif issubclass(dataset_class, ADE20KDataset):
-        table[:num_classes] = np.arange(1, num_classes + 1)
-    else:
+    ids = getattr(dataset_class, "submission_ids", None)
+    if ids is None:
         raise ConfigError(f"submission_ids=true: {dataset_class.__name__} has no official submission ids "
                           "(Cityscapes and ADE20K do); its masks/ already hold its class ids")
+    if len(ids) != num_classes or not all(0 <= int(i) <= 255 for i in ids):
+        raise ConfigError(f"submission_ids=true: {dataset_class.__name__}.submission_ids holds {len(ids)} ids "
+                          f"for {num_classes} classes (one id in 0..255 per class is needed)")
+    table = np.zeros(256, dtype=np.uint8)
+    table[:num_classes] = np.asarray(ids, dtype=np.uint8)
     return table
 
 

@@ -64,6 +64,13 @@ def test_submission_ids() -> None:
     with pytest.raises(ConfigError, match="SyntheticShapes"):
         submission_table(SyntheticShapes, 6)
 
+    class Benchmark(SyntheticShapes):  # a forker's dataset: its official ids are its own attribute
+        submission_ids = (10, 20, 30, 40, 50, 60)
+
+    assert list(submission_table(Benchmark, 6)[:7]) == [10, 20, 30, 40, 50, 60, 0]
+    with pytest.raises(ConfigError, match="holds 6 ids for 5 classes"):
+        submission_table(Benchmark, 5)
+
 
 def test_writer_outputs(tmp_path) -> None:
     palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)

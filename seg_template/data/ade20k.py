@@ -78,6 +78,7 @@ class ADE20KDataset(PairedFilesDataset):
     class_names = ADE20K_CLASSES
     palette = ADE20K_PALETTE
     layout = LAYOUT
+    submission_ids = tuple(range(1, len(ADE20K_CLASSES) + 1))  # the challenge's 1..150 (0 is "other")
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
                  ignore_index: int = 255, reduce_zero_label: bool = True, strict: bool = True,

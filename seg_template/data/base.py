@@ -31,12 +31,14 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
 class SegmentationDataset(Dataset):
     """Base class: class names, palette and ignore index live on the dataset.
 
-    Subclasses set ``class_names`` (and optionally ``palette``, one RGB triple per class)
+    Subclasses set ``class_names`` (and optionally ``palette``, one RGB triple per class, and
+    ``submission_ids``, the benchmark's official id of each class for ``predict.py submission_ids=true``)
     and implement ``__len__`` and ``load``.
     """
 
     class_names: Sequence[str] = ()
     palette: Sequence[Sequence[int]] | None = None
+    submission_ids: Sequence[int] | None = None
 
     def __init__(self, transform: Callable[..., dict[str, Any]] | None = None, ignore_index: int = 255) -> None:
         self.transform = transform

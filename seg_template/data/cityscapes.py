@@ -73,6 +73,8 @@ class CityscapesDataset(PairedFilesDataset):
     class_names = CITYSCAPES_CLASSES
     palette = CITYSCAPES_PALETTE
     layout = LAYOUT
+    #: the benchmark's labelIds: the inverse of the official labelId -> trainId table
+    submission_ids = tuple(sorted(LABEL_ID_TO_TRAIN_ID, key=LABEL_ID_TO_TRAIN_ID.__getitem__))
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable[..., dict[str, Any]] | None = None,
                  ignore_index: int = 255, label_type: str = "auto", strict: bool = True,

@@ -70,7 +70,10 @@ class SegDataModule(pl.LightningDataModule):
     Batches are ``{"image": float32[B, 3, H, W], "mask": int64[B, H, W], "name": list[str]}``.
     ``class_weights``, ``ohem_min_kept``, ``imagenet_pretrained`` and ``root`` are read by the loss, model and
     dataset configs through interpolation (``${data.class_weights}``...): they depend on the dataset, so they
-    live in the data node, each set once; the DataModule itself does not use them.
+    live in the data node, each set once; the DataModule itself does not use them. Any other key of the data
+    node is a dataset's own option (``**dataset_options``, e.g. ``csv: ???`` read by the split configs as
+    ``csv: ${data.csv}``): accepted, kept in ``dataset_options`` and otherwise left to the datasets, so a new
+    dataset needs no DataModule of its own (docs/extending.md).
     ``seed`` seeds the training shuffle and augmentation (None: the seed given to ``seed_everything``).
     ``preflight``: how much of each split ``preflight()`` reads before fitting (``sample``/``full``/``none``).
     """
@@ -82,7 +85,8 @@ class SegDataModule(pl.LightningDataModule):
                  class_weights: Sequence[float] | str | None = None, root: str | None = None, batch_size: int = 8,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
                  eval_batch_size: int | None = None, seed: int | None = None, preflight: str = "sample",
-                 ohem_min_kept: int | None = None, imagenet_pretrained: bool | None = None) -> None:
+                 ohem_min_kept: int | None = None, imagenet_pretrained: bool | None = None,
+                 **dataset_options: Any) -> None:
         super().__init__()
         num_classes = _int_option("num_classes", num_classes)
         if class_names and len(class_names) != num_classes:
@@ -102,6 +106,7 @@ class SegDataModule(pl.LightningDataModule):
         # persistent workers only exist when there are workers: DataLoader raises otherwise
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.datasets: dict[str, SegmentationDataset] = {}
+        self.dataset_options = dict(dataset_options)
 
     @property
     def num_classes(self) -> int:
