@@ -133,3 +133,30 @@ def test_varied_size_val_images_load_with_the_dataset_config(tmp_path, compose_t
     dm.setup("validate")
     sizes = {tuple(b["image"].shape[-2:]) for b in dm.val_dataloader()}
     assert len(sizes) == 3
+
+
+def test_a_datasets_own_keys_reach_it_through_the_data_node(compose_cfg, tmp_path) -> None:
+    """A dataset option (``data.csv``) sits in the data node beside the DataModule's own and reaches the split
+    datasets through ``${data.csv}``; the DataModule keeps it and needs no subclass (docs/extending.md)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    dm = _dm(csv="lists/train.csv", label_map={11: 255})
+    assert dm.dataset_options == {"csv": "lists/train.csv", "label_map": {11: 255}}
+    cfg = compose_cfg(output_dir=tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.extra_seed = 5  # a new key, read by a split through interpolation
+    cfg.data.train_set.seed = "${data.extra_seed}"
+    datamodule = instantiate(cfg.data)
+    assert datamodule.dataset_options == {"extra_seed": 5} and datamodule.build("train").seed == 5
+
+
+def test_a_required_value_left_unset_is_named(compose_cfg, tmp_path) -> None:
+    """``???`` in a data config (a forker's ``csv: ???``) is one config error naming the key, before anything
+    is built, instead of OmegaConf's MissingMandatoryValue from deep inside instantiate."""
+    from seg_template.options import problems
+
+    cfg = compose_cfg(overrides=["data.train_set.seed=???"], output_dir=tmp_path)
+    assert problems(cfg) == ["data.train_set.seed: a required value ('???' in its config) that is not set: "
+                             "give it, e.g. data.train_set.seed=<value>"]
+    assert problems(compose_cfg("eval", output_dir=tmp_path)) == []  # ckpt_path: eval.py asks for it itself
