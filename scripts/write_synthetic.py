@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="dataset root to write into")
     parser.add_argument("--split", default="train", help="split name (train / val / test / any)")
     parser.add_argument("--length", type=positive_int, default=100, help="number of samples")
-    parser.add_argument("--image-size", type=int_at_least(16), nargs="+", default=[96, 96], metavar="PX",
-                        help="H W (or one value for square images)")
+    parser.add_argument("--image-size", type=int_at_least(16), nargs="+", default=[64, 64], metavar="PX",
+                        help="H W (or one value for square images); default data=synthetic's 64 x 64")
     parser.add_argument("--seed", type=seed_int, default=0)
     args = parser.parse_args(argv)
     if len(args.image_size) not in (1, 2):

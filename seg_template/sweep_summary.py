@@ -2,7 +2,7 @@
 
 - ``summary.csv``: one row per job (its varying overrides, status, best val/mIoU and its epoch, test/mIoU, the
   value returned to the sweeper, wall time, the error of a failed job, its folder and its ``best.ckpt``),
-  best job first;
+  best job first; scores in percent and epochs from 0, as every table and ``metrics.csv`` give them;
 - ``summary_val_mIoU.png``: the jobs' val/mIoU curves on one plot;
 
 and the same table is printed at the end. Registered in ``configs/hydra/default.yaml`` (``hydra.callbacks``).
@@ -258,6 +258,16 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _percent(value: float | None) -> str:
+    """A score in [0, 1] as the tables print it: percent, two decimals."""
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def _is_score(name: str) -> bool:
+    """Metrics the module logs as fractions in [0, 1] (mIoU, aAcc, per-class IoU): shown in percent."""
+    return any(part in name for part in ("mIoU", "aAcc", "IoU/"))
+
+
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -269,14 +279,16 @@ def summary_rows(jobs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
     """Header and rows of the summary (the CSV and the printed table share them)."""
     keys = varying_overrides(jobs)
     name = next((j.get("objective_name") for j in jobs if j.get("objective_name")), None) or "objective"
-    header = ["job", "overrides", "status", "best val/mIoU", "best epoch", "test/mIoU", f"{name} (returned)",
+    returned = _percent if _is_score(name) else _fmt
+    header = ["job", "overrides", "status", "best val/mIoU %", "best epoch", "test/mIoU %",
+              f"{name}{' %' if _is_score(name) else ''} (returned)",
               "wall time", "error", "folder", "checkpoint"]
     rows = []
     for job in jobs:
         shown = [o for o in job.get("overrides") or [] if o.partition("=")[0] in keys]
-        rows.append([str(job.get("num", "")), " ".join(shown), job["status"], _fmt(job["best_val"]),
-                     "" if job["best_epoch"] is None else str(job["best_epoch"]), _fmt(job["test"]),
-                     _fmt(job["objective"]), _fmt_time(job.get("wall_s")), job.get("error") or "",
+        rows.append([str(job.get("num", "")), " ".join(shown), job["status"], _percent(job["best_val"]),
+                     "" if job["best_epoch"] is None else str(job["best_epoch"]), _percent(job["test"]),
+                     returned(job["objective"]), _fmt_time(job.get("wall_s")), job.get("error") or "",
                      job["job"], job.get("checkpoint") or ""])
     return header, rows
 

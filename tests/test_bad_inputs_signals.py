@@ -278,7 +278,8 @@ def test_the_stop_line_gives_the_resume_command(monkeypatch) -> None:
     assert stop_line(signal.SIGINT, 0, 15, 0, None, mid_epoch=False) == (
         "Stopped by SIGINT before the first training step (exit status 130); no last.ckpt to resume from "
         "(nothing trained yet)")
-    assert "after epoch 3/15 at step 60" in stop_line(signal.SIGINT, 3, 15, 60, "last.ckpt", mid_epoch=False)
+    assert "after epoch 2/14 at step 60" in stop_line(signal.SIGINT, 3, 15, 60, "last.ckpt", mid_epoch=False)
+    assert "in epoch 3/14 at step 61" in stop_line(signal.SIGINT, 3, 15, 61, "last.ckpt")  # from 0, as everywhere
 
 
 def test_in_process_fit_stops_after_the_step_with_last_ckpt(compose_cfg, tmp_path: Path) -> None:
@@ -423,7 +424,7 @@ def test_sigterm_under_ddp_cpu_stops_every_rank(rank: int, how: str, tmp_path: P
     signalled = send_at(signal.SIGTERM, step=30, rank=1) if rank else []
     run = Run(["train.py", *SIG, "trainer=ddp_cpu", *signalled, f"paths.log_dir={tmp_path}"], tmp_path / "run.log")
     if not rank:
-        run.wait_line(r"epoch 1/3 \|")  # 25 steps per rank and epoch
+        run.wait_line(r"epoch 0/2 \|")  # 25 steps per rank and epoch
         run.proc.send_signal(signal.SIGTERM)
     assert run.finish() == 143, run.text[-3000:]
     assert run.session_ends(), "a DDP rank outlived the run"

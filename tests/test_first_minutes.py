@@ -31,7 +31,7 @@ def test_default_run_is_quiet_and_its_log_tells_the_story(tmp_path: Path) -> Non
     log = (run / "train.log").read_text()
     # not a terminal: plain progress; one line per epoch, the fit summary and the test table in train.log
     assert "Epoch 0/" not in out  # no live bar
-    assert "epoch 1/2 | train/loss" in log and "epoch 2/2 | train/loss" in log and "val/mIoU" in log
+    assert "epoch 0/1 | train/loss" in log and "epoch 1/1 | train/loss" in log and "val/mIoU" in log
     assert "validation IoU %" in log and "test mIoU" in log and "background" in log
     assert out.count("test mIoU") == 1
 

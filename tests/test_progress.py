@@ -22,7 +22,7 @@ def test_the_epoch_line_times_the_epoch_also_after_a_mid_epoch_resume(caplog, re
         epoch_log.on_train_epoch_start(trainer, None)
     with caplog.at_level(logging.INFO, logger="seg_template"):
         epoch_log.on_train_epoch_end(trainer, None)
-    (line,) = [r.getMessage() for r in caplog.records if "epoch 3/4" in r.getMessage()]
+    (line,) = [r.getMessage() for r in caplog.records if "epoch 2/3" in r.getMessage()]
     assert "0:00 / epoch" in line and "ETA 0:00" in line, line
 
 
@@ -38,4 +38,24 @@ def test_plain_lines_rate_after_a_mid_epoch_resume(caplog, monkeypatch) -> None:
     with caplog.at_level(logging.INFO, logger="seg_template"):
         bar.on_train_batch_end(trainer, None, None, None, batch_idx=61)
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.startswith("epoch 3/4: batch 62/100, 2.0 it/s"), line
+    assert line.startswith("epoch 2/3: batch 62/100, 2.0 it/s"), line
+
+
+def test_the_epoch_line_gives_val_miou_only_for_epochs_that_validated(caplog) -> None:
+    """check_val_every_n_epoch=2: the epoch without validation shows no val/mIoU (it used to repeat the last
+    one as if fresh); epochs count from 0 as Lightning's bar and metrics.csv do, scores in percent."""
+    trainer = SimpleNamespace(global_rank=0, sanity_checking=False, callback_metrics={"val/mIoU": 0.5},
+                              max_epochs=4, current_epoch=0)
+    epoch_log = EpochLog()
+    epoch_log.on_fit_start(trainer, None)
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        for epoch, validates in [(0, False), (1, True), (2, False)]:
+            trainer.current_epoch = epoch
+            epoch_log.on_train_epoch_start(trainer, None)
+            if validates:
+                epoch_log.on_validation_epoch_end(trainer, None)
+            epoch_log.on_train_epoch_end(trainer, None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" | ")[0] for line in lines] == ["epoch 0/3", "epoch 1/3", "epoch 2/3"]
+    assert ["val/mIoU" in line for line in lines] == [False, True, False]
+    assert "val/mIoU 50.00%" in lines[1]

@@ -49,7 +49,8 @@ def test_jobs_sorted_best_first_and_unfinished_ones_failed_at_the_end(tmp_path: 
     assert [(r["job"], r["status"]) for r in rows] == [
         ("1", "completed"), ("0", "completed"), ("2", "running")]
     assert rows[1]["overrides"] == "loss=ce"  # only what varies between the jobs
-    assert (rows[1]["best val/mIoU"], rows[1]["best epoch"], rows[1]["wall time"]) == ("0.5000", "1", "1:01")
+    # scores in percent, as the module's tables print them; epochs counted from 0, as metrics.csv does
+    assert (rows[1]["best val/mIoU %"], rows[1]["best epoch"], rows[1]["wall time"]) == ("50.00", "1", "1:01")
     text = write_summary(tmp_path, final=True)
     assert [r["status"] for r in read_summary(tmp_path)][-1] == "failed"  # it never ended
     assert "3 job(s), 1 failed" in text
@@ -66,8 +67,8 @@ def test_a_job_that_ends_the_process_is_recorded_as_failed(tmp_path: Path) -> No
     callback.on_job_start(job_config(tmp_path, 1, "loss=wce"))
     callback._at_exit()  # what atexit runs when the job raised SystemExit: no on_job_end, no on_multirun_end
     rows = read_summary(tmp_path)
-    assert [(r["job"], r["status"], r["val/mIoU (returned)"]) for r in rows] == [
-        ("0", "completed", "0.5000"), ("1", "failed", "")]
+    assert [(r["job"], r["status"], r["val/mIoU % (returned)"]) for r in rows] == [
+        ("0", "completed", "50.00"), ("1", "failed", "")]
     assert "exited during the job" in rows[1]["error"]
 
 
@@ -98,8 +99,8 @@ def test_multirun_summary_lists_every_job_and_the_failed_one(tmp_path: Path) -> 
         ("loss=broken", "failed"), ("loss=ce", "completed"), ("loss=ohem", "completed"),
         ("loss=wce", "completed")]
     assert rows[-1]["overrides"] == "loss=broken" and "no_such_module" in rows[-1]["error"]
-    scores = [float(r["val/mIoU (returned)"]) for r in rows[:3]]
+    scores = [float(r["val/mIoU % (returned)"]) for r in rows[:3]]
     assert scores == sorted(scores, reverse=True)  # best first
-    assert all(r["test/mIoU"] and r["best val/mIoU"] and r["best epoch"] == "0" for r in rows[:3])
+    assert all(r["test/mIoU %"] and r["best val/mIoU %"] and r["best epoch"] == "0" for r in rows[:3])
     assert "4 job(s), 1 failed" in result.stdout  # the printed table
     assert (sweep / "summary_val_mIoU.png").is_file()

@@ -72,16 +72,27 @@ class PlainProgressBar(ProgressBar):
         of = f"/{int(total)}" if isinstance(total, int) or math.isfinite(total) else ""
         loss = _scalar(trainer.progress_bar_metrics, "train/loss_step")
         loss_text = f", loss {loss:.4f}" if loss is not None else ""
-        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        log.info("epoch %d%s: batch %d%s, %.1f it/s%s", trainer.current_epoch + 1, epochs, done, of, rate, loss_text)
+        log.info("%s: batch %d%s, %.1f it/s%s", epoch_label(trainer), done, of, rate, loss_text)
+
+
+def epoch_label(trainer: pl.Trainer) -> str:
+    """``epoch k/last``: epochs are counted from 0 everywhere, as Lightning's progress bar, ``metrics.csv``, the
+    tables' ``(ep k)``, ``images/val_epoch_<k>.png`` and the checkpoints do (``epoch 11/14``: the 12th of 15)."""
+    max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    return f"epoch {trainer.current_epoch}" + (f"/{max_epochs - 1}" if max_epochs else "")
 
 
 class EpochLog(Callback):
-    """One log line per finished training epoch: epoch k/N, train loss, val/mIoU, epoch time and ETA."""
+    """One log line per finished training epoch: epoch k/last (from 0), train loss, val/mIoU when this epoch
+    validated (``check_val_every_n_epoch``), epoch time and ETA."""
 
     def __init__(self) -> None:
         self._fit_start = self._epoch_start = 0.0
         self._epochs_done = 0
+        self._validated = False
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the epoch clock too: a fit resumed mid-epoch starts without on_train_epoch_start (Lightning skips it)
@@ -90,6 +101,7 @@ class EpochLog(Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.monotonic()
+        self._validated = False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # runs after this epoch's validation (Lightning validates before the training epoch ends)
@@ -99,13 +111,14 @@ class EpochLog(Callback):
         now = time.monotonic()
         metrics = trainer.callback_metrics
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        parts = [f"epoch {trainer.current_epoch + 1}" + (f"/{max_epochs}" if max_epochs else "")]
+        parts = [epoch_label(trainer)]
         loss = _scalar(metrics, "train/loss_epoch")
         if loss is not None:
             parts.append(f"train/loss {loss:.4f}")
-        miou = _scalar(metrics, "val/mIoU")
+        miou = _scalar(metrics, "val/mIoU") if self._validated else None  # not last epoch's value again
         if miou is not None:
-            parts.append(f"val/mIoU {miou:.4f}")
+            parts.append(f"val/mIoU {100 * miou:.2f}%")
+        self._validated = False
         parts.append(f"{_fmt_duration(now - self._epoch_start)} / epoch")
         remaining = (max_epochs or 0) - trainer.current_epoch - 1
         if remaining > 0:

@@ -161,11 +161,12 @@ def _write_slurm_requeue_checkpoint(trainer: pl.Trainer) -> str | None:
 
 def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: str | None,
               requeue: str | None = None, mid_epoch: bool = True) -> str:
-    """The one line a stopped fit logs: the signal, where it stopped and how to resume. ``epoch`` counts
-    from 0 (Lightning's ``current_epoch``) and is shown from 1, as the per-epoch lines do: ``in epoch 3/15``
-    during its steps, ``after epoch 3/15`` once it is over (``epoch`` is then the number of epochs done)."""
-    of = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
-    where = f"in epoch {epoch + 1}{of}" if mid_epoch else f"after epoch {epoch}{of}"
+    """The one line a stopped fit logs: the signal, where it stopped and how to resume. ``epoch`` is
+    Lightning's ``current_epoch``, shown from 0 over the last epoch's index as the per-epoch lines and the
+    progress bar do: ``in epoch 3/14`` during its steps, ``after epoch 2/14`` once it is over (``epoch`` is
+    then the number of epochs done)."""
+    of = f"/{max_epochs - 1}" if max_epochs and max_epochs > 0 else ""
+    where = f"in epoch {epoch}{of}" if mid_epoch else f"after epoch {epoch - 1}{of}"
     text = f"Stopped by {signal_name(signum)} {where} at step {step} (exit status {128 + signum})"
     if step == 0 and not mid_epoch:
         text = f"Stopped by {signal_name(signum)} before the first training step (exit status {128 + signum})"
