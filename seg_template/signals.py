@@ -1,9 +1,11 @@
-"""The one door for SIGTERM and SIGINT: a stopped run exits non-zero, after the files it keeps are complete.
+"""The one door for the signals that stop a run (SIGTERM, SIGINT, SIGHUP; SIGUSR1 outside SLURM): a stopped
+run exits non-zero, after the files it keeps are complete.
 
 Schedulers (SLURM, Kubernetes, ``timeout``), ``train && eval`` pipelines and Ctrl-C stop a run with SIGTERM
 or SIGINT, and must be able to tell a stopped run from a finished one. Lightning's own handling exits 0 on
 SIGTERM (its ``SIGTERMException`` is a ``SystemExit`` without a code) and 1 on Ctrl-C. Here a stopped run
-exits with the shell's convention, 128 + the signal's number: **143** for SIGTERM, **130** for SIGINT.
+exits with the shell's convention, 128 + the signal's number: **143** for SIGTERM, **130** for SIGINT,
+**129** for SIGHUP (the terminal or the ssh session closed), **138** for SIGUSR1 outside a SLURM job.
 
 Two layers raise one exception, :class:`StoppedBySignal` (a ``SystemExit`` carrying that status):
 
@@ -18,7 +20,9 @@ Two layers raise one exception, :class:`StoppedBySignal` (a ``SystemExit`` carry
 
 Processes forked from the one that installed the handlers (DataLoader workers) do not act on these
 signals: the main process stops them when it stops (a worker that died first would fail the main process's
-next batch with a traceback). SIGUSR1 (Lightning's SLURM auto-requeue) is left alone.
+next batch with a traceback). In a SLURM job SIGUSR1 is Lightning's auto-requeue signal and left to it.
+A signal that arrives while a module is being imported is acted upon once the import is over
+(:func:`raise_stop`).
 """
 
 from __future__ import annotations
@@ -32,8 +36,14 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-#: the signals that stop a run
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: the signals that stop a run everywhere
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_signals() -> tuple[int, ...]:
+    """:data:`STOP_SIGNALS`, plus SIGUSR1 outside a SLURM job (whose default action would end the process
+    without a word or a checkpoint); in a SLURM job SIGUSR1 is Lightning's requeue signal."""
+    return STOP_SIGNALS if "SLURM_JOB_ID" in os.environ else (*STOP_SIGNALS, signal.SIGUSR1)
 
 Handler = Callable[[int, FrameType | None], None]
 
@@ -80,11 +90,12 @@ def received_signal() -> int | None:
 
 
 def install(handler: Handler) -> dict[int, Any]:
-    """Let ``handler(signum, frame)`` handle SIGTERM and SIGINT in this process; returns the handlers it
+    """Let ``handler(signum, frame)`` handle the stop signals (:func:`stop_signals`) in this process; returns the
+    handlers it
     replaces (for :func:`restore`). Python allows handlers only in the main thread: elsewhere, nothing
     changes and ``{}`` is returned.
 
-    In a process forked later from this one, SIGINT is ignored and SIGTERM takes its default action, so
+    In a process forked later from this one, SIGTERM takes its default action and the others are ignored, so
     that ``Process.terminate()`` still works (DataLoader workers install torch's own SIGTERM handler)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
@@ -106,7 +117,7 @@ def install(handler: Handler) -> dict[int, Any]:
         handler(signum, frame)
 
     previous = {}
-    for signum in STOP_SIGNALS:
+    for signum in stop_signals():
         previous[signum] = signal.getsignal(signum)
         signal.signal(signum, dispatch)
     return previous
@@ -119,14 +130,40 @@ def restore(previous: dict[int, Any]) -> None:
             signal.signal(signum, handler)
 
 
-def raise_stop(signum: int, _frame: FrameType | None = None) -> None:
-    """The handler of :func:`exit_on_signals`: stop here."""
+#: seconds between two looks at whether the import a signal arrived in is over
+IMPORT_RETRY_S = 0.05
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """True when ``frame`` or a caller of it runs Python's import machinery (a module being imported)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def raise_stop(signum: int, frame: FrameType | None = None) -> None:
+    """The handler of :func:`exit_on_signals`: stop here, unless a module is being imported.
+
+    An exception raised in the middle of ``import torch`` leaves torch half-initialised: the process then
+    printed a long traceback from torch's own cleanup, or died of a segmentation fault (exit 139), instead of
+    exiting 143 / 130. A signal that arrives during an import is delivered again a moment later, until the
+    import is over, and raises then."""
+    if _importing(frame):
+        import _thread
+
+        timer = threading.Timer(IMPORT_RETRY_S, _thread.interrupt_main, args=(signum,))
+        timer.daemon = True
+        timer.start()
+        return
     raise StoppedBySignal(signum)
 
 
 @contextmanager
 def exit_on_signals() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT raise :class:`StoppedBySignal` (exit status 143 / 130).
+    """Within the block, a stop signal raises :class:`StoppedBySignal` (exit status 143 SIGTERM, 130 SIGINT,
+    129 SIGHUP, 138 SIGUSR1 outside SLURM).
 
     Once a stop signal was received, errors Python can only print ("Exception ignored in ... __del__"), such
     as a DataLoader iterator finding its workers killed by the same signal while it shuts down, are part of

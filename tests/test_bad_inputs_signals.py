@@ -2,8 +2,9 @@
 
 What must happen (``seg_template/signals.py``, ``callbacks/stop_on_signal.py``, ``loggers.py``, ``cli.py``):
 
-- SIGTERM / SIGINT end every entry point with status 143 / 130 and one line, never a traceback; during fit
-  after the current training step, with a complete ``last.ckpt`` and the command that resumes it;
+- SIGTERM / SIGINT / SIGHUP (SIGUSR1 outside SLURM) end every entry point with status 128 + the signal's number
+  (143 / 130 / 129 / 138) and one line, never a traceback, also when it arrives in the middle of an import;
+  during fit after the current training step, with a complete ``last.ckpt`` and the command that resumes it;
 - a second signal while stopping stops at once: the previous ``last.ckpt`` stays whole, no partial file;
 - a resumed run's ``metrics.csv`` holds each epoch (and each step's values) once, whatever the earlier
   attempt logged after its checkpoint (signal, ``kill -9``);
@@ -62,7 +63,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 SIG = [*TRAIN, "data.train_set.length=200", "trainer.max_epochs=3"]
 STEPS_PER_EPOCH = 50
 TIMING = re.compile(r"time|speed|per_s|_s$")
-STOP = re.compile(r"Stopped by (SIGTERM|SIGINT) (?:in|after) epoch (\d+)/(\d+) at step (\d+) \(exit status (\d+)\); "
+STOP = re.compile(r"Stopped by (SIGTERM|SIGINT|SIGHUP|SIGUSR1) (?:in|after) epoch (\d+)/(\d+) at step (\d+) \(exit status (\d+)\); "
                   r"last\.ckpt holds that state: resume with (.+)")
 
 
@@ -253,8 +254,9 @@ def test_a_resumed_csv_logger_drops_the_stale_rows_before_appending(tmp_path: Pa
         ("49", "0.5", ""), ("99", "0.6", ""), ("100", "", "0.3")]
 
 
-def test_a_signal_stops_with_143_or_130_and_no_traceback() -> None:
-    for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+def test_a_signal_stops_with_143_or_130_and_no_traceback(monkeypatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # in a SLURM job SIGUSR1 is Lightning's requeue signal
+    for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129), (signal.SIGUSR1, 138)):
         previous = signal.getsignal(signum)
         with pytest.raises(StoppedBySignal) as stopped, exit_on_signals():
             os.kill(os.getpid(), signum)
@@ -267,12 +269,33 @@ def test_a_signal_stops_with_143_or_130_and_no_traceback() -> None:
     assert as_stop(ValueError("a bug")) is None
 
 
+IMPORTED_MODULE = """
+import os, signal, time
+os.kill(os.getpid(), signal.{name})   # a signal while this module is being imported
+time.sleep(0.3)                       # the import goes on, as torch's would
+DONE = True
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_an_import_stops_once_the_import_is_over(name: str, tmp_path: Path, monkeypatch) -> None:
+    """Raised in the middle of ``import torch`` the stop left torch half-initialised: a 190-line traceback from
+    its cleanup or a segmentation fault (exit 139). The module is now imported whole, then the run stops."""
+    (tmp_path / f"imported_{name.lower()}.py").write_text(IMPORTED_MODULE.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(StoppedBySignal) as stopped, exit_on_signals():
+        module = __import__(f"imported_{name.lower()}")
+        assert module.DONE  # the import finished
+        time.sleep(5)  # the signal is delivered again and stops here
+    assert stopped.value.code == 128 + signal.Signals[name]
+
+
 def test_the_stop_line_gives_the_resume_command(monkeypatch) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # an earlier test may set one
     line = stop_line(signal.SIGTERM, 2, 15, 57, "/runs/a b/checkpoints/last.ckpt")
-    assert STOP.search(line).groups()[:5] == ("SIGTERM", "3", "15", "57", "143")
+    assert STOP.search(line).groups()[:5] == ("SIGTERM", "2", "14", "57", "143")  # epochs from 0
     assert line.endswith("python train.py 'ckpt_path=/runs/a b/checkpoints/last.ckpt'")
     assert "no last.ckpt to resume from (this run keeps none" in stop_line(signal.SIGINT, 0, 15, 3, None)
     assert stop_line(signal.SIGINT, 0, 15, 0, None, mid_epoch=False) == (
@@ -337,7 +360,7 @@ def test_sigterm_mid_epoch_exits_143_and_the_printed_command_resumes(tmp_path: P
     assert stop and stop.group(1) == "SIGTERM" and text.count("Stopped by") == 1, text[-3000:]
     last = run_folder(tmp_path) / "checkpoints" / "last.ckpt"
     epoch, step = checkpoint_state(last)  # complete and loadable as a resume loads it
-    assert step == int(stop.group(4)) and epoch == int(stop.group(2)) - 1 and step % STEPS_PER_EPOCH
+    assert step == int(stop.group(4)) and epoch == int(stop.group(2)) and step % STEPS_PER_EPOCH
     assert not list(last.parent.glob(".*partial"))
 
     resumed = Run(resume_args(text), tmp_path / "resumed.log")
@@ -347,13 +370,14 @@ def test_sigterm_mid_epoch_exits_143_and_the_printed_command_resumes(tmp_path: P
 
 
 @pytest.mark.slow
-def test_sigint_exits_130_with_a_complete_last_ckpt(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGHUP", 129)])  # SIGHUP: the terminal closed
+def test_sigint_and_sighup_exit_with_a_complete_last_ckpt(name: str, status: int, tmp_path: Path) -> None:
     run = Run(["train.py", *SIG, f"paths.log_dir={tmp_path}"], tmp_path / "run.log")
     wait_mid_epoch(run, tmp_path)
-    run.proc.send_signal(signal.SIGINT)
-    assert run.finish() == 130
+    run.proc.send_signal(signal.Signals[name])
+    assert run.finish() == status
     assert_no_traceback(run.text)
-    assert STOP.search(run.text).group(1) == "SIGINT"
+    assert STOP.search(run.text).group(1) == name
     epoch, step = checkpoint_state(run_folder(tmp_path) / "checkpoints" / "last.ckpt")
     assert epoch >= 1 and step > STEPS_PER_EPOCH
 

@@ -1,6 +1,7 @@
-"""SIGTERM / SIGINT during fit: stop at the end of the current training step, with a complete ``last.ckpt``.
+"""A stop signal during fit: stop at the end of the current training step, with a complete ``last.ckpt``.
 
-:class:`StopOnSignal` (``configs/callbacks/stop_on_signal.yaml``) turns the two signals into a flag while
+The signals are seg_template.signals' (SIGTERM, SIGINT, SIGHUP; SIGUSR1 outside a SLURM job).
+:class:`StopOnSignal` (``configs/callbacks/stop_on_signal.yaml``) turns them into a flag while
 ``fit`` runs, and acts on it at the next safe point:
 
 - the end of a training step (the optimiser step is done): every DDP rank learns of the signal there (one
@@ -10,7 +11,8 @@
   (or when training ends): the ``last.ckpt`` written at that epoch's end is the current state.
 
 It then logs one line (where the run stopped, which file to resume from, the command) on rank 0 and raises
-:class:`~seg_template.signals.StoppedBySignal`: the process exits 143 (SIGTERM) or 130 (SIGINT). A second
+:class:`~seg_template.signals.StoppedBySignal`: the process exits 128 + the signal's number (143 SIGTERM, 130
+SIGINT, 129 SIGHUP, 138 SIGUSR1). A second
 signal while stopping stops at once: the atomic writer removes its partial file, the previous ``last.ckpt``
 stays. Under SLURM with Lightning's auto-requeue, the state also goes to ``hpc_ckpt_<n>.ckpt``, which the
 requeued job resumes from (SIGUSR1, Lightning's own requeue signal, is not touched).
