@@ -40,7 +40,7 @@ from seg_template.jobs import (
     record_failure,
     was_distributed,
 )
-from seg_template.paths import CONFIG_DIR, export_project_root, register_resolvers
+from seg_template.paths import CONFIG_DIR, export_project_root, hydra_value, register_resolvers
 from seg_template.signals import as_stop, exit_on_signals, mark_reported, signal_name, stop_reported
 
 log = logging.getLogger("seg_template")
@@ -84,12 +84,25 @@ def resume_in_place_argv(argv: list[str], now: datetime | None = None) -> list[s
     values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
     if values.get("resume_in_place", "true").lower() in ("false", "0", "no") or not values.get("ckpt_path"):
         return argv
-    ckpt = Path(values["ckpt_path"]).expanduser().absolute()
+    ckpt = Path(_override_value("ckpt_path", values["ckpt_path"])).expanduser().absolute()
     run_dir = ckpt.parent.parent
     if ckpt.parent.name != "checkpoints" or not (run_dir / ".hydra").is_dir():
         return argv
     stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
-    return [*argv, f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resumed_{stamp}"]
+    return [*argv, f"hydra.run.dir={hydra_value(str(run_dir))}", f"hydra.output_subdir=.hydra/resumed_{stamp}"]
+
+
+def _override_value(key: str, value: str) -> str:
+    """The value Hydra reads from ``key=value`` (a quoted path unquoted: ``'a/1_loss=ce/b'`` -> ``a/1_loss=ce/b``);
+    ``value`` itself when Hydra's grammar does not take it (Hydra then says why)."""
+    if value[:1] not in ("'", '"'):
+        return value
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return str(OverridesParser.create().parse_overrides([f"{key}={value}"])[0].value())
+    except Exception:  # noqa: BLE001 - Hydra itself names the bad override when it parses the command line
+        return value
 
 
 @contextmanager

@@ -120,3 +120,18 @@ def swept_overrides(argv: list[str] | None = None) -> str:
             swept.add(key.lstrip("+~"))
     chosen = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") in swept]
     return folder_name(chosen)
+
+
+#: characters a Hydra override value may hold unquoted (a path of ours: letters, digits, ``/ . _ - + @ : %``)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9/._+@:%-]+")
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as a Hydra override value: as it is when Hydra's grammar takes it, else single-quoted (a path
+    with ``=``, ``,``, spaces or brackets: ``'a/1_loss=ce/b'``). In Hydra's quoted strings a backslash escapes
+    only a quote or the backslashes before one, so only those are escaped."""
+    if _PLAIN_VALUE.fullmatch(text) and not text[0].isdigit():
+        return text
+    quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    quoted = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted)  # they precede the closing quote
+    return f"'{quoted}'"

@@ -296,7 +296,15 @@ def test_the_stop_line_gives_the_resume_command(monkeypatch) -> None:
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # an earlier test may set one
     line = stop_line(signal.SIGTERM, 2, 15, 57, "/runs/a b/checkpoints/last.ckpt")
     assert STOP.search(line).groups()[:5] == ("SIGTERM", "2", "14", "57", "143")  # epochs from 0
-    assert line.endswith("python train.py 'ckpt_path=/runs/a b/checkpoints/last.ckpt'")
+    assert line.endswith("python train.py \"ckpt_path='/runs/a b/checkpoints/last.ckpt'\"")
+    # a job folder of an earlier sweep (1_loss=ohem) or any path Hydra's grammar does not take as it is: quoted
+    # for Hydra, then for the shell, and the command resumes in place (seg_template/cli.py)
+    command = stop_line(signal.SIGTERM, 0, 2, 3, "/s/1_loss=ohem/checkpoints/last.ckpt").split("resume with ")[1]
+    argv = shlex.split(command)[1:]
+    assert argv == ["train.py", "ckpt_path='/s/1_loss=ohem/checkpoints/last.ckpt'"]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert OverridesParser.create().parse_overrides(argv[1:])[0].value() == "/s/1_loss=ohem/checkpoints/last.ckpt"
     assert "no last.ckpt to resume from (this run keeps none" in stop_line(signal.SIGINT, 0, 15, 3, None)
     assert stop_line(signal.SIGINT, 0, 15, 0, None, mid_epoch=False) == (
         "Stopped by SIGINT before the first training step (exit status 130); no last.ckpt to resume from "

@@ -61,6 +61,16 @@ def test_resume_in_place_adds_the_run_folder(tmp_path: Path) -> None:
     assert new == [*argv, f"hydra.run.dir={run}", "hydra.output_subdir=.hydra/resumed_2026-02-03_04-05-06"]
 
 
+def test_resume_in_place_takes_a_hydra_quoted_path(tmp_path: Path) -> None:
+    """The stop line quotes a path Hydra's grammar does not take as it is (``=``, spaces): resuming it still
+    continues in its run folder, itself quoted for Hydra."""
+    run = tmp_path / "multiruns" / "s" / "1_loss=ohem x"
+    (run / ".hydra").mkdir(parents=True)
+    argv = ["train.py", f"ckpt_path='{run}/checkpoints/last.ckpt'"]
+    new = resume_in_place_argv(argv, now=datetime(2026, 2, 3, 4, 5, 6))
+    assert new[2] == f"hydra.run.dir='{run}'"
+
+
 @pytest.mark.parametrize("extra", [["resume_in_place=false"], ["-m"], ["hydra.run.dir=/elsewhere"]])
 def test_resume_in_place_can_be_declined(tmp_path: Path, extra: list[str]) -> None:
     argv = ["train.py", f"ckpt_path={_run(tmp_path)}/checkpoints/last.ckpt", *extra]

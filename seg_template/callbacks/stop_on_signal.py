@@ -44,6 +44,7 @@ import pytorch_lightning as pl
 import torch
 
 from seg_template.jobs import global_rank
+from seg_template.paths import hydra_value
 from seg_template.signals import StoppedBySignal, install, mark_reported, signal_name
 
 log = logging.getLogger("seg_template")
@@ -181,11 +182,19 @@ def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: 
     return text
 
 
+def shell_word(word: str) -> str:
+    """``word`` quoted for a POSIX shell, in double quotes when that reads better (a Hydra-quoted value)."""
+    if shlex.quote(word) == word or any(c in word for c in '"$`\\!'):
+        return shlex.quote(word)
+    return f'"{word}"'
+
+
 def resume_command(ckpt_path: str) -> str:
-    """``python train.py <this run's overrides> ckpt_path=<ckpt_path>``, quoted for a POSIX shell."""
+    """``python train.py <this run's overrides> ckpt_path=<ckpt_path>``, quoted for Hydra (:func:`hydra_value`)
+    and then for a POSIX shell: pasted as it is, it resumes."""
     from hydra.core.hydra_config import HydraConfig
 
     overrides: list[str] = []
     if HydraConfig.initialized():
         overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
-    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={ckpt_path}"])
+    return " ".join(shell_word(w) for w in ["python", "train.py", *overrides, f"ckpt_path={hydra_value(ckpt_path)}"])
