@@ -38,22 +38,27 @@ def _shapes(cfg: DictConfig) -> list[tuple[int, int, int]]:
     return shapes  # type: ignore[return-value]
 
 
-def is_onnx_model(path: Path) -> bool:
-    """Whether ``path`` holds an ONNX model (a ModelProto with an IR version and a graph output)."""
+def is_our_export(path: Path) -> bool:
+    """Whether ``path`` holds an ONNX model that export wrote (a ModelProto with a graph output and our recipe
+    in its metadata, ``seg_template.recipe``): the only file export replaces."""
     import onnx
+
+    from seg_template.onnx_model import RECIPE_KEY
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - protobuf's DecodeError, or anything else a foreign file causes
         return False
-    return model.ir_version > 0 and len(model.graph.output) > 0
+    ours = any(entry.key == RECIPE_KEY for entry in model.metadata_props)
+    return model.ir_version > 0 and len(model.graph.output) > 0 and ours
 
 
 def check_output_file(output_file: str | Path, ckpt_path: str | Path) -> Path:
     """The file export writes, checked before anything is read: an ``.onnx`` name, not the checkpoint being
     exported (same path or same file through a link), and no existing file there, nor at the
-    ``.unverified.onnx`` name kept beside it, unless it is an ONNX model (an earlier export). A
-    ``ConfigError`` names the file otherwise: export replaced whatever ``output_file=`` named."""
+    ``.unverified.onnx`` name kept beside it, unless it is an earlier export (:func:`is_our_export`). A
+    ``ConfigError`` names the file otherwise: export replaced whatever ``output_file=`` named, another
+    tool's ONNX model included."""
     target = Path(output_file).expanduser()
     if target.suffix.lower() != ".onnx":
         raise ConfigError(f"output_file={output_file}: export writes an ONNX model, so the name must end in .onnx "
@@ -68,9 +73,10 @@ def check_output_file(output_file: str | Path, ckpt_path: str | Path) -> Path:
         if path.exists() and source.exists() and os.path.samefile(path, source):
             raise ConfigError(f"output_file={output_file} is the checkpoint being exported (ckpt_path={ckpt_path}): "
                               "export would replace it. Name another file, e.g. output_file=model.onnx")
-        if path.is_file() and not is_onnx_model(path):
-            raise ConfigError(f"output_file={output_file}: {path} exists and is not an ONNX model, so export would "
-                              "replace it. Name a new file (or an earlier export's .onnx), or move that file")
+        if path.is_file() and not is_our_export(path):
+            raise ConfigError(f"output_file={output_file}: {path} exists and is not a model export.py wrote (no "
+                              "seg_template recipe in its metadata), so export would replace it. Name a new file "
+                              "(or an earlier export's .onnx), or move that file")
     try:  # a folder that cannot take the file fails now, not after the export and its check
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".write_test_"):

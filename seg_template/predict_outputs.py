@@ -52,13 +52,30 @@ def foreign_outputs(folder: Path) -> list[str]:
     return found
 
 
+def _held_entries(folder: Path) -> list[str]:
+    """The visible entries of an existing ``folder`` that is neither predict's (marked) nor this Hydra run's own
+    folder (which holds the run's ``.hydra/`` and log); ``[]`` for a new, empty, marked or own folder."""
+    if not folder.is_dir() or (folder / MARKER).is_file():
+        return []
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        own = Path(HydraConfig.get().runtime.output_dir)
+        if own.exists() and os.path.samefile(own, folder):
+            return []
+    return sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()
+                  if not entry.name.startswith("."))
+
+
 def check_writable(folder: Path, option: str = "output_dir") -> Path:
     """Create ``folder`` and write its :data:`MARKER` into it; a ``ConfigError`` names the folder otherwise,
     so a read-only or mistyped destination fails before any image is processed.
 
-    predict writes only into a folder that is new, empty, or one of its own (marked): one whose ``masks/``,
-    ``color/``, ``overlay/`` or ``submission/`` hold files it did not write (a dataset root, whose ``masks/`` are
-    its ground truth) is refused before anything is written there, naming the folder and those sub-folders.
+    predict writes only into a folder that is new, empty (hidden files aside), one of its own (marked), or
+    this run's own folder (the default): one whose ``masks/``, ``color/``, ``overlay/`` or ``submission/`` hold
+    files it did not write (a dataset root, whose ``masks/`` are its ground truth) is refused before anything
+    is written there, naming the folder and those sub-folders; so is any other folder that holds something
+    (the input folder itself, a folder of photos, ``logs/train/runs``), naming a few of its entries.
     """
     folder = Path(folder)
     foreign = foreign_outputs(folder)
@@ -67,6 +84,12 @@ def check_writable(folder: Path, option: str = "output_dir") -> Path:
                           f"dataset's ground truth?); predict writes {', '.join(f + '/' for f in FOLDERS)} there "
                           f"and would replace them. Pass a new or empty folder: {option}=<folder> (or leave "
                           f"{option} out for a new run folder)")
+    held = _held_entries(folder)
+    if held:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ConfigError(f"{option}={folder} already holds {shown}, which predict did not write; it writes "
+                          f"{', '.join(f + '/' for f in FOLDERS)} beside them. Pass a new or empty folder: "
+                          f"{option}=<folder> (or leave {option} out for a new run folder)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".write_test_", delete=False) as probe:

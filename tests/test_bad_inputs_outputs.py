@@ -2,10 +2,11 @@
 there.
 
 - ``predict.py output_dir=``: writes only into a folder that is new, empty or one of its own (marked by
-  ``.seg_template_predict``); a folder whose ``masks/ color/ overlay/ submission/`` hold files predict did not
-  write (a dataset root: its ground truth) is refused before anything is read or written.
+  ``.seg_template_predict``) or the run's own; a folder whose ``masks/ color/ overlay/ submission/`` hold files
+  predict did not write (a dataset root: its ground truth), or that holds anything else (the input folder, a
+  folder of photos, the runs folder), is refused before anything is read or written.
 - ``export.py output_file=``: an ``.onnx`` name, never the checkpoint being exported (same path or same file
-  through a link), never an existing file that is not an ONNX model.
+  through a link), never an existing file that is not an earlier export (another tool's ONNX model included).
 - ``scripts/compute_class_weights.py --out``: checked before any mask is read (suffix, a folder that can take
   the file, an existing file only if it is a class-weights file); ``--split`` is one of the splits.
 - ``scripts/write_synthetic.py --out``: the split's folders new or empty, ``--split`` a plain folder name;
@@ -77,11 +78,23 @@ def test_predict_writes_again_into_its_own_output_folder(compose_cfg, workspace,
     first = predict(compose_cfg, workspace, workspace["images"], out)
     second = predict(compose_cfg, workspace, workspace["images"], out)  # its own (marked) folder: allowed
     assert first == second and (out / MARKER).is_file()
-    elsewhere = tmp_path / "notes"  # a folder holding other things, but none of predict's four folders
-    elsewhere.mkdir()
-    (elsewhere / "notes.txt").write_text("kept")
-    predict(compose_cfg, workspace, workspace["images"], elsewhere)
-    assert (elsewhere / "notes.txt").read_text() == "kept" and (elsewhere / "masks").is_dir()
+
+
+
+@pytest.mark.parametrize("where", ["a_folder_of_notes", "the_input_folder", "the_runs_folder"])
+def test_predict_never_writes_into_a_folder_that_holds_other_things(compose_cfg, workspace, tmp_path, where):
+    """The README's rule: new, empty or predict's own. A folder of the user's files, the input folder itself
+    and the parent of the run folders were written into (exit 0, masks/ color/ overlay/ among them)."""
+    elsewhere = {"a_folder_of_notes": tmp_path / "notes", "the_input_folder": Path(workspace["images"]),
+                 "the_runs_folder": tmp_path / "logs" / "train" / "runs"}[where]
+    if where != "the_input_folder":  # that one holds the images (the workspace is shared: nothing added there)
+        elsewhere.mkdir(parents=True)
+        (elsewhere / "notes.txt").write_text("kept")
+    before = files(elsewhere)
+    err = raised_user_error(lambda: predict(compose_cfg, workspace, workspace["images"], elsewhere))
+    assert isinstance(err, ConfigError)
+    assert_short_named(user_message(err), rf"output_dir={re.escape(str(elsewhere))} already holds \S")
+    assert files(elsewhere) == before and not (elsewhere / "masks").exists()
 
 
 def test_a_link_in_predict_s_own_folder_is_replaced_not_written_through(compose_cfg, workspace, tmp_path):
@@ -108,14 +121,20 @@ def export(compose_cfg, workspace: Workspace, output_file: Path | str, ckpt: str
     return run_export(compose_cfg("export", overrides, output_dir=workspace.root / "export"), overrides=overrides)
 
 
-def small_onnx(path: Path) -> None:
+def small_onnx(path: Path, ours: bool = True) -> None:
+    """A valid ONNX model; ``ours``: with the recipe metadata export writes (else another tool's model)."""
     import onnx
     from onnx import TensorProto, helper
+
+    from seg_template.onnx_model import RECIPE_KEY
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph), str(path))
+    model = helper.make_model(graph)
+    if ours:
+        helper.set_model_props(model, {RECIPE_KEY: "{}"})
+    onnx.save(model, str(path))
 
 
 @needs_onnx
@@ -123,9 +142,10 @@ def small_onnx(path: Path) -> None:
     ("the_checkpoint", r"output_file=.*good: export writes an ONNX model, so the name must end in \.onnx"),
     ("a_link_to_the_checkpoint", r"output_file=.*link\.onnx is the checkpoint being exported \(ckpt_path="),
     ("notes.txt", r"output_file=.*notes\.txt: export writes an ONNX model.*\.onnx"),
-    ("notes.onnx", r"notes\.onnx exists and is not an ONNX model, so export would replace it"),
+    ("notes.onnx", r"notes\.onnx exists and is not a model export\.py wrote .*so export would replace it"),
+    ("production.onnx", r"production\.onnx exists and is not a model export\.py wrote \(no seg_template recipe"),
     ("a_folder.onnx", r"a_folder\.onnx is a folder"),
-    ("notes_beside.onnx", r"notes_beside\.unverified\.onnx exists and is not an ONNX model"),
+    ("notes_beside.onnx", r"notes_beside\.unverified\.onnx exists and is not a model export\.py wrote"),
     ("under_a_file", r"notes\.txt cannot be written"),
 ], ids=lambda v: v if "\\" not in v and " " not in v else "")
 def test_export_never_replaces_a_file_of_another_kind(compose_cfg, workspace, tmp_path, target, culprit):
@@ -134,6 +154,7 @@ def test_export_never_replaces_a_file_of_another_kind(compose_cfg, workspace, tm
     (tmp_path / "notes.onnx").write_text("my notes\n")
     (tmp_path / "notes_beside.unverified.onnx").write_text("my notes\n")
     (tmp_path / "a_folder.onnx").mkdir()
+    small_onnx(tmp_path / "production.onnx", ours=False)  # another tool's model: valid ONNX, not ours
     (tmp_path / "link.onnx").symlink_to(ckpt)
     path = {"the_checkpoint": ckpt, "a_link_to_the_checkpoint": tmp_path / "link.onnx",
             "under_a_file": tmp_path / "notes.txt" / "model.onnx"}.get(target, tmp_path / target)
