@@ -58,6 +58,8 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> Any:
     register_resolvers()
     if config_name == "train":
         sys.argv = resume_in_place_argv(sys.argv)
+        with _user_errors():
+            _check_sweep_folder(sys.argv)
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
@@ -90,6 +92,24 @@ def resume_in_place_argv(argv: list[str], now: datetime | None = None) -> list[s
         return argv
     stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     return [*argv, f"hydra.run.dir={hydra_value(str(run_dir))}", f"hydra.output_subdir=.hydra/resumed_{stamp}"]
+
+
+def _check_sweep_folder(argv: list[str]) -> None:
+    """A sweep told where to write (``-m ... hydra.sweep.dir=<folder>``) must not write into an earlier sweep's
+    folder: Hydra writes each job's ``.hydra/`` there before any job could refuse (see
+    :func:`seg_template.sweep_summary.refuse_a_used_sweep_folder`). A folder given through an interpolation is
+    left to Hydra."""
+    args = argv[1:]
+    if not any(a in ("-m", "--multirun") for a in args):
+        return
+    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    folder = values.get("hydra.sweep.dir")
+    if not folder or "${" in folder:
+        return
+    from seg_template.sweep_summary import refuse_a_used_sweep_folder
+
+    sweeper = "ResumableOptunaSweeper" if values.get("hparams_search") == "optuna" else ""
+    refuse_a_used_sweep_folder(Path(_override_value("hydra.sweep.dir", folder)).expanduser(), sweeper)
 
 
 def _override_value(key: str, value: str) -> str:

@@ -65,6 +65,24 @@ def _is_multirun(config: DictConfig) -> bool:
     return config.hydra.get("mode") == RunMode.MULTIRUN
 
 
+def refuse_a_used_sweep_folder(sweep_dir: Path, sweeper: str) -> None:
+    """A ``ConfigError`` when ``sweep_dir`` already holds something (an earlier sweep's jobs, ``multirun.yaml``,
+    ``summary.csv``): its job folders ``0_...``, ``1_...`` would be written over by this sweep's, before any
+    job could refuse them. A resumable Optuna study (``hparams_search=optuna``) continues its own folder
+    (seg_template/hparams_search.py numbers its trials on), so it is let through. Called by seg_template/cli.py
+    before Hydra starts (Hydra turns a callback's error into a warning and goes on)."""
+    if sweeper.endswith("ResumableOptunaSweeper") or not sweep_dir.is_dir():
+        return
+    held = sorted(e.name for e in sweep_dir.iterdir() if not e.name.startswith("."))
+    if held:
+        from seg_template.errors import ConfigError
+
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds {shown}: a sweep writes its jobs into a "
+                          "folder of its own, and this one would write over the earlier jobs' records. Leave "
+                          "hydra.sweep.dir out (a new folder per sweep) or name a new one")
+
+
 class SweepSummary(Callback):
     """Hydra callback (see the module docstring). Does nothing in single runs."""
 

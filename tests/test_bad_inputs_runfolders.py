@@ -733,3 +733,27 @@ def test_real_runs_never_write_over_a_run_folder(tmp_path):
 
     history, now = rows(before["metrics.csv"].decode()), rows((folder / "metrics.csv").read_text())
     assert now[:len(history)] == history and now[-1].get("test/mIoU")  # the history, then the test appended
+
+
+@pytest.mark.parametrize(("held", "extra", "refused"), [
+    (["0_loss-ce/", "summary.csv"], [], True),  # an earlier sweep: its job records would be written over
+    (["multirun.yaml"], [], True),
+    ([], [], False),  # new or empty: a sweep of its own
+    (["0/", "optuna.db"], ["hparams_search=optuna"], False),  # a resumable Optuna study continues its folder
+], ids=["earlier_sweep", "multirun_yaml_only", "empty", "optuna_study"])
+def test_a_sweep_never_writes_into_an_earlier_sweeps_folder(tmp_path, held, extra, refused) -> None:
+    """``-m hydra.sweep.dir=<an earlier sweep>`` rewrote job 0's .hydra/, job_status.json, multirun.yaml and
+    summary.csv before the job refused its checkpoints (Hydra swallows a callback's error): refused first."""
+    from seg_template.cli import _check_sweep_folder
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for name in held:
+        (sweep / name.rstrip("/")).mkdir() if name.endswith("/") else (sweep / name).write_text("kept")
+    argv = ["train.py", "-m", "loss=ce,wce", f"hydra.sweep.dir={sweep}", *extra]
+    if refused:
+        with pytest.raises(ConfigError, match=rf"hydra\.sweep\.dir={re.escape(str(sweep))} already holds"):
+            _check_sweep_folder(argv)
+    else:
+        _check_sweep_folder(argv)
+    _check_sweep_folder(["train.py", f"hydra.sweep.dir={sweep}"])  # not a sweep: hydra.sweep.dir is unused
