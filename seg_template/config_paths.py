@@ -43,15 +43,15 @@ def is_special(key: Any) -> bool:
 
 def dotted(parts: Parts, index: str | None = None) -> str:
     """``("data", "val_set", 0, "x")`` -> ``data.val_set[0].x`` (``index``, when given, replaces every list
-    index); keys that cannot be printed as they are (newlines, escape codes) as ``repr``, so a crafted key
-    cannot forge lines of a message."""
+    index); keys that cannot be printed as they are (newlines, escape codes, spaces at either end, empty) as
+    ``repr``, so a crafted key cannot forge lines of a message nor pass for another one."""
     out = ""
     for part in parts:
         if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part if index is None else index}]"
         else:
             text = str(part)
-            text = text if text.isprintable() else repr(text)
+            text = text if text.isprintable() and text == text.strip() and text else repr(text)  # spaces shown
             out += f".{text}" if out else text
     return out
 

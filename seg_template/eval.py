@@ -21,8 +21,7 @@ from seg_template.build import (
     require_ckpt_path,
 )
 from seg_template.cli import hydra_main
-from seg_template.options import check_options
-from seg_template.recipe import read_checkpoint_recipe, recipe_argv, with_recipe
+from seg_template.recipe import check_recipe_options, read_checkpoint_recipe, recipe_argv, with_recipe
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> tuple[d
     from seg_template.models.weights import load_net_weights
 
     ckpt_path = require_ckpt_path(cfg, "eval.py")
-    cfg = with_recipe(cfg, ckpt_path, read_checkpoint_recipe(ckpt_path), overrides, "eval.py")
-    check_options(cfg)  # split, inference.*, and the options typed over the recipe
+    recipe = read_checkpoint_recipe(ckpt_path)
+    cfg = with_recipe(cfg, ckpt_path, recipe, overrides, "eval.py")
+    check_recipe_options(cfg, ckpt_path, recipe, overrides)  # split, inference.*, the options typed over the recipe
 
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     datamodule.preflight([cfg.split])
@@ -54,7 +54,11 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> tuple[d
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate_trainer(cfg.trainer, callbacks, loggers)
-    log.info("Evaluating %s on the %s split (%s)", ckpt_path, cfg.split, dict(cfg.inference))
+    reads = OmegaConf.select(cfg, f"data.{cfg.split}_set.split", default=None)
+    if reads in ("train", "training"):  # a recipe (or an option) pointing the evaluated split at training images
+        log.warning("data.%s_set reads the %r split: these scores are on training images", cfg.split, reads)
+    log.info("Evaluating %s on the %s split%s (%s)", ckpt_path, cfg.split,
+             f" (data.{cfg.split}_set.split={reads})" if reads not in (None, cfg.split) else "", dict(cfg.inference))
     run = trainer.validate if cfg.split == "val" else trainer.test
     # verbose=False: the module prints its per-class table; Lightning's would repeat it in other units
     run(module, datamodule=datamodule, verbose=False)

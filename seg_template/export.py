@@ -22,7 +22,13 @@ from omegaconf import DictConfig
 from seg_template.build import build_net, require_ckpt_path
 from seg_template.cli import hydra_main
 from seg_template.errors import CheckpointError, ConfigError
-from seg_template.recipe import read_checkpoint_recipe, recipe_argv, recipe_from, with_recipe
+from seg_template.recipe import (
+    check_recipe_options,
+    read_checkpoint_recipe,
+    recipe_argv,
+    recipe_from,
+    with_recipe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +113,7 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     check_output_file(cfg.output_file, ckpt_path)  # never writes over the checkpoint or a file of another kind
     recipe = read_checkpoint_recipe(ckpt_path)
     cfg = with_recipe(cfg, ckpt_path, recipe, overrides, "export.py")
-    check_options(cfg)  # the recipe's values with the options typed over them, as eval and predict do
+    check_recipe_options(cfg, ckpt_path, recipe, overrides)  # the recipe's values with the typed options, as eval does
     target = Path(cfg.output_file)
     net, align_corners = build_net(cfg.model)
     load_net_weights(net, ckpt_path)

@@ -25,7 +25,7 @@ from seg_template.cli import hydra_main
 from seg_template.errors import ConfigError, DataError
 from seg_template.options import check_options
 from seg_template.predict_inputs import input_files
-from seg_template.recipe import recipe_argv, with_recipe
+from seg_template.recipe import check_recipe_options, recipe_argv, with_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -84,15 +84,16 @@ def _build_net(cfg: DictConfig, option: str, path: str, device: torch.device,
             raise MissingFileError(f"model_file: no file at '{file}' (given as '{path}')")
         net = OnnxNet(file, device=str(device))
         cfg = with_recipe(cfg, path, net.recipe, overrides, "predict.py", option)
-        check_options(cfg)
+        check_recipe_options(cfg, path, net.recipe, overrides, option)
         net.expect_classes(int(cfg.data.num_classes))  # at once, or at the first batch when the file does not say
         return net, cfg
     from seg_template.build import build_net
     from seg_template.models.weights import load_net_weights
     from seg_template.recipe import read_checkpoint_recipe
 
-    cfg = with_recipe(cfg, path, read_checkpoint_recipe(path), overrides, "predict.py", option)
-    check_options(cfg)
+    recipe = read_checkpoint_recipe(path)
+    cfg = with_recipe(cfg, path, recipe, overrides, "predict.py", option)
+    check_recipe_options(cfg, path, recipe, overrides, option)
     net, _ = build_net(cfg.model)
     load_net_weights(net, path)
     return net.to(device), cfg

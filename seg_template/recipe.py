@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seg_template.config_paths import Parts, absolute, references
-from seg_template.errors import CheckpointError
+from seg_template.errors import CheckpointError, ConfigError
 from seg_template.file_config import RECIPE_NODES, check_recipe, is_option_name
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def apply_recipe(cfg: DictConfig, recipe: Mapping[str, Any], overrides: Sequence
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     check_recipe(recipe, source, option)
+    _check_choices(recipe, source, option)
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     trained = recipe.get("choices") or {}
@@ -159,6 +161,23 @@ def apply_recipe(cfg: DictConfig, recipe: Mapping[str, Any], overrides: Sequence
             else:
                 OmegaConf.update(out, key, o.value(), merge=True, force_add=True)
     return out
+
+
+def _check_choices(recipe: Mapping[str, Any], source: str, option: str) -> None:
+    """The recipe's ``choices`` (``model: hrnet_w48``) must describe its nodes: the option's config file here
+    builds the same ``_target_`` as the stored node. Otherwise the run log, ``recipe_argv`` (which composes
+    that option's config so that its keys can be typed) and the node disagree: a ``CheckpointError``."""
+    from seg_template.paths import CONFIG_DIR
+
+    for group, choice in (recipe.get("choices") or {}).items():
+        node, file = recipe.get(group), CONFIG_DIR / str(group) / f"{choice}.yaml"
+        if not isinstance(node, Mapping) or not is_option_name(str(choice)) or not file.is_file():
+            continue
+        written = OmegaConf.load(file).get("_target_")
+        if written is not None and node.get("_target_") != written:
+            raise CheckpointError(f"{option}={source} carries a recipe whose choices say {group}={choice}, but "
+                                  f"its {group} node builds {node.get('_target_')!r:.120}, not {written!r} (a "
+                                  f"file edited by hand?). Pass the {group} it was trained with: {group}=<option>")
 
 
 def _typed_roots(overrides: Sequence[str]) -> set[str]:
@@ -189,12 +208,47 @@ def no_recipe_message(source: str, option: str, script: str) -> str:
         used.append(f"and {len(listed) - len(safe)} option(s) naming code or interpolations, not shown")
     if len(shown) < len(safe):
         used.append(f"and {len(safe) - len(shown)} more option(s), too many or too long to show")
-    hint = (f"the run that wrote it used: {' '.join(used)}" if used else
+    # quoted for the shell: a crafted overrides.yaml ('model=small; touch x', `...`, $(...)) stays inert text
+    shown_words = [shlex.quote(str(o)) for o in shown] + used[len(shown):]
+    hint = (f"the run that wrote it used: {' '.join(shown_words)}" if used else
             "its training run lists them in <run>/.hydra/overrides.yaml; a run that set neither used "
             "data=synthetic model=small")
     return (f"{option}={source} carries no training recipe (a checkpoint of an older version or of another "
             f"tool), so the data and model it was trained with are unknown. Pass them as in training: "
             f"python {script} {option}={source} data=<data config> model=<model config> ({hint})")
+
+
+def check_recipe_options(cfg: DictConfig, source: str, recipe: Mapping[str, Any] | None,
+                         overrides: Sequence[str] | None = None, option: str = "ckpt_path") -> None:
+    """:func:`seg_template.options.check_options` of a config rebuilt from ``recipe``, read from ``source``: a
+    problem with a key the command line did not set (``overrides``, default the command line's; a group given
+    with the option it was trained with, as :func:`recipe_argv` adds it, sets nothing) came from the file, so
+    the message names it (``ckpt_path=<file> carries ...``), not the user's options."""
+    from seg_template.options import problems
+
+    found = problems(cfg)
+    if not found:
+        return
+    overrides = typed_overrides() if overrides is None else list(overrides)
+    trained = (recipe or {}).get("choices") or {}
+    typed = {o.lstrip("+~").split("=", 1)[0] for o in overrides
+             if o.split("=", 1) != [o.split("=", 1)[0], str(trained.get(o.split("=", 1)[0]))]}
+    groups = {k for k in typed if "." not in k} | (set() if recipe else set(RECIPE_NODES))  # data=voc: composed
+
+    def from_file(text: str) -> bool:
+        key = re.split(r"[\s:=]", text, maxsplit=1)[0]
+        root = re.split(r"[.\[]", key, maxsplit=1)[0]
+        return root in RECIPE_NODES and root not in groups and not any(
+            key == t or key.startswith((t + ".", t + "[")) for t in typed)
+
+    shown = [f"{text}{'  (from the file)' if from_file(text) else ''}" for text in found[:10]]
+    more = f"\n  ... and {len(found) - 10} more" if len(found) > 10 else ""
+    if not any(map(from_file, found)):  # the user's own options: as check_options says it
+        raise ConfigError("\n  ".join(found[:10]) + more)
+    head = (f"{option}={source} carries a recipe whose options are refused" if all(map(from_file, found)) else
+            f"the options rebuilt from the recipe of {option}={source} and the command line are refused")
+    raise ConfigError(f"{head} (a file written by another version or edited by hand?):\n  "
+                      + "\n  ".join(shown) + more)
 
 
 def with_recipe(cfg: DictConfig, source: str, recipe: Mapping[str, Any] | None,
@@ -215,8 +269,11 @@ def with_recipe(cfg: DictConfig, source: str, recipe: Mapping[str, Any] | None,
         from seg_template.models.weights import resolve_path
 
         out = apply_recipe(cfg, recipe, overrides, source=str(resolve_path(source)), option=option)
-        chosen = " ".join(f"{k}={v}" for k, v in (recipe.get("choices") or {}).items())
-        mine = [o for o in overrides if _typed_roots([o]) & set(RECIPE_NODES)]
+        trained = recipe.get("choices") or {}
+        chosen = " ".join(f"{k}={v}" for k, v in trained.items())
+        # recipe_argv adds <group>=<trained option> to the command line: that is the recipe, not the user
+        mine = [o for o in overrides if _typed_roots([o]) & set(RECIPE_NODES)
+                and o.split("=", 1) != [o.split("=", 1)[0], str(trained.get(o.split("=", 1)[0]))]]
         log.info("Recipe of %s%s%s", source, f": {chosen}" if chosen else "",
                  f"; from the command line: {' '.join(mine)}" if mine else "")
     with open_dict(out):

@@ -496,3 +496,76 @@ def test_real_script_refuses_a_crafted_file(route: str, workspace: Workspace) ->
     block = output[output.index(errors[0]):]
     assert_short_named(block, rf"CheckpointError: .*'{re.escape(str(file))}'.*builtins\.open")
     no_harm_done(workspace.root)
+
+
+# ---------------------------------------------------------------- values of the right shape that are wrong
+VALUES = [
+    Crafted("eval_batch_size_0", lambda r, _: _put(r, "data.eval_batch_size", 0),
+            r"data\.eval_batch_size=0: expected an integer"),
+    Crafted("unknown_argument", lambda r, _: _put(r, "model.evil", 1), r"model\.evil=1: .* takes no argument"),
+    Crafted("dunder_target_key", lambda r, root: _put(r, "data.val_transform.__target__", "builtins.open"),
+            r"data\.val_transform\.__target__=.*takes no argument '__target__'"),
+    Crafted("duplicate_class_names", lambda r, _: _put(r, "data.class_names", ["x"] * 6),
+            r"data\.class_names=.*expected distinct names"),
+    Crafted("nan_mean", lambda r, _: _put(r, "data.val_transform.mean", [float("nan"), 0.5, 0.5]),
+            r"data\.val_transform\.mean\[0\]=nan: expected a finite number"),
+]
+VALUE_CASES = [(route, c) for c in VALUES for route in ("eval", "predict_ckpt", "predict_onnx", "export")]
+
+
+@pytest.mark.parametrize(("route", "crafted"), VALUE_CASES, ids=[f"{r}/{c.id}" for r, c in VALUE_CASES])
+def test_a_recipe_value_that_is_wrong_names_the_file(route: str, crafted: Crafted, compose_cfg,
+                                                     workspace: Workspace, tmp_path: Path) -> None:
+    """A recipe whose values are refused by the option check said ``data.batch_size=0: ...`` as if the user had
+    typed it (and the log's "from the command line: data=synthetic ..." listed options nobody typed): the
+    message now names the file the values came from, each one marked."""
+    if route == "export":
+        pytest.importorskip("onnx")
+    file, call = run_route(route, workspace, crafted, compose_cfg, tmp_path / "out")
+    err = raised_user_error(call)
+    option = "model_file" if route == "predict_onnx" else "ckpt_path"
+    assert_short_named(user_message(err), rf"{option}={re.escape(str(file))} carries a recipe whose options are "
+                                          rf"refused.*\n  {crafted.culprit}.*\(from the file\)")
+    no_harm_done(workspace.root)
+
+
+def test_a_typed_mistake_over_a_recipe_is_the_users(compose_cfg, workspace: Workspace, tmp_path: Path) -> None:
+    from seg_template.eval import evaluate
+
+    file = crafted_checkpoint(workspace, Crafted("genuine", lambda r, _: None, ""))
+    overrides = [*SMALL, f"ckpt_path={file}", "data.batch_size=0"]
+    err = raised_user_error(lambda: evaluate(compose_cfg("eval", overrides, output_dir=tmp_path), overrides))
+    assert str(err).startswith("data.batch_size=0: expected an integer") and "from the file" not in str(err)
+
+
+def test_recipe_choices_that_contradict_their_nodes_are_refused(compose_cfg, workspace: Workspace,
+                                                                 tmp_path: Path) -> None:
+    """``choices: {model: hrnet_w48}`` over a ``small`` model node: the log said hrnet_w48 while small was built,
+    and recipe_argv composed hrnet_w48's config for the options typed over it."""
+    crafted = Crafted("choices_lie", lambda r, _: _put(r, "choices", {**r["choices"], "model": "hrnet_w48"}), "")
+    file, call = run_route("eval", workspace, crafted, compose_cfg, tmp_path / "out")
+    err = raised_user_error(call)
+    assert isinstance(err, CheckpointError)
+    assert_short_named(user_message(err), rf"ckpt_path={re.escape(str(file))} carries a recipe whose choices say "
+                                          r"model=hrnet_w48, but its model node builds 'seg_template\.models\.small")
+
+
+def test_the_no_recipe_hint_quotes_what_a_crafted_run_folder_lists(compose_cfg, workspace: Workspace,
+                                                                    tmp_path: Path) -> None:
+    """The hint is there to be pasted into a shell: options from a crafted overrides.yaml ($(...), backticks,
+    ';') are shown shell-quoted, so pasting it runs nothing."""
+    import shlex
+
+    from seg_template.eval import evaluate
+
+    run = workspace.root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    payloads = ["data.root=$(touch PWNED)", "model=small; touch PWNED #", "data=synthetic `touch PWNED`"]
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {json.dumps(p)}\n" for p in payloads))
+    file = run / "checkpoints" / "best.ckpt"
+    torch.save({k: v for k, v in genuine_checkpoint(workspace).items() if k != "recipe"}, file)
+    overrides = [f"ckpt_path={file}"]
+    err = raised_user_error(lambda: evaluate(compose_cfg("eval", overrides, output_dir=tmp_path / "out"), overrides))
+    hint = str(err).split("the run that wrote it used: ", 1)[1].rstrip(")")
+    assert shlex.split(hint) == payloads  # each one a single, inert word for the shell

@@ -147,7 +147,8 @@ def test_allowed_targets_are_the_exact_names_written_in_the_yaml_files(tmp_path)
     assert allowed == {"my_fork.data.MyData", "my_fork.aug.Flip", "my_fork.aug.Crop"}
     check_file_config({"data": {"_target_": "my_fork.aug.Flip"}}, "f.ckpt", allowed=allowed)
     for lookalike in ("my_fork.aug.Flip.__init__", "my_fork.aug", "my_fork.aug.Flip ", "my_fork.aug.flip"):
-        with pytest.raises(CheckpointError, match=re.escape(f"would call {lookalike}")):
+        shown = repr(lookalike) if lookalike != lookalike.strip() else lookalike  # a space made visible
+        with pytest.raises(CheckpointError, match=re.escape(f"would call {shown}")):
             check_file_config({"data": {"_target_": lookalike}}, "f.ckpt", allowed=allowed)
     assert {"seg_template.data.transforms.eval_transform", "torch.optim.SGD"} <= allowed_targets()
 
