@@ -5,38 +5,49 @@ scaled by their real bit depth, refused when multi-page or over ``max_image_pixe
 sizes cannot share a batch tensor, so the loader's batches are grouped by the size a file displays at (read
 from its header, without decoding): a folder of same-size camera frames runs in full batches, a mixed folder
 still works. An unreadable or refused file does not stop the run: its item carries the error, and the caller
-names and skips it.
+names and skips it. A folder is listed as the datasets list theirs (``data/io.py``'s ``find_images``): what it
+leaves out (other extensions, folder links not followed) is named in a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
-from seg_template.data.io import IMAGE_EXTENSIONS, broken_link, list_images, probe_image, read_image
+from seg_template.data.io import IMAGE_EXTENSIONS, broken_link, find_images, probe_image, read_image
 from seg_template.errors import ConfigError, DataError, MissingFileError
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
 
 # torch is imported inside the functions: predict.py --help answers without loading it. A DataLoader takes
 # any object with __getitem__ / __len__ as a dataset and any iterable of index lists as a batch sampler.
 
 
 def input_files(spec: str | Sequence[str]) -> list[tuple[Path, Path]]:
-    """``(file, output name)`` pairs for ``spec``: one image, a folder (recursive; the output name keeps the
-    sub-folder, with a ``.png`` suffix) or a list of images (named by their file names)."""
+    """``(file, output name)`` pairs for ``spec``: one image, a folder (recursive, folder links followed, as
+    the datasets list theirs; the output name keeps the sub-folder, with a ``.png`` suffix) or a list of images
+    (named by their file names). A folder's files with extensions that are not read and the links not followed
+    are named in one warning line each; a file given by name is read whatever its extension."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
     files: list[tuple[Path, Path]] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = list_images(path, recursive=True, dangling=True)  # a dangling link is named, then skipped
-            if not found:
-                raise MissingFileError(f"input folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            files.extend((f, f.relative_to(path).with_suffix(".png")) for f in found)
+            # the datasets' listing: folder links followed; a dangling link is named, then skipped
+            listing = find_images(path, recursive=True, dangling=True)
+            left_out = listing.left_out_lines()
+            if not listing.files:
+                said = "".join(f"; {line}" for line in left_out)
+                raise MissingFileError(f"input folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}){said}")
+            for line in left_out:  # what a folder holds besides images is said, never left out silently
+                log.warning("input=%s: %s", path, line)
+            files.extend((f, f.relative_to(path).with_suffix(".png")) for f in listing.files)
         elif path.is_file():
             files.append((path, Path(path.name).with_suffix(".png")))
         elif broken_link(path):

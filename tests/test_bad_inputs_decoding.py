@@ -681,3 +681,194 @@ def test_check_dataset_script_names_every_fault(tmp_path: Path) -> None:
     for named in ("lossy mask (JPEG)", "holds 3 pages/frames", "dangling symlink", "EXIF orientation 8"):
         assert named in result.stdout, result.stdout
     assert "Traceback" not in result.stderr
+
+
+# ---- what the listing takes, follows and leaves out (issue: GIF, folder links, other extensions) ---------------------
+
+def _grey_gif(values: np.ndarray, path: Path) -> Path:
+    """A grey mask saved as GIF the way Pillow does by default (its writer renumbers the palette entries)."""
+    Image.fromarray(values.astype(np.uint8)).save(path)
+    return path
+
+
+def test_gif_image_and_mask_are_read(tmp_path: Path) -> None:
+    """A pair saved as GIF used to be left out without a word (``.gif`` was not listed, yet readable). GIF is
+    read: an image as any palette image, a grey mask by the grey levels its palette shows."""
+    root = folder(tmp_path)
+    rgb, mask = scene()
+    replace_image(root, "train_000.gif", lambda p: Image.fromarray(rgb).save(p))
+    (root / "masks" / "train" / "train_000.png").unlink()
+    _grey_gif(mask, root / "masks" / "train" / "train_000.gif")
+    samples = dataset(root).samples
+    assert [s[0].name for s in samples] == ["train_000.gif", "train_001.jpg", "train_002.jpg"]
+    assert np.array_equal(read_label_png(samples[0][1]), mask)
+    assert np.array_equal(read_image(samples[0][0]), rgb)
+    text, _ = doctor(root)
+    assert "images: 3  masks: 3  pairs: 3" in text and text.splitlines()[-1] == "OK: no problems found", text
+
+
+def test_gif_mask_ids_are_its_grey_levels_not_renumbered_indices(tmp_path: Path) -> None:
+    """Pillow's GIF writer renumbers palette entries: the indices of a grey mask 0, 5, 200, 7 come back as 0, 1,
+    3, 2; the grey levels are the ids. A colour-palette GIF names no ids: refused, naming the file."""
+    assert read_label_png(_grey_gif(np.array([[0, 5, 200, 7]]), tmp_path / "grey.gif")).tolist() == [[0, 5, 200, 7]]
+    voc = Image.fromarray(np.array([[0, 1, 255, 3]], np.uint8), "P")
+    voc.putpalette([v for i in range(256) for v in (i * 7 % 256, i * 13 % 256, i * 29 % 256)])
+    voc.save(tmp_path / "voc.gif")
+    err = raised_user_error(lambda: read_label_png(tmp_path / "voc.gif"))
+    assert_short_named(user_message(err), r"mask file .*voc\.gif is a GIF with colours .*renumber palette entries.*"
+                                          r"Save masks as PNG.*mask_format: rgb")
+    coloured = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), "P")
+    coloured.putpalette([v for c in COLOURS for v in c])
+    coloured.save(tmp_path / "coloured.gif")
+    assert read_rgb_mask(tmp_path / "coloured.gif", COLOURS).tolist() == [[0, 1], [2, 1]]
+
+
+def test_animated_gif_is_refused_as_multi_page(tmp_path: Path) -> None:
+    frames = [Image.fromarray(np.full((4, 4, 3), v, np.uint8)) for v in (0, 120, 240)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    err = raised_user_error(lambda: read_image(tmp_path / "anim.gif"))
+    assert_short_named(user_message(err), r"anim\.gif holds 3 pages/frames \(GIF\)")
+
+
+def test_unpaired_mask_names_its_image_with_an_extension_not_read(tmp_path: Path) -> None:
+    """An image ``train_000.heic`` beside mask ``train_000.png`` used to give "mask without image" alone."""
+    root = folder(tmp_path)
+    heic = replace_image(root, "train_000.heic", lambda p: p.write_bytes(b"not read"))
+    err = raised_user_error(lambda: dataset(root))
+    assert_short_named(user_message(err), rf"mask without image: .*masks/train/train_000\.png \({re.escape(str(heic))} "
+                                          r"has its name but is not read: its extension '\.heic' is not one of "
+                                          r"\.png .*\.gif")
+    text, _ = doctor(root)
+    assert "NOTE 1 file(s) with extensions that are not read left out (read: .png" in text and str(heic) in text
+
+
+@pytest.mark.parametrize("where", ["images", "masks"])
+def test_files_with_extensions_not_read_are_named(tmp_path: Path, caplog, where: str) -> None:
+    """Files the listing does not take (a README, a file without extension) are named: one NOTE of the doctor,
+    which then never says plain OK, and one warning when training builds the split."""
+    root = folder(tmp_path)
+    (root / where / "train" / "README.txt").write_text("annotated by ...")
+    (root / where / "train" / "train_009").write_bytes(b"\x89PNG")
+    assert len(dataset(root).samples) == 3
+    text, _ = doctor(root)
+    assert (f"NOTE 2 file(s) with extensions that are not read left out (read: .png .jpg .jpeg .bmp .tif .tiff "
+            f".webp .gif): {root / where / 'train' / 'README.txt'}, {root / where / 'train' / 'train_009'}") in text
+    assert text.splitlines()[-1].startswith("OK: nothing to fix, but read the NOTEs above"), text
+    split = functools.partial(FolderDataset, root=root, class_names=NAMES)
+    dm = SegDataModule(train_set=functools.partial(split, split="train"), val_set=functools.partial(split, split="val"),
+                       val_transform=eval_transform(), num_classes=3, class_names=NAMES, batch_size=1)
+    with caplog.at_level(logging.WARNING, logger="seg_template"):
+        dm.setup("fit")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert_short_named(warning, r"data\.train_set: 2 file\(s\) with extensions that are not read left out .*README\.txt")
+
+
+def _linked_subfolders(tmp_path: Path) -> Path:
+    """A folder root whose ``images/train/more`` and ``masks/train/more`` are links to 2 pairs kept elsewhere."""
+    root = folder(tmp_path)
+    extra = make_folder(tmp_path / "elsewhere", splits={"more": 2})
+    for kind in ("images", "masks"):
+        os.symlink(extra / kind / "more", root / kind / "train" / "more")
+    return root
+
+
+def test_symlinked_subfolders_are_followed(tmp_path: Path) -> None:
+    """Python 3.11's recursive glob does not follow folder links: the pairs in ``more/`` were left out of the
+    datasets, the doctor and predict without a word. The one listing follows them."""
+    root = _linked_subfolders(tmp_path)
+    names = [s[0].relative_to(root / "images" / "train").as_posix() for s in dataset(root).samples]
+    assert names == ["more/more_000.jpg", "more/more_001.jpg", "train_000.jpg", "train_001.jpg", "train_002.jpg"]
+    text, _ = doctor(root)
+    assert "[train] images: 5  masks: 5  pairs: 5  checked: 5  errors: 0" in text, text
+    outputs = [name.as_posix() for _, name in input_files(str(root / "images" / "train"))]
+    assert outputs == ["more/more_000.png", "more/more_001.png", "train_000.png", "train_001.png", "train_002.png"]
+
+
+def test_folder_symlink_loop_is_named_and_not_followed(tmp_path: Path, caplog) -> None:
+    """A folder link back to a folder above it (a loop) and a second link to a folder already listed are not
+    followed (no hang, no sample listed twice), and named."""
+    root = _linked_subfolders(tmp_path)
+    os.symlink("..", root / "images" / "train" / "loop")
+    os.symlink("more", root / "images" / "train" / "same")
+    assert len(dataset(root).samples) == 5
+    text, _ = doctor(root)
+    assert re.search(r"NOTE folder link not followed: .*images/train/loop -> \.\. is a symlink loop", text), text
+    assert re.search(r"NOTE folder .*images/train/same is .*images/train/more, already listed", text), text
+    with caplog.at_level(logging.WARNING, logger="seg_template"):
+        assert len(input_files(str(root / "images"))) == 5 + 1  # train (5) and val (1), once each
+    assert any("symlink loop" in r.getMessage() for r in caplog.records)
+
+
+def test_predict_folder_names_the_files_it_leaves_out(tmp_path: Path, caplog) -> None:
+    """``input=<folder>`` used to leave a file without extension out in silence (``input=<that file>`` reads it)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.png", "b.gif", "scan"):
+        Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(inputs / name, format="PNG" if name != "b.gif" else None)
+    with caplog.at_level(logging.WARNING, logger="seg_template"):
+        files = input_files(str(inputs))
+    assert [f.name for f, _ in files] == ["a.png", "b.gif"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert_short_named(warning, rf"input={re.escape(str(inputs))}: 1 file\(s\) with extensions that are not read left "
+                                rf"out .*: {re.escape(str(inputs / 'scan'))}")
+    assert [f.name for f, _ in input_files(str(inputs / "scan"))] == ["scan"]  # named: read whatever its extension
+    (inputs / "a.png").unlink()
+    (inputs / "b.gif").unlink()
+    err = raised_user_error(lambda: input_files(str(inputs)))
+    assert_short_named(user_message(err), r"input folder .*in holds no images .*; 1 file\(s\) with extensions that "
+                                          r"are not read left out .*in/scan")
+
+
+# ---- what a file holds: NaN pixels, empty files ------------------------------------------------------------------------
+
+def test_float_image_with_nan_pixels_is_named_as_nan(tmp_path: Path) -> None:
+    """It used to say "holds floating-point values in [nan, nan] ... scale it to [0, 1]"."""
+    values = np.full((4, 6), 0.5, np.float32)
+    values[1, 1], values[2, 3] = np.nan, np.inf
+    Image.fromarray(values, "F").save(tmp_path / "nan.tif")
+    err = raised_user_error(lambda: read_image(tmp_path / "nan.tif"))
+    message = user_message(err)
+    assert_short_named(message, r"image file .*nan\.tif holds 1 NaN and 1 inf pixel\(s\) \(of 24\)")
+    assert "[nan" not in message
+    Image.fromarray(np.where(np.isfinite(values), 1.0, np.nan).astype(np.float32), "F").save(tmp_path / "mask.tif")
+    err = raised_user_error(lambda: read_label_png(tmp_path / "mask.tif"))
+    assert_short_named(user_message(err), r"mask file .*mask\.tif holds 2 NaN pixel\(s\) \(of 24\)")
+
+
+@pytest.mark.parametrize("kind", ["image", "mask"])
+def test_empty_file_is_named_as_empty(tmp_path: Path, kind: str) -> None:
+    """A 0-byte file (an interrupted copy) used to be reported as "cannot identify image file"."""
+    root = folder(tmp_path)
+    path = root / f"{kind}s" / "train" / ("train_001.jpg" if kind == "image" else "train_001.png")
+    path.write_bytes(b"")
+    err = raised_user_error(lambda: dataset(root)[1])
+    assert_short_named(user_message(err), rf"cannot read image file {re.escape(str(path))}: the file is empty "
+                                          r"\(0 bytes\)")
+    text, _ = doctor(root)
+    assert "the file is empty (0 bytes)" in text and "cannot identify" not in text
+
+
+# ---- the README says what the code reads -------------------------------------------------------------------------------
+
+def test_readme_names_the_class_weight_files_that_are_read(tmp_path: Path) -> None:
+    """The typed-options bullet said ``data.class_weights`` may name a ``.pt`` file, which is refused."""
+    from seg_template.losses.class_weights import load_class_weights
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sentence = re.search(r"`data\.class_weights` has .*?\)", readme, re.S)
+    assert sentence, "the README no longer describes data.class_weights in the typed-options bullet"
+    suffixes = re.findall(r"`(\.[a-z]+)`", sentence.group(0))
+    assert suffixes, sentence.group(0)
+    writers = {".npy": lambda p: np.save(p, np.array([1.0, 2.0])), ".json": lambda p: p.write_text("[1.0, 2.0]"),
+               ".txt": lambda p: p.write_text("1.0 2.0\n")}
+    for suffix in suffixes:
+        path = tmp_path / f"w{suffix}"
+        writers.get(suffix, _torch_save)(path)
+        assert load_class_weights(str(path)).tolist() == [1.0, 2.0], suffix
+
+
+def _torch_save(path: Path) -> None:
+    """A tensor file (``.pt``) of the weights the test reads back."""
+    import torch
+
+    torch.save(torch.tensor([1.0, 2.0]), path)

@@ -146,6 +146,9 @@ class SegDataModule(pl.LightningDataModule):
                               f"data.num_classes is {self._num_classes}")
         if len(dataset) == 0:
             raise DataError(f"data.{split}_set ({type(dataset).__name__}) is empty")
+        if is_global_zero():
+            for line in getattr(dataset, "left_out", ()):  # files the listing did not take: said, not hidden
+                log.warning("data.%s_set: %s", split, line)
         return dataset
 
     def setup(self, stage: str | None = None) -> None:

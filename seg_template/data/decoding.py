@@ -7,6 +7,10 @@
   stored values (PIL scales them to 0..255 for display).
 - **Pages**: a multi-page file (TIFF pages, animated GIF / PNG / WebP) is refused: which page is meant is not
   ours to guess. A camera's MPO JPEG is not: its first picture is the photo, the others are previews.
+- **GIF masks**: GIF stores palette indices only, and its writers renumber them, so a GIF index mask's class
+  ids are the grey levels its palette shows (a grey mask saved as GIF); one with a colour palette is refused
+  (read it by colour, ``mask_format: rgb``). A single-frame GIF image is read as any palette image.
+- **Non-finite**: a float image or mask with NaN or inf samples is refused, naming how many.
 - **Size**: a file over ``max_pixels`` (PIL's decompression-bomb limit by default) is refused before it is
   decoded, naming its size and the option that raises the limit.
 """
@@ -253,6 +257,15 @@ def _colour16(path: Path) -> np.ndarray | None:
     return data[..., 2::-1]  # BGR (+ alpha): the alpha channel is dropped, as for 8-bit RGBA images
 
 
+def _nonfinite(values: np.ndarray) -> str:
+    """``"<n> NaN and <m> inf pixel(s) (of <total>)"`` for the non-finite samples of ``values``; ``""`` if none."""
+    nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    if not nan and not inf:
+        return ""
+    counts = " and ".join(f"{n:,} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
+    return f"{counts} pixel(s) (of {values.size:,})"
+
+
 def image_rgb(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
     """The loaded ``img`` as ``uint8[H, W, 3]`` RGB as viewers show it, scaled by its real bit depth."""
     rgb = orient(_pil_rgb(img, info, path), info.pending)
@@ -276,8 +289,13 @@ def _pil_rgb(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
                         "them to colours; save it as 8- or 16-bit unsigned")
     if mode == "F":
         values = np.asarray(img, dtype=np.float32)
+        nonfinite = _nonfinite(values)
+        if nonfinite:
+            raise DataError(f"image file {path} holds {nonfinite}: they have no intensity to show or learn from; "
+                            "replace them with numbers in [0, 1] (float images are read as [0, 1] intensities), or "
+                            "save it as 8- or 16-bit")
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if not (np.isfinite(values).all() and low >= 0.0 and high <= 1.0):
+        if not (low >= 0.0 and high <= 1.0):
             raise DataError(f"image file {path} holds floating-point values in [{low:g}, {high:g}]; float images "
                             "are read as [0, 1] intensities: scale it to [0, 1], or save it as 8- or 16-bit")
         grey = np.rint(values * 255.0).astype(np.uint8)
@@ -302,6 +320,30 @@ def index_values(img: Image.Image, info: ImageInfo, path: Path) -> np.ndarray:
         values = values[..., 0]  # the index / grey channel; alpha carries no class
     if mode in ("L", "LA") and info.bits < 8:
         values = values // (255 // (2 ** info.bits - 1))  # PIL stretched 1/2/4-bit grey to 0..255 for display
-    if mode == "F" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
+    if mode == "F" and _nonfinite(values):
+        raise DataError(f"mask file {path} holds {_nonfinite(values)}; masks hold class ids: paint those pixels "
+                        "with a class id or the ignore index")
+    if mode == "F" and not np.array_equal(values, np.round(values)):
         raise DataError(f"mask file {path} holds non-integer floating-point values; masks hold class ids")
+    if info.format == "GIF" and mode == "P":
+        values = _gif_greys(img, values, path)
     return orient(values.astype(np.int64), info.pending)
+
+
+def _gif_greys(img: Image.Image, indices: np.ndarray, path: Path) -> np.ndarray:
+    """A GIF mask's class ids: the grey levels its palette shows. GIF stores every picture as palette indices,
+    and writers renumber them (Pillow's GIF writer drops unused palette entries by default and renumbers the
+    rest: a VOC mask's ignore index 255 comes back as a small class id), so the indices are not reliable class
+    ids; the colours survive. A grey mask
+    saved as GIF shows its ids as grey levels: those are read. A colour palette names no ids: refused."""
+    palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    used = np.unique(indices)
+    if used.size and int(used.max()) >= len(palette):
+        palette = np.concatenate([palette, np.zeros((int(used.max()) + 1 - len(palette), 3), np.int64)])
+    colours = palette[used]
+    if not (colours == colours[:, :1]).all():
+        shown = ", ".join(str(tuple(c)) for c in colours[:4].tolist()) + (" ..." if len(colours) > 4 else "")
+        raise DataError(f"mask file {path} is a GIF with colours ({shown}): GIF writers renumber palette entries, "
+                        "so its indices are not reliable class ids. Save masks as PNG (index or palette), or read "
+                        "them by colour (mask_format: rgb, with data.colors)")
+    return palette[:, 0][indices]

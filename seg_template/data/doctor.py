@@ -5,7 +5,8 @@ Reports per split: image / mask counts, unpaired files and dangling symlinks, un
 orientation explains one), label values outside ``[0, C)`` ∪ {ignore} and per-class pixel frequencies. Every
 error names its file. Warnings are likely mistakes training would not stop on (the ignore index used by a
 class; repeated class names); notes say what the reader does to files that users may not expect (EXIF
-orientation applied, 16-bit samples scaled, a byte-order mark dropped). The doctor never says "no problems"
+orientation applied, 16-bit samples scaled, a byte-order mark dropped, files with extensions that are not read
+and folder links not followed left out). The doctor never says "no problems"
 while there is a note: a user should know.
 """
 
@@ -33,7 +34,10 @@ NOTE_HEADLINES = {
                  "(round(v * 255 / 65535) for 16-bit)",
     "lossy mask": "mask(s) in a lossy format, accepted by lossy_masks=true: their labels may be altered along edges",
     "list file": "split list file(s) corrected while reading",
+    "left out": "file(s) and folder link(s) the listing left out",
 }
+#: note kinds whose details are whole sentences, printed one per line
+SENTENCE_NOTES = ("list file", "left out")
 #: files listed under one note (the count says how many there are)
 NOTE_FILES_SHOWN = 5
 
@@ -62,6 +66,8 @@ def check_split(dataset: PairedFilesDataset, split: str, limit: int | None = Non
     report.errors += dataset.unpaired + dataset.refused
     if dataset.notes:
         report.notes["list file"] = list(dataset.notes)
+    if getattr(dataset, "left_out", None):
+        report.notes["left out"] = list(dataset.left_out)
     report.num_pairs = len(dataset.samples)
     refused = len(dataset.refused)  # pairs left out for their lossy masks
     report.num_images = report.num_pairs + refused + sum(u.startswith("image without mask") for u in dataset.unpaired)
@@ -131,7 +137,7 @@ def _note_lines(notes: dict[str, list[str]]) -> list[str]:
     lines = []
     for kind in sorted(notes, key=lambda k: NOTE_KINDS.index(k) if k in NOTE_KINDS else len(NOTE_KINDS)):
         details = notes[kind]
-        if kind == "list file":
+        if kind in SENTENCE_NOTES:
             lines += [f"  NOTE {d}" for d in details]
             continue
         lines.append(f"  NOTE {len(details)} {NOTE_HEADLINES.get(kind, kind)}:")
@@ -167,7 +173,7 @@ def format_report(reports: Sequence[SplitReport], class_names: Sequence[str]) ->
     if n_errors or n_warnings:
         lines.append(f"FAILED: {n_errors + n_warnings} problem(s) ({n_errors} error(s), {n_warnings} warning(s))")
     elif n_notes:
-        lines.append(f"OK: nothing to fix, but read the NOTEs above: what the reader does to {n_notes} file(s)")
+        lines.append(f"OK: nothing to fix, but read the NOTEs above ({n_notes} of them)")
     else:
         lines.append("OK: no problems found")
     return "\n".join(lines)

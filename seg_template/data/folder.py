@@ -2,7 +2,7 @@
 
 Layout, either split by sub-folders (what ``scripts/write_synthetic.py`` writes)::
 
-    <root>/images/<split>/<name>.{png,jpg,jpeg,bmp,tif,tiff,webp}
+    <root>/images/<split>/<name>.{png,jpg,jpeg,bmp,tif,tiff,webp,gif}   (sub-folders and folder links too)
     <root>/masks/<split>/<name>.png
 
 or one flat folder each plus list files naming the samples of a split (one name per line, without
@@ -13,6 +13,11 @@ extension; ``<root>/splits/<split>.txt`` or ``<root>/<split>.txt``)::
 Masks are single-channel index PNGs or palette PNGs (the palette index is the class), or RGB colour
 masks (``mask_format="rgb"``) with ``colors[k]`` the RGB colour of class ``k``. Masks in a lossy format
 (JPEG, lossy WebP) are refused unless ``lossy_masks=True``: their compression changes labels along edges.
+GIF masks are read by the grey level their palette shows (``decoding.py``).
+
+Split by sub-folders, the folders are listed recursively, following folder links (``io.find_images``);
+files with other extensions and links not followed are named (a NOTE of the dataset doctor, a warning in
+training), and an unpaired file whose partner was left out for its extension says so.
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS
 from seg_template.data.io import (
     IMAGE_EXTENSIONS,
     DatasetLayoutError,
-    list_images,
+    find_images,
     read_list_file,
     read_rgb_mask,
     require_dir,
 )
-from seg_template.data.paired import PairedFilesDataset, keyed, pair_by_key
+from seg_template.data.paired import PairedFilesDataset, by_key, keyed, pair_by_key
 from seg_template.errors import ConfigError
 
 LAYOUT = """\
@@ -97,20 +102,28 @@ class FolderDataset(PairedFilesDataset):
                                      f"(and no list file {self.root}/splits/{self.split}.txt)")
             mask_root = require_dir(mask_root / self.split, LAYOUT, f"mask folder of split {self.split!r}")
         recursive = list_file is None
-        images, dupes = keyed(list_images(image_root, recursive, dangling=True), "", image_root)
-        mask_files = [p for p in list_images(mask_root, recursive, dangling=True) if p.stem.endswith(self.mask_suffix)]
+        image_listing = find_images(image_root, recursive, dangling=True)
+        mask_listing = find_images(mask_root, recursive, dangling=True)
+        images, dupes = keyed(image_listing.files, "", image_root)
+        mask_files = [p for p in mask_listing.files if p.stem.endswith(self.mask_suffix)]
         masks, mask_dupes = keyed(mask_files, "", mask_root)
+        unread_images = by_key(image_listing.left_out, image_root)
+        unread_masks = by_key([p for p in mask_listing.left_out if p.stem.endswith(self.mask_suffix)], mask_root)
         if self.mask_suffix:
             masks = {k[: -len(self.mask_suffix)]: v for k, v in masks.items()}
+            unread_masks = {k[: -len(self.mask_suffix)]: v for k, v in unread_masks.items()}
         if list_file is not None:
+            # a flat folder holds every split: only what the list names matters, and its problems are errors
             lines, notes = read_list_file(list_file, whole_lines=True)
             self.notes += notes
-            wanted, missing = listed_names(lines, images, image_root)
+            wanted, missing = listed_names(lines, images, image_root, unread_images)
             missing = [f"listed in {list_file} but {problem}" for problem in missing]
             images = {k: images[k] for k in wanted if k in images}
             masks = {k: masks[k] for k in wanted if k in masks}
             dupes += missing
-        pairs, unpaired = pair_by_key(images, masks)
+        else:
+            self.left_out += image_listing.left_out_lines() + mask_listing.left_out_lines()
+        pairs, unpaired = pair_by_key(images, masks, unread_images, unread_masks)
         return pairs, dupes + mask_dupes + unpaired
 
     def read_mask(self, path: Path) -> np.ndarray:
@@ -134,19 +147,25 @@ def _bare(name: str) -> str:
     return Path(name).with_suffix("").as_posix() if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
 
 
-def listed_names(lines: Sequence[str], images: Mapping[str, Path], root: Path) -> tuple[list[str], list[str]]:
+def listed_names(lines: Sequence[str], images: Mapping[str, Path], root: Path,
+                 unread: Mapping[str, Path] | None = None) -> tuple[list[str], list[str]]:
     """``(names, problems)`` for the lines of a split list, ``images`` mapping names to files in ``root``: a line names
     the sample whose name is the whole line when there is one (names with spaces: ``my img`` for
-    ``my img.png``), else its first word (lists that add columns after the name: ``a.jpg a.png``)."""
+    ``my img.png``), else its first word (lists that add columns after the name: ``a.jpg a.png``). ``unread``:
+    files of those names left out for their extension, named in the problem."""
     names, problems = [], []
     for line in lines:
         whole, first = _bare(line), _bare(line.split()[0])
         if whole in images or first in images:
             names.append(whole if whole in images else first)
-        elif whole == first:
-            problems.append(f"no image {root}/{whole}.<ext>")
+            continue
+        other = (unread or {}).get(whole) or (unread or {}).get(first)
+        why = "" if other is None else (f" ({other} has that name but is not read: its extension "
+                                        f"{other.suffix or '(none)'} is not one of {' '.join(IMAGE_EXTENSIONS)}; "
+                                        "convert it to one of those)")
+        if whole == first:
+            problems.append(f"no image {root}/{whole}.<ext>{why}")
         else:
             problems.append(f"no image '{root}/{whole}.<ext>' (the whole line) nor '{root}/{first}.<ext>' (its first "
-                            "word)")
+                            f"word){why}")
     return names, problems
-

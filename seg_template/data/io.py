@@ -6,7 +6,12 @@ An image arrives as viewers show it: EXIF orientation applied, 16-bit and float 
 range (``decoding.py``). A mask keeps its stored integer values (8-, 16- or 1/2/4-bit grey, palette indices)
 and its EXIF orientation too; a lossy mask (JPEG, lossy WebP) is refused unless the dataset accepts them
 explicitly, and so is a mask with an alpha channel that is not fully opaque (which class a transparent pixel
-has is a guess). Multi-page files and files over the pixel limit are refused, naming the page count or the size.
+has is a guess). Multi-page files and files over the pixel limit are refused, naming the page count or the size;
+an empty (0-byte) file is named as empty.
+
+The one listing of image files is here too (``find_images``): datasets and predict take the files whose
+extension is in ``IMAGE_EXTENSIONS``, follow folder links (each real folder once, loops not followed), and
+get back what was left out (files with other extensions, links not followed) to name it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +44,8 @@ from seg_template.errors import ConfigError, DataError, MissingFileError
 LOSSY_OPTION = "data.train_set.lossy_masks=true (data=folder)"
 
 #: the image files the datasets, the dataset tools and predict.py accept (compared lower-case)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: (GIF: palette images, lossless; an animated one is refused as multi-page, as a multi-page TIFF is)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class DatasetLayoutError(MissingFileError):
@@ -110,6 +116,9 @@ def open_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         if isinstance(err, OSError) and err.errno == errno.ELOOP:
             raise _missing(path) from err
+        if _empty(path):
+            raise UnreadableImageError(f"cannot read image file {path}: the file is empty (0 bytes), as an "
+                                       "interrupted copy or download leaves one: copy it again") from err
         raise UnreadableImageError(f"cannot read image file {path}: {err}") from err
     # the orientation PIL left to apply to its pixels (a PNG's eXIf may follow the pixels; PIL turns a TIFF
     # itself unless it was decoded unturned)
@@ -117,6 +126,14 @@ def open_image(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
     if img.format == "PNG" and info.orientation == 1:
         info = replace(info, orientation=pending)
     return img, replace(info, pending=pending)
+
+
+def _empty(path: Path) -> bool:
+    """Whether ``path`` is a file of 0 bytes (PIL only says it "cannot identify" it)."""
+    try:
+        return Path(path).stat().st_size == 0
+    except OSError:
+        return False
 
 
 def probe_image(path: Path) -> ImageInfo | None:
@@ -251,12 +268,103 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_
         raise DataError(message)
 
 
+@dataclass
+class ImageListing:
+    """What :func:`find_images` found under a folder: ``files``, the image files (and, when asked, symbolic links
+    named like images that lead to no file, so that the reader names them); ``left_out``, files whose extension
+    is not read; ``skipped``, messages for what else was not listed (folder links not followed, dangling links
+    without an image extension, folders that cannot be listed). Paths lie lexically under the folder listed,
+    also those reached through a followed folder link."""
+
+    files: list[Path] = field(default_factory=list)
+    left_out: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def left_out_lines(self, limit: int = 5) -> list[str]:
+        """One line per kind of thing left out, naming (up to ``limit`` of) them; empty when nothing was."""
+        lines = []
+        if self.left_out:
+            shown = ", ".join(str(p) for p in self.left_out[:limit])
+            more = f", ... and {len(self.left_out) - limit} more" if len(self.left_out) > limit else ""
+            lines.append(f"{len(self.left_out)} file(s) with extensions that are not read left out (read: "
+                         f"{' '.join(IMAGE_EXTENSIONS)}): {shown}{more}")
+        lines += self.skipped
+        return lines
+
+
+def find_images(folder: Path, recursive: bool = False, dangling: bool = False) -> ImageListing:
+    """List the image files (any of ``IMAGE_EXTENSIONS``, case-insensitive) in ``folder``, and with ``recursive``
+    in its sub-folders, sorted: the one listing that datasets and predict share.
+
+    Folder links are followed (Python's recursive glob does not), each real folder once: a link that leads to
+    a folder holding the link (a loop) or to a folder already listed is not followed, and named in
+    ``skipped``. Files with other extensions are returned in ``left_out`` (hidden files, whose names start with
+    a dot, such as ``.DS_Store``, are not named). With ``dangling``, symbolic links named like images that lead
+    to no file are listed too (so that the reader names them); otherwise, and for other names, they are named
+    in ``skipped``."""
+    root = Path(folder)
+    found = ImageListing()
+    listed: dict[tuple[int, int], Path] = {}  # (device, inode) of each folder listed -> the path it was listed as
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            stat = directory.stat()
+            key = (stat.st_dev, stat.st_ino)
+            if key in listed:  # a folder reached twice (through a link): listed once, where first met
+                found.skipped.append(f"folder {directory} is {listed[key]}, already listed (a folder link leads "
+                                     "there): not listed twice")
+                continue
+            listed[key] = directory
+            with os.scandir(directory) as entries:
+                items = sorted(entries, key=lambda e: e.name)
+        except OSError as err:
+            found.skipped.append(f"folder {directory} cannot be listed ({err.strerror or err}): left out")
+            continue
+        subfolders = []
+        for entry in items:
+            path = directory / entry.name
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError:
+                is_dir = is_file = False
+            is_image = path.suffix.lower() in IMAGE_EXTENSIONS
+            if is_dir:
+                if recursive:
+                    loop = entry.is_symlink() and _holds(path, directory)
+                    if loop:
+                        found.skipped.append(f"folder link not followed: {path} -> {os.readlink(path)} is a symlink "
+                                             "loop (it leads to a folder that holds the link)")
+                    else:
+                        subfolders.append(path)
+            elif is_file:
+                if is_image:
+                    found.files.append(path)
+                elif not entry.name.startswith("."):
+                    found.left_out.append(path)
+            elif entry.is_symlink():
+                if is_image and dangling:
+                    found.files.append(path)  # the reader names it as a dangling link or a loop
+                else:
+                    found.skipped.append(f"{broken_link(path) or f'symlink {path} leads to no file'}: left out")
+        pending += reversed(subfolders)
+    found.files.sort()
+    found.left_out.sort()
+    return found
+
+
+def _holds(link: Path, directory: Path) -> bool:
+    """Whether the folder that ``link`` leads to holds ``directory`` (or is it): following it would loop."""
+    try:
+        return Path(os.path.realpath(directory)).is_relative_to(os.path.realpath(link))
+    except (OSError, ValueError):
+        return True
+
+
 def list_images(folder: Path, recursive: bool = False, dangling: bool = False) -> list[Path]:
-    """Image files (any of ``IMAGE_EXTENSIONS``, case-insensitive) in ``folder``, sorted; with ``dangling``
-    also symbolic links to files that do not exist (so that the reader names them)."""
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in Path(folder).glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS
-                  and (p.is_file() or (dangling and dangling_target(p) is not None)))
+    """The image files of :func:`find_images` (``recursive``: sub-folders too, folder links followed); with
+    ``dangling`` also symbolic links named like images that lead to no file (so that the reader names them)."""
+    return find_images(folder, recursive, dangling).files
 
 
 def read_list_file(path: Path, whole_lines: bool = False) -> tuple[list[str], list[str]]:

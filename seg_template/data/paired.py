@@ -7,7 +7,7 @@ the dataset doctor's hooks live here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from seg_template.data.base import SegmentationDataset
 from seg_template.data.decoding import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
 from seg_template.data.io import (
+    IMAGE_EXTENSIONS,
     LOSSY_OPTION,
     DatasetLayoutError,
     broken_link,
@@ -37,7 +38,9 @@ class PairedFilesDataset(SegmentationDataset):
 
     ``strict=False`` keeps going when files are unpaired (or masks lossy) and records them in ``unpaired``
     (``refused``) instead of raising: that is how ``scripts/check_dataset.py`` reports every problem at once.
-    ``notes`` records what indexing corrected (a byte-order mark in a list file) for the doctor.
+    ``notes`` records what indexing corrected (a byte-order mark in a list file) for the doctor, ``left_out``
+    one line per kind of file the listing left out (extensions that are not read, folder links not followed),
+    which the doctor prints as notes and training logs as a warning.
     ``max_image_pixels``: larger files are refused before decoding (None: no limit).
     """
 
@@ -57,6 +60,7 @@ class PairedFilesDataset(SegmentationDataset):
         self.strict = strict
         self.max_image_pixels = pixel_limit(max_image_pixels)
         self.notes: list[str] = []
+        self.left_out: list[str] = []
         pairs, unpaired = self.index_files()
         pairs, self.refused = self.refuse_lossy_masks(pairs)
         self.samples: list[tuple[Path, Path]] = sorted(pairs)
@@ -119,10 +123,12 @@ class PairedFilesDataset(SegmentationDataset):
         return image, mask, self.sample_name(image_path)
 
 
-def pair_by_key(images: dict[str, Path], masks: dict[str, Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
+def pair_by_key(images: dict[str, Path], masks: dict[str, Path], unread_images: Mapping[str, Path] | None = None,
+                unread_masks: Mapping[str, Path] | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Match two ``key -> path`` maps; return pairs and messages for the orphans on either side. A path that is
     a symbolic link leading to no file (dangling, or a loop) is named as one (not as the other file's missing
-    partner)."""
+    partner). ``unread_images`` / ``unread_masks``: files of the same keys that the listing left out for their
+    extension; an orphan's message names its partner there and says that its extension is not read."""
     pairs, unpaired = [], []
     for key in sorted(images.keys() | masks.keys()):
         image, mask = images.get(key), masks.get(key)
@@ -130,12 +136,30 @@ def pair_by_key(images: dict[str, Path], masks: dict[str, Path]) -> tuple[list[t
         if links:
             unpaired += links
         elif mask is None:
-            unpaired.append(f"image without mask: {image}")
+            unpaired.append(f"image without mask: {image}{_unread_partner(key, unread_masks)}")
         elif image is None:
-            unpaired.append(f"mask without image: {mask}")
+            unpaired.append(f"mask without image: {mask}{_unread_partner(key, unread_images)}")
         else:
             pairs.append((image, mask))
     return pairs, unpaired
+
+
+def _unread_partner(key: str, unread: Mapping[str, Path] | None) -> str:
+    """`` (<file> has its name, but ...)`` when ``unread`` holds a file of ``key``, else ``""``."""
+    other = (unread or {}).get(key)
+    if other is None:
+        return ""
+    extension = f"its extension {other.suffix!r}" if other.suffix else "a file without an extension"
+    return (f" ({other} has its name but is not read: {extension} is not one of {' '.join(IMAGE_EXTENSIONS)}; "
+            "convert it to one of those)")
+
+
+def by_key(paths: Sequence[Path], base: Path) -> dict[str, Path]:
+    """``relative/path/without/suffix -> path`` for ``paths`` under ``base`` (the first of a key wins)."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        out.setdefault(str(p.relative_to(base).with_suffix("")), p)
+    return out
 
 
 def keyed(paths: Sequence[Path], suffix: str, base: Path) -> tuple[dict[str, Path], list[str]]:

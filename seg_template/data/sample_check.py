@@ -21,7 +21,7 @@ from seg_template.data.io import load_image, probe_image, size_mismatch
 from seg_template.data.paired import PairedFilesDataset
 
 #: note kinds, in the order the doctor prints them
-NOTE_KINDS = ("orientation", "mask orientation", "bit depth", "lossy mask", "list file")
+NOTE_KINDS = ("orientation", "mask orientation", "bit depth", "lossy mask", "list file", "left out")
 
 
 def count_labels(mask: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, int, list[int]]:
