@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from seg_template.build import build_net, require_ckpt_path
 from seg_template.cli import hydra_main
-from seg_template.errors import CheckpointError, ConfigError
+from seg_template.errors import CheckpointError, ConfigError, UserError
 from seg_template.recipe import (
     check_recipe_options,
     read_checkpoint_recipe,
@@ -33,8 +33,9 @@ from seg_template.recipe import (
 log = logging.getLogger(__name__)
 
 
-class ExportMismatch(RuntimeError):
-    """onnxruntime's results differ from PyTorch's beyond the tolerance: the exported file is not trusted."""
+class ExportMismatch(UserError, RuntimeError):
+    """onnxruntime's results differ from PyTorch's beyond the tolerance: the exported file is not trusted. A
+    result to act on (another exporter or opset, or a tolerance), printed as one block like a user error."""
 
 
 def _shapes(cfg: DictConfig) -> list[tuple[int, int, int]]:
@@ -134,11 +135,20 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
             f"({parity.summary()}), so its exported file could not be trusted either; its weights are finite, yet "
             f"too large to compute with (the state of a run on the edge of diverging?): export an earlier "
             f"checkpoint of the run. The file is left at {unverified} for inspection")
-    if not parity.ok(float(cfg.export.atol), float(cfg.export.min_agreement)):
+    atol, rtol, agreement = float(cfg.export.atol), float(cfg.export.get("rtol", 0.0)), float(
+        cfg.export.min_agreement)
+    if not parity.ok(atol, agreement, rtol):
+        if parity.agreement >= agreement:  # the same classes everywhere: only the logits' rounding is off
+            fix = (f"the predicted classes agree, so the difference is rounding of logits as large as "
+                   f"{parity.scale:.3g}: accept it with export.rtol=<larger> (now {rtol:g}) or export.atol=<larger>")
+        else:
+            fix = (f"the predicted classes differ: try the other exporter (export.dynamo="
+                   f"{str(not cfg.export.get('dynamo', True)).lower()}) or another export.opset")
         raise ExportMismatch(
             f"the ONNX export of {ckpt_path} does not reproduce PyTorch: {parity.summary()}; required: max "
-            f"|difference| <= {cfg.export.atol} and agreement >= {100 * float(cfg.export.min_agreement):.2f}%. "
-            f"The file is left at {unverified} for inspection (try another export.opset)")
+            f"|difference| <= {parity.tolerance(atol, rtol):.3g} (export.atol {atol:g} + export.rtol {rtol:g} x "
+            f"the largest |logit| {parity.scale:.3g}) and agreement >= {100 * agreement:.2f}%. {fix}. The file "
+            f"is left at {unverified} for inspection")
     os.replace(unverified, target)
     classes = int(cfg.data.num_classes)
     log.info("Wrote %s: input images[batch, 3, height, width] float32 (RGB normalised as data.val_transform), "

@@ -129,3 +129,28 @@ def test_export_and_predict_scripts(compose_cfg, tmp_path) -> None:
                            f"output_dir={tmp_path / 'out'}", f"paths.log_dir={tmp_path}")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert (tmp_path / "out" / "overlay" / "x.png").is_file()
+
+
+def test_a_mismatch_of_rounding_only_says_to_raise_the_tolerance(compose_cfg, tmp_path, monkeypatch) -> None:
+    """A finite model with logits around 1e4 (a stranger's checkpoint): float32 rounding alone differs by ~5e-3,
+    over export.atol; the classes agree. It was a traceback advising another opset; now export.rtol accepts it,
+    and with export.rtol=0 one block says the classes agree and which tolerance to raise."""
+    from seg_template.cli import user_message
+    from seg_template.export import ExportMismatch
+    from tests.bad_input_files import raised_user_error
+
+    ckpt = save_checkpoint(compose_cfg(overrides=TRAINED, output_dir=tmp_path / "t"), tmp_path / "m.ckpt")
+    # logits of 1e4 on both sides (the model's, scaled), and the file's off by a rounding-sized 5e-3
+    monkeypatch.setattr("seg_template.onnx_model.main_logits", lambda out: (out["out"] if isinstance(
+        out, dict) else out) * 1e4)
+    traced = ImageSizeLogits.forward
+    monkeypatch.setattr(ImageSizeLogits, "forward", lambda self, images: traced(self, images) + 5e-3)
+    shapes = ["export.check_shapes=[[1,32,32]]", "export.threads=1", "export.dynamo=false"]
+    export(compose_cfg, tmp_path / "ok", f"ckpt_path={ckpt}", *shapes)  # within rtol x the largest |logit|
+    assert (tmp_path / "ok" / "model.onnx").is_file()
+    err = raised_user_error(lambda: export(compose_cfg, tmp_path / "strict", f"ckpt_path={ckpt}", *shapes,
+                                           "export.rtol=0"))
+    assert isinstance(err, ExportMismatch)
+    message = user_message(err)
+    assert "the predicted classes agree" in message and "export.rtol=<larger>" in message
+    assert "Traceback" not in message
