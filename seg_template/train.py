@@ -8,6 +8,9 @@ tests call :func:`train` with a composed config. torch and Lightning are importe
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
@@ -96,11 +99,34 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     elif cfg.get("test", False):
         ckpt_path = best_checkpoint(trainer, cfg)
         # verbose=False: the module prints its own per-class table; Lightning's would repeat it in other units
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        with _stopped_during_the_test(ckpt_path):
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
         metrics.update(trainer.callback_metrics)
         if trainer.checkpoint_callback is not None and ckpt_path:
             say("Best checkpoint: %s", ckpt_path)
     return metrics, objects
+
+
+@contextmanager
+def _stopped_during_the_test(ckpt_path: str | None) -> Iterator[None]:
+    """A signal during the test after fit: the fit is complete, so the line says so and how to run the test
+    alone (the entry point would only say "Stopped by SIGTERM")."""
+    from seg_template.callbacks.stop_on_signal import shell_word
+    from seg_template.paths import hydra_value
+    from seg_template.signals import StoppedBySignal, as_stop, mark_reported, signal_name
+
+    try:
+        yield
+    except BaseException as err:
+        stop = err if isinstance(err, StoppedBySignal) else as_stop(err) if isinstance(err, Exception) else None
+        if stop is not None and not stop.reported and ckpt_path:
+            command = f"python eval.py {shell_word(f'ckpt_path={hydra_value(str(ckpt_path))}')} split=test"
+            log.warning("Stopped by %s during the test after fit (exit status %d); the fit is complete and %s "
+                        "holds its best weights: test them with %s", signal_name(stop.signum), stop.code,
+                        Path(ckpt_path).name, command)
+            mark_reported()
+            stop.reported = True
+        raise
 
 
 def best_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:

@@ -81,6 +81,19 @@ class SendSignal(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SendSignalInTheTest(pl.Callback):
+    """Sends ``signum`` to its own process when the test after fit starts its first batch."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum, self.sent = int(signum), False
+
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
 class _Midway:
     """Pickled as the last entry of a checkpoint: sends ``signals`` while the atomic writer's partial file
     is open and half written, leaving each one time to be handled."""
@@ -321,6 +334,21 @@ def test_in_process_fit_stops_after_the_step_with_last_ckpt(compose_cfg, tmp_pat
     assert stopped.value.code == 143 and stopped.value.reported
     assert checkpoint_state(tmp_path / "checkpoints" / "last.ckpt") == (0, 8)  # the step in progress finished
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_a_signal_during_the_test_after_fit_says_the_fit_is_complete(compose_cfg, tmp_path: Path, caplog) -> None:
+    """It said only "Stopped by SIGTERM (exit status 143)": nothing told that fit had finished and best.ckpt was
+    there, nor how to run the test alone."""
+    overrides = [*TRAIN, "trainer.max_epochs=1", "test=true", f"+callbacks.send._target_={HERE}.SendSignalInTheTest",
+                 f"+callbacks.send.signum={int(signal.SIGTERM)}"]
+    cfg = compose_cfg(overrides=overrides, output_dir=tmp_path)
+    with pytest.raises(StoppedBySignal) as stopped, exit_on_signals(), caplog.at_level("WARNING"):
+        train(cfg)
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert stopped.value.code == 143 and stopped.value.reported and best.is_file()
+    (line,) = [r.getMessage() for r in caplog.records if "during the test after fit" in r.getMessage()]
+    assert line == (f"Stopped by SIGTERM during the test after fit (exit status 143); the fit is complete and "
+                    f"best.ckpt holds its best weights: test them with python eval.py ckpt_path={best} split=test")
 
 
 def test_rank_errors_are_claimed_once_and_found_by_the_others(monkeypatch, tmp_path: Path) -> None:
