@@ -5,18 +5,21 @@ folder (resume in place: ``ckpt_path=<run>/checkpoints/last.ckpt``, with or with
 keep its history. The rule:
 
 - **Every run appends.** Rows already in ``metrics.csv`` stay; a new column rewrites the file atomically.
-- **Only a resumed fit drops rows, and only those logged after its checkpoint.** A fit restored from a
-  checkpoint (``ckpt_path=``, or SLURM's ``hpc_ckpt_<n>.ckpt``) logs again from the checkpoint's logging step
-  ``S`` (Lightning's step counter, which the checkpoint holds; rows of the steps it trained are at ``0 ..
-  S - 1``). Rows at steps ``>= S`` were logged by an earlier attempt after that checkpoint (``kill -9``
-  mid-epoch, a signal during a save, the test after fit): they are dropped (the file is rewritten
-  atomically) before the resumed fit logs, and the log says how many. The epoch-level rows Lightning logs
-  right after the epoch-end checkpoint are at ``S - 1`` and stay. Whoever restores the checkpoint says so:
+- **Only a resumed fit drops rows, and only training / validation rows logged after its checkpoint.** A fit
+  restored from a checkpoint (``ckpt_path=``, or SLURM's ``hpc_ckpt_<n>.ckpt``) logs again from the
+  checkpoint's logging step ``S`` (Lightning's step counter, which the checkpoint holds; rows of the steps it
+  trained are at ``0 .. S - 1``). Training and validation rows at steps ``>= S`` were logged by an earlier
+  attempt after that checkpoint (``kill -9`` mid-epoch, a signal during a save): they are dropped (the file is
+  rewritten atomically) before the resumed fit logs, and the log says how many; so each step and epoch is
+  there once. The epoch-level rows Lightning logs right after the epoch-end checkpoint are at ``S - 1`` and
+  stay. Test rows (every value a ``test/*`` one) stay wherever they are: they are the result of a test that
+  ran to its end, such as a finished run's test at step ``S`` itself, which a fit resumed with more epochs
+  continues from (that fit adds its own test row later). Whoever restores the checkpoint says so:
   :meth:`CSVLogger.continue_fit_from` (``BestAndLastCheckpoint`` calls it when a fit starts, with the restored
   step) or :meth:`CSVLogger.append_only` (a fit from scratch). A test-only run (``train=false``) and eval
   never call either, and log from step 0: they append.
 - A logger nobody told (a Trainer without our checkpoint callback) keeps the earlier rule: a first row at a
-  step ``T > 0`` is taken for a resumed fit's, and rows at steps ``>= T`` are dropped.
+  step ``T > 0`` is taken for a resumed fit's, and training / validation rows at steps ``>= T`` are dropped.
 - ``hparams.yaml`` of the run that made the folder is kept: a run continuing there writes its own hyperparameters
   to ``hparams_resumed_<date>_<time>.yaml`` (as Hydra's record goes to ``.hydra/resumed_<date>_<time>/``).
 - A ``metrics.csv`` that cannot be continued is a ``ConfigError`` naming it when the logger opens it, before
@@ -78,11 +81,23 @@ def _step(row: dict[str, str]) -> int | None:
         return None
 
 
+#: the columns every row has, whatever was logged in it
+_INDEX_COLUMNS = ("epoch", "step")
+
+
+def is_test_row(row: dict[str, str]) -> bool:
+    """Whether ``row`` holds test results only: each value it has, besides its epoch and step, is a
+    ``test/*`` one (the row a test logs when it has run to its end)."""
+    logged = [key for key, value in row.items() if key not in _INDEX_COLUMNS and value not in ("", None)]
+    return bool(logged) and all(str(key).startswith("test/") for key in logged)
+
+
 def drop_rows_from_step(path: str | Path, step: int) -> int:
-    """Remove the rows of the CSV file ``path`` logged at ``step`` or later (atomically); returns how many.
-    Rows without a readable step are kept."""
+    """Remove the training / validation rows of the CSV file ``path`` logged at ``step`` or later
+    (atomically); returns how many. Rows without a readable step, and test rows (:func:`is_test_row`: the
+    result of a finished test, e.g. the test after the fit a resume continues), are kept."""
     fieldnames, rows = read_rows(path)
-    kept = [row for row in rows if (s := _step(row)) is None or s < step]
+    kept = [row for row in rows if (s := _step(row)) is None or s < step or is_test_row(row)]
     if len(kept) < len(rows):
         write_rows_atomically(path, fieldnames, kept)
     return len(rows) - len(kept)
@@ -141,7 +156,8 @@ class _ContinuingWriter(ExperimentWriter):
             self.metrics_keys = sorted(header)
 
     def continue_fit_from(self, step: int) -> int:
-        """This run resumes a fit whose checkpoint logged steps ``< step``: drop the rows at ``>= step``."""
+        """This run resumes a fit whose checkpoint logged steps ``< step``: drop the training / validation rows
+        at ``>= step`` (test rows stay: :func:`drop_rows_from_step`)."""
         self._settled = True
         if not os.path.isfile(self.metrics_file_path):
             return 0
@@ -180,8 +196,9 @@ class CSVLogger(LightningCSVLogger):
         return self._experiment
 
     def continue_fit_from(self, step: int) -> int:
-        """A fit restored from a checkpoint whose logging step is ``step``: the rows an earlier attempt logged
-        at ``>= step`` are dropped now; returns how many. Call on rank 0 only."""
+        """A fit restored from a checkpoint whose logging step is ``step``: the training / validation rows an
+        earlier attempt logged at ``>= step`` are dropped now (test rows stay); returns how many. Call on rank 0
+        only."""
         writer = self.experiment
         return writer.continue_fit_from(step) if isinstance(writer, _ContinuingWriter) else 0
 

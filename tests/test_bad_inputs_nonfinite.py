@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -516,3 +518,115 @@ def test_train_script_stops_a_resumed_fit_whose_validation_is_nan(files: Files, 
     assert_short_named(output[output.index(errors[0]):], r"TrainingDiverged: the sanity-check validation before "
                                                          r"training .*NaN/inf logits.*resumed from ckpt_path=.*hugemean")
     assert not list(logs.rglob("*.ckpt")), "a checkpoint of the non-finite state was written"
+
+
+# ------------------------------------------------------------------------ tensors of a kind training never writes
+#: how each kind is made from a dense tensor, and what the message says of it (stranger B's sparse head: a
+#: 125-line "Could not run 'aten::ne.Scalar' ... SparseCPU" traceback from the NaN check, exit 1)
+ODD_KINDS: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {
+    "sparse_coo": (lambda t: t.to_sparse(), r"is sparse \(layout torch\.sparse_coo\)"),
+    "sparse_csr": (lambda t: t.to_sparse_csr(), r"is sparse \(layout torch\.sparse_csr\)"),
+    "sparse_bsc": (lambda t: t.to_sparse_bsc((1, 1)), r"is sparse \(layout torch\.sparse_bsc\)"),
+    "nested": (lambda t: torch.nested.nested_tensor([t.flatten(), t.flatten()[:3]], layout=torch.jagged),
+               r"is a nested tensor \(layout torch\.jagged\)"),
+    "meta": (lambda t: torch.empty_like(t, device="meta"), r"holds no data \(device meta\)"),
+    "quantized": (lambda t: torch.quantize_per_tensor(t, 0.1, 0, torch.qint8), r"is quantized \(dtype torch\.qint8\)"),
+    "complex": (lambda t: torch.complex(t, torch.zeros_like(t)), r"is complex \(dtype torch\.complex64\)"),
+}
+
+
+def _odd(kind: str) -> Callable[[dict], None]:
+    make = ODD_KINDS[kind][0]
+
+    def change(state: dict) -> None:
+        with warnings.catch_warnings():  # torch calls sparse CSR / nested tensors beta, quantizing deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            state[HEAD] = make(state[HEAD])
+    return change
+
+
+class OddFiles(Files):
+    """``{odd__<kind>}`` (a checkpoint for eval / predict / export), ``{oddtrain__<kind>}`` (a training
+    checkpoint, for resuming) and ``{oddweights__<kind>}`` (a plain state dict, for ``model.pretrained``), each
+    with the head's weight of that kind (:data:`ODD_KINDS`)."""
+
+    def _make_odd(self, path: Path, name: str) -> None:
+        self._poisoned(path, _odd(name.partition("__")[2]))
+
+    def _make_oddtrain(self, path: Path, name: str) -> None:
+        self._poisoned(path, _odd(name.partition("__")[2]), training=True)
+
+    def _make_oddweights(self, path: Path, name: str) -> None:
+        state = self.module_state()
+        _odd(name.partition("__")[2])(state)
+        torch.save(state, path)
+
+
+@pytest.fixture
+def odd_files(compose_cfg, tmp_path: Path) -> OddFiles:
+    workspace = OddFiles(tmp_path / "files", compose_cfg)
+    workspace.root.mkdir()
+    return workspace
+
+
+def _odd_culprit(option: str, file: str, kind: str, name: str = f"state_dict\\.{HEAD}") -> str:
+    return (rf"{re.escape(option)}: '.*{file}__{kind}': tensor {name} {ODD_KINDS[kind][1]}: not a weights file this "
+            rf"project reads; training writes dense tensors .*best\.ckpt or last\.ckpt")
+
+
+#: every kind through eval; the sparse head through every way a file comes in
+ODD_CASES = [
+    *[(f"odd/eval_{kind}", "eval", [*SMALL, f"ckpt_path={{odd__{kind}}}"], _odd_culprit("ckpt_path", "odd", kind))
+      for kind in ODD_KINDS],
+    ("odd/predict_sparse_coo", "predict", [*PREDICT, "device=cpu", "ckpt_path={odd__sparse_coo}", "input={images}"],
+     _odd_culprit("ckpt_path", "odd", "sparse_coo")),
+    pytest.param("odd/export_sparse_coo", "export", [*PREDICT, "ckpt_path={odd__sparse_coo}", *ONNX_FAST],
+                 _odd_culprit("ckpt_path", "odd", "sparse_coo"), marks=needs_onnx, id="odd/export_sparse_coo"),
+    ("odd/pretrained_sparse_coo", "train", [*TRAIN, "model.pretrained={oddweights__sparse_coo}"],
+     _odd_culprit("model.pretrained", "oddweights", "sparse_coo", name=re.escape(HEAD))),
+    ("odd/pretrained_meta", "train", [*TRAIN, "model.pretrained={oddweights__meta}"],
+     _odd_culprit("model.pretrained", "oddweights", "meta", name=re.escape(HEAD))),
+    ("odd/resume_sparse_coo", "train", [*TRAIN, "trainer.max_epochs=2", "ckpt_path={oddtrain__sparse_coo}"],
+     _odd_culprit("ckpt_path", "oddtrain", "sparse_coo")),
+    ("odd/resume_quantized", "train", [*TRAIN, "trainer.max_epochs=2", "ckpt_path={oddtrain__quantized}"],
+     _odd_culprit("ckpt_path", "oddtrain", "quantized")),
+]
+
+
+@pytest.mark.parametrize(("id_", "task", "overrides", "culprit"), ODD_CASES, ids=[_case_id(c) for c in ODD_CASES])
+def test_a_tensor_of_a_kind_training_never_writes_is_named(id_, task, overrides, culprit, compose_cfg,
+                                                           odd_files: OddFiles, tmp_path: Path) -> None:
+    """A sparse, nested, quantized, complex or data-less (meta) tensor is refused by the one reader, naming the
+    file and the tensor, whichever way the file comes in (was: a traceback from the NaN check, or a silently
+    densified / dequantized / real-cast weight)."""
+    out = tmp_path / "out"
+    overrides = [o.format_map(odd_files) for o in overrides]
+    if task == "export":
+        from seg_template.export import run_export
+
+        overrides.append(f"output_file={out / 'model.onnx'}")
+        cfg = compose_cfg("export", overrides, output_dir=out)
+        err = raised_user_error(lambda: run_export(cfg, overrides))
+        assert not (out / "model.onnx").exists()
+    else:
+        err = _run(compose_cfg, task, overrides, out)
+    assert isinstance(err, CheckpointError), f"{type(err).__name__}: {err}"
+    assert_short_named(user_message(err), culprit)
+    _no_masks(out)
+    assert not list(out.rglob("*.ckpt")), "a checkpoint was written"
+
+
+def test_the_nan_check_never_reads_a_tensor_it_has_no_kernel_for() -> None:
+    """``refuse_nonfinite`` called on a tree that did not come through the reader: the kind is named first; the
+    kinds training writes (any real or integer dtype, half and float8 included) pass."""
+    from seg_template.models.finite import odd_kind, refuse_nonfinite
+
+    dense = torch.ones(6, 4, 1, 1)
+    for fine in (dense, dense.half(), dense.double(), dense.to(torch.float8_e4m3fn), torch.zeros(3, dtype=torch.long),
+                 torch.tensor(True), nn.Parameter(dense)):
+        assert odd_kind(fine) is None, fine.dtype
+    for kind, (_, said) in ODD_KINDS.items():
+        state = {HEAD: dense.clone()}
+        _odd(kind)(state)
+        with pytest.raises(CheckpointError, match=rf"ckpt_path: 'w\.pt': tensor {re.escape(HEAD)} {said}: not a "):
+            refuse_nonfinite(state, "w.pt", "ckpt_path")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import errno
 import logging
+import math
 import os
 import re
 import shutil
@@ -757,3 +758,147 @@ def test_a_sweep_never_writes_into_an_earlier_sweeps_folder(tmp_path, held, extr
     else:
         _check_sweep_folder(argv)
     _check_sweep_folder(["train.py", f"hydra.sweep.dir={sweep}"])  # not a sweep: hydra.sweep.dir is unused
+
+
+# ---------------------------------------------------------------- callback states a resume restores
+NAN, INF = float("nan"), float("inf")
+
+
+def _edit_state(callback: str, **values: object):
+    """An edit of the saved state of ``callback`` (the class name its state key starts with): each ``key=value``
+    set; ``best_k_models=<score>`` gives every kept checkpoint that score."""
+    def edit(ckpt: dict) -> None:
+        state = next(s for k, s in ckpt["callbacks"].items() if k.startswith(callback))
+        for key, value in values.items():
+            if key == "best_k_models":
+                state[key] = {path: value for path in state[key]}
+            else:
+                state[key] = value
+    return edit
+
+
+#: (id, edit of last.ckpt, the key the message names). Stranger B's files: a NaN / inf best score resumed with
+#: exit 0 and best.ckpt never replaced again; a NaN streak crashed NaNGuard after metrics.csv was rewritten.
+BAD_STATES = [
+    ("best_model_score_nan", _edit_state("BestAndLast", best_model_score=torch.tensor(NAN)),
+     r"BestAndLastCheckpoint\.best_model_score is tensor\(nan\) \(NaN: "),
+    ("best_model_score_inf", _edit_state("BestAndLast", best_model_score=torch.tensor(INF)),
+     r"BestAndLastCheckpoint\.best_model_score is tensor\(inf\) \(inf: no later score can beat it \(mode=max\)"),
+    ("best_k_models_nan", _edit_state("BestAndLast", best_k_models=torch.tensor(NAN)),
+     r"BestAndLastCheckpoint\.best_k_models\['.*best\.ckpt'\] is tensor\(nan\)"),
+    ("kth_value_inf", _edit_state("BestAndLast", kth_value=torch.tensor(INF)),
+     r"BestAndLastCheckpoint\.kth_value is tensor\(inf\)"),
+    ("best_model_path_not_a_path", _edit_state("BestAndLast", best_model_path=torch.tensor(1.0)),
+     r"BestAndLastCheckpoint\.best_model_path is tensor\(1\.0\) \(not a path\)"),
+    ("nan_guard_streak_nan", _edit_state("NaNGuard", streak=NAN),
+     r"NaNGuard\.streak is nan \(not a whole number >= 0"),
+    ("nan_guard_streak_negative", _edit_state("NaNGuard", streak=-2),
+     r"NaNGuard\.streak is -2 \(not a whole number >= 0"),
+]
+
+
+@pytest.mark.parametrize(("edit", "culprit"), [c[1:] for c in BAD_STATES], ids=[c[0] for c in BAD_STATES])
+def test_a_callback_state_no_run_writes_is_refused_before_the_folder_changes(compose_cfg, interrupted, tmp_path,
+                                                                             edit, culprit):
+    run = tmp_path / "run"
+    a_run_folder(interrupted, run)
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, last)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    stale = dict.fromkeys(rows[0], "")  # a row an attempt killed after the checkpoint logged: a resume drops it
+    stale.update(step="4", epoch="2")
+    with (run / "metrics.csv").open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(stale)
+    before = files(run)
+    err = raised_user_error(lambda: resume(compose_cfg, run, "trainer.max_epochs=4"))
+    assert isinstance(err, CheckpointError), f"{type(err).__name__}: {err}"
+    assert_short_named(user_message(err), rf"ckpt_path: '.*run/checkpoints/last\.ckpt' cannot be resumed: its "
+                                          rf"callbacks\.{culprit}.*damaged or edited.*model\.pretrained=.*last\.ckpt")
+    assert files(run) == before  # metrics.csv included: was rewritten ("dropped 1 row(s)") before the crash
+
+
+def test_the_worst_score_lightning_saves_for_a_nan_metric_is_beaten_by_the_next_epoch(compose_cfg, interrupted,
+                                                                                      tmp_path):
+    """Lightning saves a NaN validation score as the worst one (-inf when maximising) and starts ``kth_value``
+    there: such a state resumes, and the next validation replaces best.ckpt."""
+    run = tmp_path / "run"
+    a_run_folder(interrupted, run)
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    worst = torch.tensor(-INF)
+    _edit_state("BestAndLast", best_model_score=worst, current_score=worst, kth_value=worst,
+                best_k_models=worst)(ckpt)
+    torch.save(ckpt, last)
+    _, objects = resume(compose_cfg, run, "trainer.max_epochs=3")
+    assert epoch_of(run / "checkpoints" / "best.ckpt") == 2  # the first finite score after the resume
+    assert math.isfinite(float(objects["trainer"].checkpoint_callback.best_model_score))
+
+
+def test_states_a_run_writes_pass_the_callback_state_check(interrupted):
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from seg_template.callbacks.checkpoint_io import check_callback_states
+
+    ckpt = torch.load(interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    check_callback_states(ckpt, "last.ckpt")  # a real one
+    early = EarlyStopping(monitor="val/mIoU", mode="max")  # its initial best score: -inf
+    fresh = {"callbacks": {early.state_key: early.state_dict(), "NaNGuard": {"streak": 0}}}
+    before_validation = {k: v for k, v in ckpt["callbacks"].items()}  # a mid-epoch-0 last.ckpt: no best yet
+    key = next(k for k in before_validation if k.startswith("BestAndLast"))
+    before_validation[key] = {**before_validation[key], "best_model_score": None, "best_k_models": {},
+                              "kth_value": torch.tensor(-INF), "current_score": None, "best_model_path": ""}
+    for good in (fresh, {"callbacks": before_validation}, {}):
+        check_callback_states(good, "x.ckpt")
+    for key, value, culprit in [("best_score", torch.tensor(NAN), r"best_score is tensor\(nan\)"),
+                                ("best_score", 0.5, r"best_score is 0\.5 \(not one real number \(a tensor\)\)"),
+                                ("wait_count", -1, r"wait_count is -1 \(not a whole number >= 0\)"),
+                                ("stopping_reason", 99, r"stopping_reason is 99 \(not one of \[0, 1, 2, 3, 4\]\)")]:
+        bad = {"callbacks": {early.state_key: {**early.state_dict(), key: value}}}
+        with pytest.raises(CheckpointError, match=rf"'x\.ckpt' cannot be resumed: its callbacks\.EarlyStopping\.{culprit}"):
+            check_callback_states(bad, "x.ckpt")
+
+
+def test_the_reader_lightning_restores_through_checks_callback_states(interrupted, tmp_path):
+    """SLURM's requeued job resumes ``hpc_ckpt_<n>.ckpt`` without ``ckpt_path``: Lightning's read of it goes
+    through the same check, before any callback's ``on_load_checkpoint`` touches the run folder."""
+    from seg_template.callbacks.checkpoint_io import AtomicCheckpointIO
+
+    ckpt = torch.load(interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    _edit_state("NaNGuard", streak=NAN)(ckpt)
+    torch.save(ckpt, tmp_path / "hpc_ckpt_1.ckpt")
+    with pytest.raises(CheckpointError, match=r"hpc_ckpt_1\.ckpt' cannot be resumed: its callbacks\.NaNGuard\.streak"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "hpc_ckpt_1.ckpt")
+
+
+# ---------------------------------------------------------------- a finished run, resumed with more epochs
+def test_resuming_a_finished_run_keeps_its_test_rows(compose_cfg, interrupted, tmp_path, caplog):
+    """The test after fit logs at the checkpoint's own step: a resume with more epochs dropped it as "logged after
+    the checkpoint" (was: 'metrics.csv: dropped 1 row(s) at step >= 6', the finished run's test result gone)."""
+    run = copy_of(interrupted, tmp_path / "run")
+    resume(compose_cfg, run, "trainer.max_epochs=3", "test=true")  # the run finishes: epoch 2, then its test
+    finished = list(csv.DictReader((run / "metrics.csv").open()))
+    tested = [r for r in finished if r.get("test/mIoU")]
+    assert len(tested) == 1
+    with caplog.at_level(logging.INFO):
+        resume(compose_cfg, run, "trainer.max_epochs=4", "test=true")
+    assert "dropped" not in caplog.text
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert rows[:len(finished)] == [{**dict.fromkeys(rows[0], ""), **r} for r in finished]  # every row kept
+    tests = [(r["step"], r["test/mIoU"]) for r in rows if r.get("test/mIoU")]
+    assert tests[0] == (tested[0]["step"], tested[0]["test/mIoU"]) and len(tests) == 2  # + the resumed run's own
+    val_epochs = [int(r["epoch"]) for r in rows if r.get("val/mIoU")]
+    assert val_epochs == [0, 1, 2, 3]  # each epoch once
+    train_steps = [r["step"] for r in rows if r.get("train/loss_epoch")]
+    assert len(train_steps) == len(set(train_steps)) == 4
+
+
+def test_only_training_and_validation_rows_after_the_checkpoint_are_dropped(tmp_path):
+    from seg_template.loggers import drop_rows_from_step
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/mIoU,test/mIoU\n0,1,0.9,,\n0,1,,0.5,\n1,2,,,0.4\n"
+                    "1,2,0.8,,\n1,3,,0.6,\n1,3,,,\n")
+    assert drop_rows_from_step(path, 2) == 3  # the training, validation and empty rows of steps 2 and 3
+    assert path.read_text().splitlines()[1:] == ["0,1,0.9,,", "0,1,,0.5,", "1,2,,,0.4"]

@@ -11,6 +11,12 @@ folder cannot take them.
 - :func:`checkpoint_step`: the training step a checkpoint holds, read without loading its tensors.
 - :func:`check_resume_checkpoint`: before ``trainer.fit(ckpt_path=...)``, checks safely that the file is a
   Lightning training checkpoint that fits the model, so that a wrong file fails with a message naming it.
+- :func:`check_callback_states`: the callbacks' saved states (the best score and paths of ``ModelCheckpoint``,
+  ``EarlyStopping``'s counters and best score, ``NaNGuard``'s streak) have the types and finite values their
+  ``load_state_dict`` needs, else a ``CheckpointError`` names the file and the key. Both the resume check and
+  the reader Lightning restores through (:class:`AtomicCheckpointIO`, also for SLURM's ``hpc_ckpt``) call it,
+  so a bad state is refused before any callback's ``on_load_checkpoint`` touches the run folder (the CSV
+  logger dropping rows) and before a NaN best score silently stops ``best.ckpt`` from ever being replaced.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
+import re
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +37,9 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 
+from seg_template.callbacks.nan_guard import NaNGuard
 from seg_template.errors import CheckpointError
+from seg_template.models.finite import odd_kind
 from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
 from seg_template.resume import check_optimizer
 
@@ -98,10 +108,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         """The checkpoint at ``path`` on the CPU (as Lightning's default ``map_location``), never unpickling
-        code: ``weights_only`` is always True."""
+        code: ``weights_only`` is always True. Its callbacks' states are checked (:func:`check_callback_states`)
+        before Lightning hands them to any callback."""
         if not _is_local_file_protocol(path):
-            return super().load_checkpoint(path, weights_only=True)
-        return read_weights_file(path, "ckpt_path")
+            checkpoint = super().load_checkpoint(path, weights_only=True)
+            source = str(path)
+        else:
+            checkpoint = read_weights_file(path, "ckpt_path")
+            source = str(resolve_path(path))
+        if isinstance(checkpoint, Mapping):
+            check_callback_states(checkpoint, source)
+        return checkpoint
 
 
 # ---------------------------------------------------------------- folders that cannot take a checkpoint
@@ -201,4 +218,136 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
 
     refuse_nonfinite({"state_dict": ckpt["state_dict"], "optimizer_states": ckpt["optimizer_states"]}, source,
                      "ckpt_path")
+    check_callback_states(ckpt, source)  # a NaN best score, a NaN streak: before the run folder changes
     return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"])}
+
+
+# ---------------------------------------------------------------- the callbacks' saved states
+#: the monitoring direction in a callback's state key (``ModelCheckpoint{'monitor': 'val/mIoU', 'mode': 'max', ...}``)
+_MODE = re.compile(r"'mode': '(min|max)'")
+#: ``(key, its value, what is wrong with it)`` of the first bad entry of one callback's state, or None; called
+#: with the state and the callback's monitoring mode (None when its state key has none)
+StateCheck = Callable[[Mapping[str, Any], str | None], tuple[str, Any, str] | None]
+
+
+def check_callback_states(checkpoint: Mapping[str, Any], source: str, option: str = "ckpt_path") -> None:
+    """Refuse ``checkpoint`` (read from ``source``) when a callback state it holds cannot be restored as saved.
+
+    Lightning hands each state under ``"callbacks"`` to the callback of the same state key, whose
+    ``load_state_dict`` trusts it: a NaN ``streak`` crashed ``NaNGuard`` with a traceback (after the CSV logger
+    had already rewritten ``metrics.csv``), and a NaN or unbeatable best score made ``ModelCheckpoint`` keep
+    the old ``best.ckpt`` for ever while the log called later epochs best. Checked: ``ModelCheckpoint`` and its
+    subclasses (any state with a ``best_model_score``: the scores, one real number each, not NaN and not the
+    infinity no later score can beat, the paths strings), ``EarlyStopping`` (its counters whole numbers >= 0,
+    its best score as above, its stopping reason one it knows) and ``NaNGuard`` (:meth:`NaNGuard.state_problem`).
+    The infinity a callback starts from (``-inf`` when maximising) is the worst score, and fine. States of
+    other callbacks are theirs to read. Raises a ``CheckpointError`` naming ``option``, the file, the key and
+    the way out.
+    """
+    states = checkpoint.get("callbacks")
+    if states is None:
+        return
+    if not isinstance(states, Mapping):
+        raise _state_error(option, source, "callbacks", states, "not a mapping of callback states")
+    for state_key, state in states.items():
+        name = str(state_key).split("{", 1)[0]
+        if not isinstance(state, Mapping):
+            raise _state_error(option, source, f"callbacks.{name}", state, "not a mapping of saved values")
+        found = _MODE.search(str(state_key))
+        mode = found.group(1) if found else None
+        check = _model_checkpoint_problem if "best_model_score" in state else _STATE_CHECKS.get(name)
+        problem = check(state, mode) if check is not None else None
+        if problem is not None:
+            key, value, why = problem
+            raise _state_error(option, source, f"callbacks.{name}.{key}", value, why)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and odd_kind(value) is None and value.numel() == 1:
+        return f"tensor({value.item()})"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _state_error(option: str, source: str, key: str, value: Any, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{option}: '{source}' cannot be resumed: its {key} is {_shown(value)} ({why}); no training writes that, "
+        f"so the file was damaged or edited. Resume from another checkpoint of the run, or start a new run from "
+        f"its weights: model.pretrained={source} instead of ckpt_path.")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is one real number (a Python int / float, or a one-element real tensor)."""
+    if isinstance(value, torch.Tensor):
+        if odd_kind(value) is not None or value.numel() != 1 or value.dtype == torch.bool:
+            return None
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _score_problem(value: Any, mode: str | None, tensor: bool = False) -> str | None:
+    """What is wrong with a saved score of a callback monitoring in ``mode`` (``"min"`` / ``"max"``), or None.
+    ``tensor``: the callback needs a tensor (``EarlyStopping`` moves it to a device)."""
+    number = _number(value)
+    if number is None or (tensor and not isinstance(value, torch.Tensor)):
+        return f"not one real number{' (a tensor)' if tensor else ''}"
+    if math.isnan(number):
+        return "NaN: no score compares better than NaN, so nothing later would ever count as an improvement"
+    unbeatable = {"max": math.inf, "min": -math.inf}.get(mode or "")
+    if math.isinf(number) and (unbeatable is None or number == unbeatable):
+        return (f"{number}: no later score can beat it{f' (mode={mode})' if mode else ''}, so nothing later would "
+                "ever count as an improvement")
+    return None
+
+
+def _model_checkpoint_problem(state: Mapping[str, Any], mode: str | None) -> tuple[str, Any, str] | None:
+    """The first bad entry of a ``ModelCheckpoint`` state (scores, paths), or None."""
+    if state.get("monitor") is not None and not isinstance(state["monitor"], str):
+        return "monitor", state["monitor"], "not a metric name"
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path", "dirpath"):
+        if state.get(key) is not None and not isinstance(state[key], str):
+            return key, state[key], "not a path"
+    for key in ("best_model_score", "current_score", "kth_value"):
+        if state.get(key) is not None and (why := _score_problem(state[key], mode)) is not None:
+            return key, state[key], why
+    best_k = state.get("best_k_models")
+    if best_k is None:
+        return None
+    if not isinstance(best_k, Mapping):
+        return "best_k_models", best_k, "not a mapping of checkpoint paths to scores"
+    for path, score in best_k.items():
+        if not isinstance(path, str):
+            return "best_k_models", path, "a key that is not a path"
+        if (why := _score_problem(score, mode)) is not None:
+            return f"best_k_models['{path}']", score, why
+    return None
+
+
+def _early_stopping_problem(state: Mapping[str, Any], mode: str | None) -> tuple[str, Any, str] | None:
+    """The first bad entry of an ``EarlyStopping`` state (its counters, best score, stopping reason), or None."""
+    for key in ("wait_count", "stopped_epoch", "patience"):
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return key, value, "not a whole number >= 0"
+    if "best_score" in state and (why := _score_problem(state["best_score"], mode, tensor=True)) is not None:
+        return "best_score", state["best_score"], why
+    if "stopping_reason" in state:
+        from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
+
+        known = sorted(reason.value for reason in EarlyStoppingReason)
+        reason = state["stopping_reason"]
+        if isinstance(reason, bool) or not isinstance(reason, int) or reason not in known:
+            return "stopping_reason", reason, f"not one of {known}"
+    return None
+
+
+def _nan_guard_problem(state: Mapping[str, Any], mode: str | None) -> tuple[str, Any, str] | None:
+    """The first bad entry of a ``NaNGuard`` state (:meth:`NaNGuard.state_problem`), or None."""
+    problem = NaNGuard.state_problem(state)
+    return None if problem is None else (problem[0], state.get(problem[0]), problem[1])
+
+
+#: the callbacks (by class name) whose states are checked besides ``ModelCheckpoint``'s
+_STATE_CHECKS: dict[str, StateCheck] = {"EarlyStopping": _early_stopping_problem, "NaNGuard": _nan_guard_problem}

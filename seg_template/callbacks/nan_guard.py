@@ -9,6 +9,10 @@ run on diverged weights.
 
 The checkpoint callback (:mod:`seg_template.callbacks.checkpoint`) refuses to write non-finite weights, which
 covers what the guard cannot: batch-norm statistics poisoned by a non-finite forward pass.
+
+The guard's saved state (its streak) is checked with the other callbacks' before a resume restores anything
+(:meth:`NaNGuard.state_problem`, called by ``check_callback_states`` in ``callbacks/checkpoint_io.py``): a
+checkpoint whose streak is not a whole number >= 0 is refused naming the file and the key.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from seg_template.errors import TrainingDiverged
+from seg_template.errors import CheckpointError, TrainingDiverged
 from seg_template.options import require
 
 log = logging.getLogger(__name__)
@@ -165,5 +169,22 @@ class NaNGuard(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"streak": self.streak}
 
+    @staticmethod
+    def state_problem(state_dict: Mapping[str, Any]) -> tuple[str, str] | None:
+        """``(key, what is wrong)`` when ``state_dict`` is not a state :meth:`state_dict` writes (``streak`` a
+        whole number >= 0, or absent), else None. The resume check refuses such a checkpoint naming the file
+        (``check_callback_states`` in ``seg_template/callbacks/checkpoint_io.py``) before anything is restored."""
+        streak = state_dict.get("streak", 0)
+        if isinstance(streak, bool) or not isinstance(streak, int) or streak < 0:
+            return "streak", "not a whole number >= 0: it counts the bad steps in a row"
+        return None
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the streak of bad steps; a state no run writes (a NaN streak) is a ``CheckpointError``.
+        Checkpoints read through our reader never get here with one (:meth:`state_problem`)."""
+        problem = self.state_problem(state_dict)
+        if problem is not None:
+            raise CheckpointError(f"the checkpoint's callbacks.NaNGuard.{problem[0]} is {state_dict.get(problem[0])!r}"
+                                  f" ({problem[1]}): the file was damaged or edited; resume from another "
+                                  "checkpoint of the run")
         self.streak = int(state_dict.get("streak", 0))

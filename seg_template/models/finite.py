@@ -5,6 +5,14 @@ image; their argmax is class 0, so eval would print an all-zero table and predic
 everywhere, both exiting 0. The loaders (:mod:`seg_template.models.weights`, the resume check, ONNX files)
 refuse such a file instead, naming it and the tensors that are not finite. A batch-norm running variance below
 0 is refused the same way: finite, yet NaN through ``sqrt(var + eps)`` in every prediction.
+
+Before any of that, :func:`refuse_odd_tensors` checks the *kind* of every tensor in the file: training writes
+dense (strided) tensors of a real dtype on a device, and nothing else. A sparse weight (COO, CSR, CSC, BSR,
+BSC), a nested, quantized or complex tensor, or a ``meta`` tensor (no data at all) is refused naming the file
+and the tensor: no NaN check can read one (``aminmax`` has no sparse or meta kernel: a 125-line traceback),
+and ``load_state_dict`` would densify, dequantize or drop the imaginary part without a word. The one reader
+(:func:`seg_template.models.weights.read_weights_file`) calls it on every file it reads, so eval, predict,
+export, ``model.pretrained`` and resuming all refuse such a file the same way.
 """
 
 from __future__ import annotations
@@ -25,18 +33,64 @@ START_ELSEWHERE = ("training from it can only give NaN; pass a file of finite we
                    "to start from scratch)")
 
 
-def float_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    """``(dotted name, tensor)`` for every floating-point tensor in ``tree``: a tensor, or nested mappings,
-    lists and tuples of them (a state dict, Lightning's ``optimizer_states``)."""
+#: what to do about a file holding a tensor of a kind training never writes (:func:`refuse_odd_tensors`)
+DENSE_ONLY = ("training writes dense tensors of a real dtype only: pass a checkpoint written by training (best.ckpt "
+              "or last.ckpt of a run), or re-save this one with dense real tensors (tensor.to_dense(), "
+              ".dequantize(), .real)")
+
+
+def all_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """``(dotted name, tensor)`` for every tensor in ``tree``: a tensor, or nested mappings, lists and tuples
+    of them (a state dict, a Lightning checkpoint with its ``optimizer_states`` and ``callbacks``)."""
     if isinstance(tree, Tensor):
-        if tree.is_floating_point() or tree.is_complex():
-            yield prefix, tree
+        yield prefix, tree
     elif isinstance(tree, Mapping):
         for key, value in tree.items():
-            yield from float_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+            yield from all_tensors(value, f"{prefix}.{key}" if prefix else str(key))
     elif isinstance(tree, list | tuple):
         for index, value in enumerate(tree):
-            yield from float_tensors(value, f"{prefix}[{index}]" if prefix else f"[{index}]")
+            yield from all_tensors(value, f"{prefix}[{index}]" if prefix else f"[{index}]")
+
+
+def float_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """``(dotted name, tensor)`` for every floating-point (or complex) tensor in ``tree`` (see
+    :func:`all_tensors`)."""
+    for name, tensor in all_tensors(tree, prefix):
+        if tensor.is_floating_point() or tensor.is_complex():
+            yield name, tensor
+
+
+def odd_kind(tensor: Tensor) -> str | None:
+    """What makes ``tensor`` something training never writes (``"is sparse (layout torch.sparse_coo)"``), or
+    None for a dense tensor of a real (or boolean) dtype that holds its data: the only kind this project reads.
+    Looks at the tensor's metadata only, never at its elements."""
+    if tensor.is_nested:  # before the layout: a strided nested tensor reports torch.strided
+        return f"is a nested tensor (layout {tensor.layout})"
+    if tensor.layout != torch.strided:
+        kind = "sparse" if "sparse" in str(tensor.layout) else "not dense"
+        return f"is {kind} (layout {tensor.layout})"
+    if tensor.is_meta:
+        return "holds no data (device meta)"
+    if tensor.is_quantized:
+        return f"is quantized (dtype {tensor.dtype})"
+    if tensor.is_complex():
+        return f"is complex (dtype {tensor.dtype})"
+    return None
+
+
+def odd_tensors(tree: Any) -> list[str]:
+    """``"<name> <what>"`` for every tensor in ``tree`` of a kind training never writes (:func:`odd_kind`)."""
+    return [f"{name} {what}" for name, tensor in all_tensors(tree) if (what := odd_kind(tensor)) is not None]
+
+
+def refuse_odd_tensors(tree: Any, source: str, option: str, fix: str = DENSE_ONLY) -> None:
+    """Raise a ``CheckpointError`` naming ``option``, the file ``source`` and the tensors of ``tree`` (the first
+    few) that are sparse, nested, quantized, complex or without data, and ``fix``; do nothing when there is
+    none. Called before anything reads a tensor's elements: no kernel of the NaN check fits every kind."""
+    odd = odd_tensors(tree)
+    if odd:
+        what = f"tensor {odd[0]}" if len(odd) == 1 else f"{len(odd)} tensors: {_listed(odd)}"
+        raise CheckpointError(f"{option}: '{source}': {what}: not a weights file this project reads; {fix}")
 
 
 def is_finite(tensor: Tensor) -> bool:
@@ -78,7 +132,9 @@ def _listed(names: list[str]) -> str:
 def refuse_nonfinite(tree: Any, source: str, option: str, fix: str = USE_ANOTHER) -> None:
     """Raise a ``CheckpointError`` naming ``option``, the file ``source``, how many tensors of ``tree`` (and
     which, the first few) hold NaN or inf, or a batch-norm running variance below 0, and ``fix``; do nothing
-    when every tensor is finite and every variance >= 0."""
+    when every tensor is finite and every variance >= 0. A tensor of a kind no NaN check reads (sparse,
+    quantized, ``meta``: :func:`odd_kind`) is refused first, by :func:`refuse_odd_tensors`."""
+    refuse_odd_tensors(tree, source, option)
     bad, total = nonfinite_names(tree)
     if bad:
         raise CheckpointError(f"{option}: '{source}' holds NaN/inf in {len(bad)} of its {total} weight tensors "

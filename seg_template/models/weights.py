@@ -17,7 +17,9 @@ Two ways to put the weights into a model:
   Tensors of another shape (a head for another class count) are skipped and logged; if too little of the
   backbone is covered, the file is for another architecture and we raise instead of training from scratch.
 
-Both refuse weights holding NaN or inf (:mod:`seg_template.models.finite`), naming the file and the tensors.
+Both refuse weights holding NaN or inf (:mod:`seg_template.models.finite`), naming the file and the tensors;
+a file holding a sparse, nested, quantized, complex or ``meta`` tensor is refused by the reader itself
+(:func:`read_weights_file`), whoever reads it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from seg_template.errors import CheckpointError, MissingFileError
-from seg_template.models.finite import START_ELSEWHERE, refuse_nonfinite
+from seg_template.models.finite import START_ELSEWHERE, refuse_nonfinite, refuse_odd_tensors
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,19 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any
 
     ``option`` names the config key the path came from, for the messages. Raises ``MissingFileError``
     (no such file) or ``CheckpointError`` (empty, truncated, not a torch file, or pickled Python objects
-    that ``weights_only=True`` refuses - loading those would execute code chosen by the file's author).
+    that ``weights_only=True`` refuses - loading those would execute code chosen by the file's author). A
+    file holding a tensor of a kind training never writes - sparse, nested, quantized, complex or ``meta``,
+    anywhere in it - is refused here too, naming the tensor (``refuse_odd_tensors`` of
+    :mod:`seg_template.models.finite`): every reader of a file, and every check after it, sees dense real
+    tensors only.
     """
+    obj = _read_weights_file(path, option)
+    refuse_odd_tensors(obj, str(resolve_path(path)), option)
+    return obj
+
+
+def _read_weights_file(path: str | Path, option: str) -> Any:
+    """The object stored at ``path`` (:func:`read_weights_file`, before the tensors' kinds are checked)."""
     file = resolve_path(path)
     if not file.is_file():
         raise MissingFileError(f"{option}: no file at '{file}' (given as '{path}')")
@@ -108,6 +121,8 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any
         with warnings.catch_warnings():
             # emitted for hand-made pickles, which are refused below anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            # torch's notice when it reads a sparse tensor: refused right after (refuse_odd_tensors)
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants", category=UserWarning)
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
