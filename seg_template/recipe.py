@@ -24,6 +24,7 @@ import copy
 import logging
 import re
 import shlex
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ def read_checkpoint_recipe(path: str | Path) -> dict[str, Any] | None:
     if file.suffix == ".safetensors":
         return None
     try:  # mmap: the tensors are not read, only the small recipe (eval then loads the weights once)
-        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # a sparse tensor is refused by the weights reader, in one block
+            warnings.filterwarnings("ignore", message=".*sparse tensor invariants")
+            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint, or a bad file: the loader reads it again and names the problem
         obj = read_weights_file(path, "ckpt_path")
     recipe = obj.get("recipe") if isinstance(obj, Mapping) else None
