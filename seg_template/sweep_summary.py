@@ -334,6 +334,29 @@ def format_summary(header: Sequence[str], rows: Sequence[Sequence[str]], title: 
     return capture.get()
 
 
+def planned_jobs(sweep_dir: Path) -> int | None:
+    """How many jobs the sweep in ``sweep_dir`` was to run, from its ``multirun.yaml`` (read through the
+    file-config door): the product of the swept values' counts, for Hydra's basic (grid) sweeper; None for
+    other sweepers (Optuna draws its trials) or when the file cannot tell."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from seg_template.file_config import read_run_yaml
+
+    try:
+        hydra = read_run_yaml(sweep_dir / "multirun.yaml").get("hydra") or {}
+        if not str((hydra.get("sweeper") or {}).get("_target_", "")).endswith("BasicSweeper"):
+            return None
+        params = [f"{k}={v}" for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides([*params, *(hydra.get("overrides") or {})["task"]])
+    except Exception:  # noqa: BLE001 - no file, or one the door refuses: the summary just does not say
+        return None
+    count = 1
+    for override in overrides:
+        if override.is_sweep_override():
+            count *= len(list(override.sweep_string_iterator()))
+    return count
+
+
 def write_summary(sweep_dir: Path, final: bool = True) -> str:
     """Rewrite ``summary.csv`` (and, when ``final``, the curves PNG) in ``sweep_dir``; returns the table."""
     jobs = collect_jobs(sweep_dir, final)
@@ -346,6 +369,10 @@ def write_summary(sweep_dir: Path, final: bool = True) -> str:
     title = f"sweep {sweep_dir.name}: {len(rows)} job(s)" + (f", {failed} failed" if failed else "")
     text = format_summary(header, rows, title)
     notes = [f"Summary: {sweep_dir / SUMMARY_CSV}"]
+    planned = planned_jobs(sweep_dir) if final else None
+    if planned is not None and len(rows) < planned:
+        notes.append(f"{planned - len(rows)} of the sweep's {planned} jobs never started (the sweep stopped "
+                     f"first): the jobs above are all there is; run the others with their values")
     best = next((job for job in jobs if job["status"] == "completed" and job["checkpoint"]), None)
     if best is not None:
         notes.append(f"Best job {best.get('num', '')}: python eval.py ckpt_path={best['checkpoint']}")

@@ -104,3 +104,17 @@ def test_multirun_summary_lists_every_job_and_the_failed_one(tmp_path: Path) -> 
     assert all(r["test/mIoU %"] and r["best val/mIoU %"] and r["best epoch"] == "0" for r in rows[:3])
     assert "4 job(s), 1 failed" in result.stdout  # the printed table
     assert (sweep / "summary_val_mIoU.png").is_file()
+
+
+def test_a_sweep_stopped_early_says_how_many_jobs_never_started(tmp_path: Path) -> None:
+    """SIGTERM to ``-m loss=ce,wce`` during job 0: the summary listed one failed job and nothing told that job 1
+    never ran. The planned count comes from multirun.yaml (Hydra's basic sweeper: the product of the values)."""
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
+        "    params: null\n  overrides:\n    task:\n    - loss=ce,wce,ohem\n    - optimizer.lr=0.01,0.02\n"
+        "    - trainer.max_epochs=1\n")
+    fake_job(tmp_path, 0, "loss=ce", "completed", [0.2], 0.2)
+    fake_job(tmp_path, 1, "loss=wce", "failed", [0.1], None)
+    text = write_summary(tmp_path, final=True)
+    assert "4 of the sweep's 6 jobs never started" in text
+    assert "never started" not in write_summary(tmp_path, final=False)  # while it runs, they are to come
