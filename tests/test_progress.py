@@ -59,3 +59,20 @@ def test_the_epoch_line_gives_val_miou_only_for_epochs_that_validated(caplog) ->
     assert [line.split(" | ")[0] for line in lines] == ["epoch 0/3", "epoch 1/3", "epoch 2/3"]
     assert ["val/mIoU" in line for line in lines] == [False, True, False]
     assert "val/mIoU 50.00%" in lines[1]
+
+
+@pytest.mark.parametrize("flops", [0, 2_500_000])
+def test_the_model_summary_shows_flops_only_when_counted(flops: int) -> None:
+    """Lightning counts FLOPs only with an example input: its table showed a FLOPs column of 0 and "Total
+    FLOPs: 0" for every run."""
+    from rich import get_console
+
+    from seg_template.callbacks.summary import ModelSummary
+
+    data = [(" ", ["0", "1"]), ("Name", ["net", "loss"]), ("Type", ["SmallSegNet", "SegmentationLoss"]),
+            ("Params", ["174 K", "0"]), ("Mode", ["train", "train"]), ("FLOPs", [str(flops), "0"])]
+    with get_console().capture() as captured:
+        ModelSummary.summarize(data, 174_000, 174_000, 0.7, {"train": 48, "eval": 0}, flops)
+    text = captured.get()
+    assert "SmallSegNet" in text and "Total params: 174 K" in text
+    assert ("FLOPs" in text) == bool(flops) and ("Total FLOPs: 2.5 M" in text) == bool(flops)
