@@ -49,7 +49,8 @@ def test_grid_layout_and_ignored_pixels() -> None:
     rows = [(image, target, rng.integers(0, 6, (32, 48))) for _ in range(3)]
     grid = prediction_grid(rows, np.array(PALETTE, np.uint8), CLASS_NAMES, 255, title="epoch 0", tile_size=96)
     assert grid.dtype == np.uint8 and grid.ndim == 3
-    assert grid.shape[0] == header_height(96, True) + 3 * (96 + GAP)
+    # 48 -> 96 wide, so 32 -> 64 high: each row is as tall as its tiles, no blank band under them
+    assert grid.shape[0] == header_height(96, True) + 3 * (64 + GAP)
     assert grid.shape[1] > 3 * (96 + GAP)  # three tiles and the legend at the right
     # the ground-truth tile (second column) shows the ignored band (top rows of the mask) in the void colour
     top = header_height(96, True)

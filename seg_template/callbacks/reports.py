@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ def plot_confusion(confmat: np.ndarray, class_names: Sequence[str], path: Path, 
     ax.set_yticks(range(n), class_names, fontsize=font)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
-    ax.set_title(title)
+    # the figure's title, wrapped to its width: over the square axes alone it was cut at both edges
+    fig.suptitle(textwrap.fill(title, width=max(30, int(9 * (side + 1.2)))))
     if n <= 20:
         for i in range(n):
             for j in range(n):

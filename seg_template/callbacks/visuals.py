@@ -115,8 +115,8 @@ def prediction_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], p
     the image, then the ground truth and the prediction as colour overlays; ignored pixels in VOC's void
     colour; a legend of the classes shown at the right.
 
-    ``H = header_height(tile_size, bool(title)) + len(rows) * (tile_size + GAP)``; every tile's longer side
-    is ``tile_size``.
+    ``H = header_height(tile_size, bool(title)) + sum(row height + GAP)``: every tile's longer side is
+    ``tile_size`` and each row is as tall as its tiles (wide images make short rows, not blank bands).
     """
     palette = np.asarray(palette, dtype=np.uint8)
     font_size = _font_size(tile_size)
@@ -136,10 +136,11 @@ def prediction_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], p
         present |= set(np.unique(target[~ignored]).tolist()) | set(np.unique(pred).tolist())
         tiles.append([enlarge(t, tile_size) for t in (image, truth, overlay(grey, pred, palette, alpha))])
     width = len(COLUMNS) * (tile_size + GAP) + GAP
-    height = header + len(tiles) * (tile_size + GAP)
+    heights = [max(tile.shape[0] for tile in row) for row in tiles]
+    height = header + sum(h + GAP for h in heights)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     for r, row in enumerate(tiles):
-        y = header + r * (tile_size + GAP)
+        y = header + sum(h + GAP for h in heights[:r])
         for c, tile in enumerate(row):
             x = GAP + c * (tile_size + GAP)
             canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
