@@ -23,7 +23,7 @@ from torch import nn
 from seg_template.build import build_net, instantiate_callbacks, instantiate_loggers
 from seg_template.models.outputs import main_logits
 from seg_template.optim import param_groups
-from seg_template.options import problems
+from seg_template.options import missing_values, problems
 from seg_template.paths import PROJECT_ROOT
 from tests.helpers import options, skip_unless_importable
 
@@ -42,6 +42,11 @@ def composed(compose_cfg, tmp_path: Path, group: str, option: str, *overrides: s
     interpolation resolved. Every shipped option passes the typed-option check (seg_template/options.py)."""
     skip_unless_importable(*OPTIONAL_PACKAGES.get(group, {}).get(option, ()))
     cfg = compose_cfg(overrides=[f"{group}={option}", *overrides], output_dir=tmp_path)
+    # values its user must give ('???', e.g. a dataset's root): named by the option check, then stood in for
+    required = [key for key in missing_values(cfg) if key not in ("ckpt_path", "input")]
+    assert all("a required value ('???'" in text for text in problems(cfg)[:len(required)])
+    for key in required:
+        OmegaConf.update(cfg, key, f"<{key}>")
     assert problems(cfg) == [], f"{group}={option} {' '.join(overrides)}"
     OmegaConf.resolve(cfg)  # paths, ${data.*}, ${hydra:...} replaced above
     return cfg
