@@ -214,3 +214,55 @@ def test_recipe_transform_pads_masks_with_ignore(tmp_path) -> None:
     assert set(mask.unique().tolist()) <= set(range(19)) | {255}
     # the 32x64 fixture fills at most 32x64 of the 48x80 crop: the rest must be ignore, never class 0
     assert int((mask == 255).sum()) >= 48 * 80 - 32 * 64
+
+
+def _void_11_dataset(root):
+    """A folder dataset of 3 classes whose masks mark void with 11 (a common convention)."""
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / "images" / split / f"{i}.png")
+            mask = np.zeros((16, 16), np.uint8)
+            mask[:, 8:], mask[:4] = 2, 11
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+
+
+def test_label_map_takes_a_datasets_own_label_values(tmp_path) -> None:
+    """data=folder mapped nothing but reduce_zero_label: a void label of 11 meant rewriting every mask. With
+    ``label_map`` the one reader maps the stored values, and the pre-flight checks what it gives."""
+    import numpy as np
+
+    from seg_template.data.folder import FolderDataset
+    from seg_template.errors import ConfigError, DataError
+
+    _void_11_dataset(tmp_path)
+    names = ["a", "b", "c"]
+    with pytest.raises(DataError, match=r"\[11\]"):  # without it: the label is named, nothing trains on it
+        FolderDataset(tmp_path, names, split="train").load(0)
+    dataset = FolderDataset(tmp_path, names, split="train", label_map=[[11, 255], [2, 1]])
+    _, mask, _ = dataset.load(0)
+    assert sorted(np.unique(mask).tolist()) == [0, 1, 255] and (mask[:4] == 255).all() and (mask[4:, 8:] == 1).all()
+    for bad, culprit in (([[11, 7]], r"11 -> 7, but a class id is in \[0, 3\)"), ([[11]], "each entry is"),
+                         ([[11, 255], [11, 0]], "mapped twice"), ([[70000, 1]], "not a mask value"),
+                         (5, "a list of \\[stored value, class id\\] pairs")):
+        with pytest.raises(ConfigError, match=culprit):
+            FolderDataset(tmp_path, names, split="train", label_map=bad)
+
+
+def test_label_map_from_the_command_line(tmp_path, compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    from seg_template.options import problems
+
+    _void_11_dataset(tmp_path)
+    cfg = compose_cfg(overrides=["data=folder", f"data.root={tmp_path}", "data.num_classes=3",
+                                 "data.class_names=[a,b,c]", "data.train_set.label_map=[[11,255]]"],
+                      output_dir=tmp_path / "out")
+    assert problems(cfg) == []
+    datamodule = instantiate(cfg.data)
+    datamodule.preflight()  # every split's masks read through the map: 11 is void, not an unknown class
+    assert datamodule.datasets["val"].label_map == [(11, 255)]

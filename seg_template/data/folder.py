@@ -45,6 +45,38 @@ LAYOUT = """\
   images/<name>.<ext>  masks/<name>.png  splits/<split>.txt             (split by list files)"""
 
 
+def check_label_map(label_map: Sequence[Sequence[int]] | None, num_classes: int, ignore_index: int,
+                    mask_format: str) -> list[tuple[int, int]]:
+    """``data.train_set.label_map``: ``[[stored value, class id or ignore_index], ...]`` for index masks, e.g.
+    ``[[11, 255]]`` for a dataset whose void label is 11. A ``ConfigError`` names what is wrong."""
+    if not label_map:
+        return []
+    key = "data.train_set.label_map"
+    if mask_format != "index":
+        raise ConfigError(f"{key} maps the values of index masks; colour masks (mask_format=rgb) take their "
+                          "classes from data.train_set.colors and ignore_colors")
+    if not isinstance(label_map, Sequence) or isinstance(label_map, str):
+        raise ConfigError(f"{key} is a list of [stored value, class id] pairs, got {label_map!r} "
+                          f"(e.g. {key}=[[11,{ignore_index}]])")
+    pairs, seen = [], set()
+    for entry in label_map:
+        if (not isinstance(entry, Sequence) or isinstance(entry, str) or len(entry) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
+            raise ConfigError(f"{key}: each entry is [stored value, class id], got {entry!r} "
+                              f"(e.g. {key}=[[11,{ignore_index}]])")
+        value, label = int(entry[0]), int(entry[1])
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{key}: stored value {value} is not a mask value (masks hold 0..65535)")
+        if not (0 <= label < num_classes or label == ignore_index):
+            raise ConfigError(f"{key}: {value} -> {label}, but a class id is in [0, {num_classes}) or the "
+                              f"ignore index {ignore_index}")
+        if value in seen:
+            raise ConfigError(f"{key}: stored value {value} is mapped twice")
+        seen.add(value)
+        pairs.append((value, label))
+    return pairs
+
+
 class FolderDataset(PairedFilesDataset):
     """Images + masks matched by name; ``class_names`` (and colours) come from the data config."""
 
@@ -56,7 +88,8 @@ class FolderDataset(PairedFilesDataset):
                  split_file: str | None = None, mask_format: str = "index",
                  colors: Sequence[Sequence[int]] | None = None, ignore_colors: Sequence[Sequence[int]] = (),
                  reduce_zero_label: bool = False, strict: bool = True, lossy_masks: bool = False,
-                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 label_map: Sequence[Sequence[int]] | None = None) -> None:
         if not class_names:
             raise ConfigError("FolderDataset needs class names (data.class_names)")
         if mask_format not in ("index", "rgb"):
@@ -72,6 +105,7 @@ class FolderDataset(PairedFilesDataset):
         self.colors = [list(c) for c in colors] if colors else []
         self.ignore_colors = [list(c) for c in ignore_colors]
         self.reduce_zero_label = reduce_zero_label
+        self.label_map = check_label_map(label_map, len(class_names), ignore_index, mask_format)
         if not isinstance(lossy_masks, bool):
             raise ConfigError(f"data.train_set.lossy_masks must be true or false, got {lossy_masks!r}")
         self.lossy_masks = lossy_masks
@@ -132,6 +166,10 @@ class FolderDataset(PairedFilesDataset):
                                  self.max_image_pixels)
         else:
             mask = self.read_label(path)
+            if self.label_map:  # decided on the stored values: each pixel is mapped once ([[1, 2], [2, 3]])
+                stored, mask = mask, mask.copy()
+                for value, label in self.label_map:
+                    mask[stored == value] = label
         if self.reduce_zero_label:
             mask = np.where(mask == 0, self.ignore_index, np.where(mask == self.ignore_index, mask, mask - 1))
         return mask
