@@ -48,3 +48,44 @@ def options(group: str) -> list[str]:
     """The options of a config group, read from ``configs/<group>/*.yaml``: tests parametrized over them take
     a new option (a forker's loss, dataset or model file) without any edit."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+#: TINY with a slightly wider small model: what the entry-point tests train and export
+TRAINED = [*TINY, "model.width=8"]
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (its ``main`` can then run in-process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_checkpoint(cfg, path, recipe: bool = True):
+    """A checkpoint of the (untrained) module of ``cfg``, written as training writes it: the state dict and,
+    through the module's ``on_save_checkpoint``, the recipe."""
+    import torch
+    from hydra.utils import instantiate
+
+    from seg_template.build import build_module
+    from seg_template.recipe import recipe_from
+
+    torch.manual_seed(0)
+    module = build_module(cfg, instantiate(cfg.data))
+    if recipe:
+        module.recipe = recipe_from(cfg)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+def predict(compose_cfg, out, *overrides):
+    """``python predict.py <overrides>`` in-process, writing to ``out`` (unless ``output_dir=`` is given)."""
+    from seg_template.predict import run_predict
+
+    cfg = compose_cfg("predict", [*overrides, "device=cpu"], output_dir=out)
+    return run_predict(cfg, overrides=list(overrides))

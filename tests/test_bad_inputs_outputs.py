@@ -28,8 +28,7 @@ from seg_template.errors import ConfigError
 from seg_template.predict import run_predict
 from seg_template.predict_outputs import MARKER
 from tests.bad_input_files import PREDICT, Workspace, assert_short_named, raised_user_error
-from tests.helpers import importable
-from tests.test_scripts import load_script
+from tests.helpers import importable, load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 

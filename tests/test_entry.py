@@ -6,33 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from PIL import Image
 
-from seg_template.build import build_module
 from seg_template.data.palette import dataset_palette, default_palette
 from seg_template.errors import CheckpointError, ConfigError, DataError
 from seg_template.eval import evaluate
-from seg_template.predict import run_predict
-from seg_template.recipe import recipe_from
-from tests.helpers import TINY, run_script
+from tests.helpers import TINY, TRAINED, predict, run_script, save_checkpoint
 
 #: the checkpoint's model differs from eval.yaml's default (width 16), so loading proves the recipe was used
-TRAINED = [*TINY, "model.width=8"]
 QUIET = ["callbacks.rich_progress_bar=null"]
-
-
-def save_checkpoint(cfg, path, recipe: bool = True):
-    """A checkpoint of the (untrained) module of ``cfg``, written as training writes it: the state dict and,
-    through the module's ``on_save_checkpoint``, the recipe."""
-    torch.manual_seed(0)
-    module = build_module(cfg, instantiate(cfg.data))
-    if recipe:
-        module.recipe = recipe_from(cfg)
-    checkpoint = {"state_dict": module.state_dict()}
-    module.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, path)
-    return path
 
 
 @pytest.fixture
@@ -103,12 +85,6 @@ def _write_images(folder, files):
     for name, (h, w) in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / name)
-
-
-def predict(compose_cfg, out, *overrides):
-    """``python predict.py <overrides>`` writing to ``out`` (unless ``output_dir=`` is among them)."""
-    cfg = compose_cfg("predict", [*overrides, "device=cpu"], output_dir=out)
-    return run_predict(cfg, overrides=list(overrides))
 
 
 def test_predict_writes_masks_colours_and_overlays(checkpoint, compose_cfg, tmp_path) -> None:

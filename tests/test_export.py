@@ -13,11 +13,11 @@ from torch import nn
 
 from seg_template.errors import ConfigError
 from seg_template.onnx_model import ImageSizeLogits
-from seg_template.predict import run_predict
-from tests.helpers import TINY, run_script, skip_unless_importable
-from tests.test_entry import TRAINED, save_checkpoint
+from tests.helpers import TINY, TRAINED, predict, run_script, save_checkpoint, skip_unless_importable
 
-FAST_CHECK = ["export.check_shapes=[[1,40,56],[2,33,47]]", "export.threads=1"]
+CHECK = ["export.check_shapes=[[1,40,56],[2,33,47]]", "export.threads=1"]
+#: the fast tests use torch's TorchScript exporter (seconds); the slow ones the default dynamo one (~10 s)
+FAST_CHECK = [*CHECK, "export.dynamo=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +30,6 @@ def export(compose_cfg, out, *overrides):
     from seg_template.export import run_export
 
     return run_export(compose_cfg("export", overrides, output_dir=out), overrides=list(overrides))
-
-
-def predict(compose_cfg, out, *overrides):
-    return run_predict(compose_cfg("predict", [*overrides, "device=cpu"], output_dir=out), overrides=list(overrides))
 
 
 def test_export_small_then_predict_with_onnxruntime(compose_cfg, tmp_path, caplog) -> None:
@@ -66,7 +62,7 @@ def test_export_small_then_predict_with_onnxruntime(compose_cfg, tmp_path, caplo
 
     with pytest.raises(ConfigError, match=r"model\.onnx outputs 6 classes .*data\.num_classes=5"):
         predict(compose_cfg, tmp_path / "p4", f"model_file={model_file}", f"input={tmp_path / 'in'}",
-                "data.num_classes=5")
+                "data.num_classes=5", "data.class_names=null")  # names for 5 classes: null, 0..4
 
 
 def test_export_fails_loudly_over_tolerance(compose_cfg, tmp_path, monkeypatch) -> None:
@@ -78,7 +74,7 @@ def test_export_fails_loudly_over_tolerance(compose_cfg, tmp_path, monkeypatch) 
     with pytest.raises(ExportMismatch, match=r"max \|logit difference\| 1\.00e\+00.*required: max \|difference\| "
                                              r"<= 0\.001"):
         export(compose_cfg, tmp_path / "export", f"ckpt_path={ckpt}", "export.check_shapes=[[1,32,32]]",
-               "export.threads=1")
+               "export.threads=1", "export.dynamo=false")
     assert not (tmp_path / "export" / "model.onnx").exists()
     assert (tmp_path / "export" / "model.unverified.onnx").is_file()
 
@@ -113,13 +109,13 @@ def test_export_torchvision_model(compose_cfg, tmp_path) -> None:
     """A torchvision model (the cheapest, LR-ASPP MobileNetV3) through the whole export and parity check."""
     cfg = compose_cfg(overrides=[*TINY, "model=lraspp_mobilenet_v3"], output_dir=tmp_path / "t")
     ckpt = save_checkpoint(cfg, tmp_path / "m.ckpt")
-    assert export(compose_cfg, tmp_path / "export", f"ckpt_path={ckpt}", *FAST_CHECK).is_file()
+    assert export(compose_cfg, tmp_path / "export", f"ckpt_path={ckpt}", *CHECK).is_file()
 
 
 @pytest.mark.slow
 def test_export_and_predict_scripts(compose_cfg, tmp_path) -> None:
     ckpt = save_checkpoint(compose_cfg(overrides=TRAINED, output_dir=tmp_path / "t"), tmp_path / "m.ckpt")
-    exported = run_script("export.py", f"ckpt_path={ckpt}", *FAST_CHECK, f"output_file={tmp_path / 'm.onnx'}",
+    exported = run_script("export.py", f"ckpt_path={ckpt}", *CHECK, f"output_file={tmp_path / 'm.onnx'}",
                           f"paths.log_dir={tmp_path}")
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "argmax agreement" in exported.stdout + exported.stderr

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_models.py"
 
@@ -13,15 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_models.py"
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_table_rows():
-    bench = load_script()
+    bench = load_script("bench_models")
     table = bench.main(["--models", "lraspp_mobilenet_v3", "hrnet_w18_small", "--size", "64", "--reps", "1",
                         "--warmup", "0", "--num-classes", "3"])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
@@ -33,6 +27,6 @@ def test_bench_table_rows():
 
 
 def test_bench_unknown_model_is_named():
-    bench = load_script()
+    bench = load_script("bench_models")
     with pytest.raises(SystemExit, match="no_such_net"):
         bench.main(["--models", "no_such_net", "--size", "64"])

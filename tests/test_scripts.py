@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,15 +14,9 @@ from seg_template.data.config import build_split, compose_data_config
 from seg_template.data.doctor import check_dataset
 from seg_template.losses import load_class_weights
 from tests.fixtures import FOLDER_COLORS, folder_class_names, make_cityscapes, make_folder, make_voc
+from tests.helpers import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def data_cfg(name: str, root: Path, *overrides: str):
