@@ -9,6 +9,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,8 +57,6 @@ TRAINED = [*TINY, "model.width=8"]
 
 def load_script(name: str):
     """``scripts/<name>.py`` imported as a module (its ``main`` can then run in-process)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(f"script_{name}", PROJECT_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -89,3 +88,22 @@ def predict(compose_cfg, out, *overrides):
 
     cfg = compose_cfg("predict", [*overrides, "device=cpu"], output_dir=out)
     return run_predict(cfg, overrides=list(overrides))
+
+
+def data_cfg(name: str, root: Path, *overrides: str):
+    """The real configs/data/<name>.yaml, composed on its own (no trainer/model needed)."""
+    from seg_template.data.config import compose_data_config
+
+    return compose_data_config([f"+data={name}", f"+paths.data_dir={root}", f"data.root={root}", *overrides],
+                               config_name=None)
+
+
+def job_config(sweep: Path, num: int, override: str):
+    """The parts of a multirun job's config that the sweep summary callback reads."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"optimized_metric": "val/mIoU", "hydra": {
+        "mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}, "job": {"num": num},
+        "runtime": {"output_dir": str(sweep / f"{num}_{override}")},
+        "overrides": {"task": [override, "trainer.max_epochs=1"]}}})

@@ -38,8 +38,7 @@ from seg_template.predict_inputs import image_loader, input_files
 from seg_template.train import train
 from tests.bad_input_files import FOLDER, PREDICT, Workspace, assert_short_named, raised_user_error
 from tests.fixtures import folder_class_names, make_folder, make_voc
-from tests.helpers import run_script
-from tests.test_scripts import data_cfg
+from tests.helpers import data_cfg, run_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 

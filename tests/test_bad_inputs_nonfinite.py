@@ -464,7 +464,7 @@ def test_sweep_summary_ranks_a_job_with_a_nan_objective_last(tmp_path: Path) -> 
     from hydra.core.utils import JobReturn, JobStatus
 
     from seg_template.sweep_summary import SweepSummary, collect_jobs
-    from tests.test_sweep_summary import job_config
+    from tests.helpers import job_config
 
     callback = SweepSummary()
     for num, override, value in ((0, "loss=ce", 0.4), (1, "loss=wce", NAN), (2, "loss=ohem", 0.3)):

@@ -10,19 +10,13 @@ import pytest
 from PIL import Image
 
 from seg_template.data.class_weights import class_weights, pixel_statistics, save_weights
-from seg_template.data.config import build_split, compose_data_config
+from seg_template.data.config import build_split
 from seg_template.data.doctor import check_dataset
 from seg_template.losses import load_class_weights
 from tests.fixtures import FOLDER_COLORS, folder_class_names, make_cityscapes, make_folder, make_voc
-from tests.helpers import load_script
+from tests.helpers import data_cfg, load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def data_cfg(name: str, root: Path, *overrides: str):
-    """The real configs/data/<name>.yaml, composed on its own (no trainer/model needed)."""
-    return compose_data_config([f"+data={name}", f"+paths.data_dir={root}", f"data.root={root}", *overrides],
-                               config_name=None)
 
 
 def folder_overrides(num_classes: int) -> list[str]:

@@ -10,23 +10,14 @@ from pathlib import Path
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
-from omegaconf import OmegaConf
 
 from seg_template.sweep_summary import STATUS_FILE, SweepSummary, write_summary
-from tests.helpers import TINY, run_script
+from tests.helpers import TINY, job_config, run_script
 
 
 def read_summary(sweep: Path) -> list[dict[str, str]]:
     with open(sweep / "summary.csv", newline="") as file:
         return list(csv.DictReader(file))
-
-
-def job_config(sweep: Path, num: int, override: str):
-    """The parts of a multirun job's config that the callback reads."""
-    return OmegaConf.create({"optimized_metric": "val/mIoU", "hydra": {
-        "mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}, "job": {"num": num},
-        "runtime": {"output_dir": str(sweep / f"{num}_{override}")},
-        "overrides": {"task": [override, "trainer.max_epochs=1"]}}})
 
 
 def fake_job(sweep: Path, num: int, override: str, status: str, curve: list[float],
