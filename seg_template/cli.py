@@ -56,6 +56,8 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> Any:
 
     export_project_root()
     register_resolvers()
+    with _user_errors():
+        _check_home_values(sys.argv)
     if config_name == "train":
         sys.argv = resume_in_place_argv(sys.argv)
         with _user_errors():
@@ -92,6 +94,22 @@ def resume_in_place_argv(argv: list[str], now: datetime | None = None) -> list[s
         return argv
     stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     return [*argv, f"hydra.run.dir={hydra_value(str(run_dir))}", f"hydra.output_subdir=.hydra/resumed_{stamp}"]
+
+
+def _check_home_values(argv: list[str]) -> None:
+    """``key=~/x`` (Hydra's lexer fails with no hint) or ``key='~/x'`` (Hydra would make a folder named ``~``
+    before the option check runs): nothing expands ``~``, so it is refused here, before Hydra, as the option
+    check refuses it in config files (:func:`seg_template.options.home_problem`)."""
+    from seg_template.errors import ConfigError
+    from seg_template.options import home_problem
+
+    for arg in argv[1:]:
+        key, eq, value = arg.partition("=")
+        if not eq or arg.startswith("-") or key.startswith("~"):  # flags; ~key[=value] is Hydra's delete
+            continue
+        value = _override_value(key, value)
+        if value.startswith("~"):
+            raise ConfigError(home_problem(key.lstrip("+"), value))
 
 
 def _check_sweep_folder(argv: list[str]) -> None:

@@ -150,6 +150,12 @@ def _named(call: Any) -> tuple[str, ...] | None:
 
 
 def _init_parameters(cls: type) -> tuple[str, ...] | None:
+    if getattr(cls, "extra_keys_from_config_files", False):
+        # its **kwargs take the keys a config file writes at its node (a dataset's own options), which the
+        # schema knows: a key typed only on the command line reaches nothing there, so it is a typo
+        params = inspect.signature(cls.__init__).parameters.values()
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return tuple(p.name for p in params if p.kind in keyword and p.name != "self")
     names: list[str] = []
     for owner in cls.__mro__:
         if "__init__" not in vars(owner) or owner is object:

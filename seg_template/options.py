@@ -19,8 +19,17 @@ Where the rules come from:
 - **:data:`RULES`**, what types cannot say: ranges (``data.batch_size >= 1``, list entries: ``optimizer.betas``
   in [0, 1)), choices (``data.preflight``), options the files do not write (``trainer.accumulate_grad_batches``)
   and the few whose files show fewer kinds than they take (``trainer.devices``, ``data.class_weights``). A list
-  rule without a length or entry rule takes them from the files.
-- everywhere: no float may be NaN or infinite (no option of this project means anything at ±inf).
+  rule without a length or entry rule takes them from the files. Counts have sane ceilings no real run
+  reaches (``trainer.max_epochs`` 10**6, ``data.*_set.length`` 10**8, batch sizes 65536...), said with the
+  reason when broken; some bounds are read from the config being checked or from torch
+  (``data.class_names``: one per class, ``export.opset`` up to torch's newest): seg_template/option_rules.py.
+- everywhere: no float may be NaN or infinite (no option of this project means anything at ±inf), no integer
+  may need more than 64 bits, and no string may start with ``~``: nothing expands it here
+  (``paths.log_dir='~/x'`` made a folder named ``~`` in the current folder), so ``$HOME/x`` is asked for.
+- **the class weights the loss will read** (``loss.main.weight``, usually ``${data.class_weights}``): for a
+  task that builds the loss (:data:`LOSS_TASKS`), :func:`check_options` reads them with the loss's own loader
+  (seg_template/losses/class_weights.py) once the options are fine, so that a file of 5 weights for 6
+  classes, a folder or an unreadable file is named before the model is built.
 
 :func:`check_options` checks a composed config (each task calls it first); :func:`require` checks one value
 for constructors called from Python; :func:`positive_int` & co. are the same rules as ``argparse`` types.
@@ -41,12 +50,13 @@ from typing import Any
 
 from seg_template.errors import ConfigError
 from seg_template.option_keys import unknown_keys
-from seg_template.option_rules import NUMERIC, RULES, Rule, describe, int_rule, problem, show
+from seg_template.option_rules import INT64, NUMERIC, RULES, Lookup, Rule, describe, int_rule, problem, show
 from seg_template.option_schema import Seen, schema
 from seg_template.paths import CONFIG_DIR
 
-__all__ = ["RULES", "Rule", "check_class_names", "check_options", "int_at_least", "non_negative_int",
-           "positive_int", "problems", "require", "rule_for", "schema", "seed_int"]
+__all__ = ["RULES", "Rule", "check_class_names", "check_class_weights", "check_options", "home_problem",
+           "int_at_least", "lookup", "non_negative_int", "positive_int", "problems", "require", "rule_for", "schema",
+           "seed_int"]
 
 
 def inferred_rule(seen: Seen, entry: bool = False) -> Rule | None:
@@ -160,6 +170,7 @@ def missing_values(node: Any, prefix: str = "") -> Iterator[str]:
 def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
     """Every problem of the composed config ``cfg`` (a ``DictConfig``), in config order."""
     table = schema(CONFIG_DIR if config_dir is None else config_dir)
+    get = lookup(cfg)
     found = unknown_keys(cfg, table)  # first: a mistyped key explains the errors that may follow
     found += [f"{key}: a required value ('???' in its config) that is not set: give it, e.g. {key}=<value>"
               for key in missing_values(cfg) if key not in _ASKED_BY_THE_TASK]
@@ -168,21 +179,76 @@ def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
         if isinstance(value, dict):  # a mapping where a value is expected: checked as one
             found += [f"{key}: expected {describe(rule)}, got a mapping"] if rule and "any" not in rule.kinds else []
             continue
-        text = problem(key, value, rule) if rule is not None else None
+        text = problem(key, value, rule, get) if rule is not None else None
         if text is None and isinstance(value, float) and not math.isfinite(value):
             text = f"{key}={show(value)}: expected a finite number"
+        if text is None and isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+            text = f"{key}={show(value)}: expected an integer that fits in 64 bits (below 2**63)"
+        if text is None and isinstance(value, str) and value.startswith("~"):
+            text = home_problem(key, value)
         if text is not None:
             found.append(text)
     return found
 
 
+def lookup(cfg: Any) -> Lookup:
+    """``get(key)``: the value of the dotted ``key`` in ``cfg`` (resolved), or None when it is not set or does
+    not resolve; how a rule reads another option (``data.class_names`` reads ``data.num_classes``)."""
+    from omegaconf import OmegaConf
+
+    def get(key: str) -> Any:
+        try:
+            return OmegaConf.select(cfg, key, default=None)
+        except Exception:  # noqa: BLE001 - a value that does not resolve is named under its own key
+            return None
+
+    return get
+
+
+def home_problem(key: str, value: str) -> str:
+    """The problem of a string option that starts with ``~``: no option expands it (a path would name a folder
+    called ``~`` in the current folder), so the message asks for ``$HOME/...`` or an absolute path."""
+    user, slash, rest = value[1:].partition("/")
+    instead = f"$HOME{slash}{rest} or an absolute path" if not user else "an absolute path"
+    return f"{key}={show(value)}: starts with '~', which is not expanded here: write {instead}"
+
+
 def check_options(cfg: Any, config_dir: Path | None = None) -> None:
     """Raise one ``ConfigError`` listing every option of ``cfg`` of the wrong type, out of range or NaN (up to
-    10; ``config_dir``: where the schema is read, default the project's ``configs/``)."""
+    10; ``config_dir``: where the schema is read, default the project's ``configs/``); then, when they are
+    all fine, the loader's own error (``ConfigError`` / ``MissingFileError`` naming the file) for class weights
+    the loss cannot use (:func:`check_class_weights`)."""
     found = problems(cfg, config_dir)
     if found:
         more = f"\n  ... and {len(found) - 10} more" if len(found) > 10 else ""
         raise ConfigError("\n  ".join(found[:10]) + more)
+    check_class_weights(cfg)
+
+
+#: the tasks that build the loss (``build.build_module``), and so read its class weights (``task_name``);
+#: eval checks its recipe with ``recipe.check_recipe_options``, which may call :func:`check_class_weights` too
+LOSS_TASKS = ("train", "eval")
+
+
+def check_class_weights(cfg: Any) -> None:
+    """Read the class weights the loss of ``cfg`` will take (``loss.main.weight``, resolved: usually
+    ``${data.class_weights}``) with the loss's own loader, one per ``data.num_classes``, when the task builds
+    the loss: a wrong count, a folder, an unreadable file or a value float32 cannot hold is named (with the
+    file) before the model is built, not after. Other tasks never read them (a recipe's weights file may be
+    on another machine; predict and export need no loss)."""
+    get = lookup(cfg)
+    weight = get("loss.main.weight")
+    if get("task_name") not in LOSS_TASKS or weight is None:
+        return
+    from omegaconf import ListConfig, OmegaConf
+
+    from seg_template.losses.class_weights import load_class_weights
+
+    if isinstance(weight, ListConfig):
+        weight = OmegaConf.to_container(weight, resolve=True)
+    classes = get("data.num_classes")
+    load_class_weights(weight, num_classes=classes if isinstance(classes, int) and not isinstance(classes, bool)
+                       else None)
 
 
 def require(key: str, value: Any, rule: Rule | None = None) -> Any:
@@ -191,7 +257,7 @@ def require(key: str, value: Any, rule: Rule | None = None) -> Any:
     rule = rule or rule_for(key)
     if rule is None:
         raise KeyError(f"no rule for the option {key!r} in seg_template/options.py or configs/")
-    text = problem(key, value, rule)
+    text = problem(key, value, rule)  # a bound read from the config (Derived) is left out: there is none here
     if text is not None:
         raise ConfigError(text)
     return value

@@ -227,10 +227,11 @@ def check_recipe_options(cfg: DictConfig, source: str, recipe: Mapping[str, Any]
     problem with a key the command line did not set (``overrides``, default the command line's; a group given
     with the option it was trained with, as :func:`recipe_argv` adds it, sets nothing) came from the file, so
     the message names it (``ckpt_path=<file> carries ...``), not the user's options."""
-    from seg_template.options import problems
+    from seg_template.options import check_class_weights, problems
 
     found = problems(cfg)
     if not found:
+        check_class_weights(cfg)  # eval builds the loss: its weights file read (and named) before the model
         return
     overrides = typed_overrides() if overrides is None else list(overrides)
     trained = (recipe or {}).get("choices") or {}

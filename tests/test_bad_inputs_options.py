@@ -42,9 +42,8 @@ from seg_template.paths import CONFIG_DIR
 from seg_template.predict import run_predict
 from seg_template.train import train
 from tests.bad_input_files import PREDICT, TRAIN, Workspace, assert_short_named, raised_user_error
-from tests.helpers import run_script
+from tests.helpers import load_script, run_script
 from tests.test_bad_inputs import TASKS, Case, eval_case, predict_case, train_case
-from tests.test_scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -456,3 +455,243 @@ def test_script_options_are_usage_errors(script: str, argv: list[str], culprit: 
         load_script(script).main(argv)
     assert exit_info.value.code == 2
     assert_short_named(capsys.readouterr().err, culprit)
+
+
+# ------------------------------------------------------------- wave 4: sane bounds, per-class lists, files
+# An outside tester's findings: trainer.max_epochs=99999999999999999999999 ran "forever" (ETA 2e19 hours), a
+# recipe's data.val_set.length of 10**12 hung eval, data.class_names=[] was taken as null, a 200,000-character
+# class name drew a 1,400,112 px wide legend, export.opset=99 was a 110-line graph dump, a std of 1e-40 made
+# training "diverge", class-weight files of the wrong length were caught after the model was built without
+# naming the file (a folder was "not found", 1e308 became "inf" of no file), and paths.log_dir='~/x' made a
+# folder named '~'.
+class BoundsWorkspace(OptionWorkspace):
+    """:class:`OptionWorkspace` plus ``{cwfile__<kind>_<suffix>}`` (class-weight files written as a user would)
+    and ``{recipe__<edit>}`` (a good checkpoint whose recipe carries one absurd value)."""
+
+    WEIGHT_FILES = {
+        "short": "1 1 1 1 1\n",  # 5 weights for the 6 synthetic classes
+        "huge": "1e308 1e308 1e308 1e308 1e308 1e308\n",  # finite in float64, inf in float32
+        "nan": "1 nan 1 1 1 1\n",
+        "dict": '{"background": 1, "circle": 2}',
+        "good": "1, 2, 1, 1, 1, 1  # commas and comments are fine\n",
+    }
+    RECIPE_EDITS = {
+        "huge_length": lambda data: data["val_set"].__setitem__("length", 10**12),
+        "long_name": lambda data: data.__setitem__("class_names", ["A" * 200_000, "c1", "c2", "c3", "c4", "c5"]),
+        "tiny_std": lambda data: data["val_transform"].__setitem__("std", [1e-45, 0.224, 0.225]),
+    }
+
+    def _make_cwfile(self, path: Path, name: str) -> Path:
+        kind, _, suffix = name.partition("__")[2].rpartition("_")
+        path = path.with_name(f"cw_{kind}.{suffix}")
+        if kind == "folder":  # a folder named like a weights file (x.json/)
+            path.mkdir()
+        elif kind != "missing":
+            path.write_text(self.WEIGHT_FILES[kind])
+        return path
+
+    def _make_recipe(self, path: Path, name: str) -> Path:
+        checkpoint = self.checkpoint()
+        self.RECIPE_EDITS[name.partition("__")[2]](checkpoint["recipe"]["data"])
+        path = path.with_name(f"{name.replace('__', '_')}.ckpt")
+        torch.save(checkpoint, path)
+        return path
+
+
+FROM_THE_FILE = r".*\(from the file\)"
+#: eval_case's base (the tiny data, a narrow model) without the val length it types over the recipe's
+EVAL_BASE_WITHOUT_VAL_LENGTH = tuple(o for o in TRAIN if o not in ("test=false", "callbacks.rich_model_summary=null")
+                                     and not o.startswith("data.val_set.length="))
+
+BOUND_CASES = [
+    # ---- counts with a ceiling no real run reaches (the class: see test_every_count_has_a_ceiling)
+    train_case("bounds/max_epochs_huge", "trainer.max_epochs=99999999999999999999999",
+               culprit=r"trainer\.max_epochs=99999999999999999999999: expected at most 1000000 \(1000000 epochs: "
+                       r"more than any real run trains; -1: no limit\)"),
+    train_case("bounds/max_steps_huge", "+trainer.max_steps=10000000000",
+               culprit=r"trainer\.max_steps=10000000000: expected at most 1000000000 \(1000000000 steps"),
+    train_case("bounds/val_length_huge", "data.val_set.length=1000000000000",
+               culprit=r"data\.val_set\.length=1000000000000: expected at most 100000000 \(100000000 samples: "
+                       r"more than any dataset has\)"),
+    train_case("bounds/batch_size_huge", "data.batch_size=1000000",
+               culprit=r"data\.batch_size=1000000: expected at most 65536 \(65536 images per batch"),
+    train_case("bounds/num_workers_huge", "data.num_workers=100000",
+               culprit=r"data\.num_workers=100000: expected at most 1024 \(1024 worker processes"),
+    train_case("bounds/image_size_entry_huge", "data.train_set.image_size=[64,100000]",
+               culprit=r"data\.train_set\.image_size=\[64, 100000\]: expected each entry at most 65536 \(65536 "
+                       r"pixels a side: larger than any image\), got 100000"),
+    train_case("bounds/forkers_int_over_64_bits", f"+callbacks.probe._target_={__name__}.EveryProbe",
+               "+callbacks.probe.every=99999999999999999999999",  # an option no rule knows
+               culprit=r"callbacks\.probe\.every=99999999999999999999999: expected an integer that fits in 64 bits"),
+    eval_case("bounds/eval_recipe_val_length_huge", "ckpt_path={recipe__huge_length}", error=ConfigError,
+              base=EVAL_BASE_WITHOUT_VAL_LENGTH,  # the recipe's length, not the tiny one typed
+              culprit=r"recipe_huge_length\.ckpt carries a recipe whose options are refused.*"
+                      r"data\.val_set\.length=1000000000000: expected at most 100000000" + FROM_THE_FILE),
+    # ---- data.class_names: one short name per class
+    train_case("class_names/empty_list", "data.class_names=[]",
+               culprit=r"data\.class_names=\[\]: expected a list of distinct names or null, got 0 entries \(one per "
+                       r"class: data\.num_classes is 6"),
+    train_case("class_names/two_for_six", "data.class_names=[a,b]",
+               culprit=r"data\.class_names=\[a, b\]: .*got 2 entries \(one per class: data\.num_classes is 6"),
+    train_case("class_names/name_too_long", f"data.class_names=[{'A' * 200},b,c,d,e,f]",
+               culprit=r"data\.class_names=\[AAA.*got one of 200 characters \('AAA.*at most 100 each"),
+    predict_case("class_names/predict_recipe_name_too_long", "ckpt_path={recipe__long_name}", "input={images}",
+                 error=ConfigError, culprit=r"data\.class_names=.*got one of 200000 characters .*at most 100 each"
+                                            + FROM_THE_FILE),
+    # ---- export.opset: up to the newest opset of the installed torch
+    export_case("opset/export_opset_99", "ckpt_path={good}", "export.opset=99",
+                culprit=r"export\.opset=99: expected an integer in \[7, \d+\] or null \(\d+: the newest opset torch "
+                        r"[\d.]+'s exporter writes"),
+    # ---- normalisation: a std of no real image, non-finite mean / std
+    train_case("std/train_std_tiny", "+data.train_transform.std=[1e-40,1,1]",
+               culprit=r"data\.train_transform\.std=\[1e-40, 1, 1\]: expected each entry at least 0\.001 \(pixels in "
+                       r"\[0, 1\] are divided by it.*\), got 1e-40"),
+    eval_case("std/eval_recipe_std_tiny", "ckpt_path={recipe__tiny_std}", error=ConfigError,
+              culprit=r"data\.val_transform\.std=\[1e-45, 0\.224, 0\.225\]: expected each entry at least 0\.001"
+                      + FROM_THE_FILE),
+    train_case("std/train_mean_nan", "+data.train_transform.mean=[nan,0.5,0.5]",
+               culprit=r"data\.train_transform\.mean\[0\]=nan: expected a finite number"),
+    train_case("std/train_std_inf", "+data.train_transform.std=[0.2,inf,0.2]",
+               culprit=r"data\.train_transform\.std\[1\]=inf: expected a finite number"),
+    # ---- class-weight files: checked with data.num_classes before the model is built, the file named
+    train_case("weights/txt_five_for_six", "loss=wce", "data.class_weights={cwfile__short_txt}",
+               culprit=r"class weights file \S*cw_short\.txt: class weights have 5 entries for 6 classes "
+                       r"\(data\.num_classes is 6\)"),
+    train_case("weights/folder_named_json", "loss=wce", "data.class_weights={cwfile__folder_json}",
+               culprit=r"class weights file \S*cw_folder\.json is a folder, not a file"),
+    train_case("weights/txt_too_large_for_float32", "loss=wce", "data.class_weights={cwfile__huge_txt}",
+               culprit=r"class weights file \S*cw_huge\.txt: 1e\+308 is too large for float32"),
+    train_case("weights/loss_main_weight_file", "loss=wce", "loss.main.weight={cwfile__short_txt}",
+               culprit=r"class weights file \S*cw_short\.txt: class weights have 5 entries for 6 classes"),
+    # ---- '~' is expanded by nothing here
+    train_case("home/quoted_tilde", "data.root='~/datasets/x'",
+               culprit=r"data\.root='~/datasets/x': starts with '~', which is not expanded here: write "
+                       r"\$HOME/datasets/x or an absolute path"),
+    train_case("home/tilde_alone", "+paths.my_dir='~'",
+               culprit=r"paths\.my_dir='~': starts with '~', .*write \$HOME or an absolute path"),
+]
+
+
+@pytest.fixture
+def bounds_workspace(compose_cfg, tmp_path: Path) -> Workspace:
+    return BoundsWorkspace(tmp_path / "files", compose_cfg)
+
+
+@pytest.mark.parametrize("case", BOUND_CASES, ids=lambda c: c.id)
+def test_absurd_value_is_one_named_message(case: Case, compose_cfg, bounds_workspace: Workspace,
+                                           tmp_path: Path) -> None:
+    test_bad_option_is_one_named_message(case, compose_cfg, bounds_workspace, tmp_path)
+
+
+GOOD_BOUNDS = [  # the edges of the new bounds, and what they must not refuse
+    "trainer.max_epochs=1000000", "trainer.max_epochs=-1", "+trainer.max_steps=-1", "+trainer.max_steps=1000000000",
+    "data.val_set.length=100000000", "data.batch_size=65536", "data.num_workers=1024", "data.class_names=null",
+    "data.class_names=[a,b,c,d,e,f]", f"data.class_names=[{'x' * 100},b,c,d,e,f]",
+    "+data.train_transform.std=[0.001,0.5,0.5]", "+data.val_transform.mean=[0,0.5,1]", "name='a~b'",
+    "callbacks.rich_model_summary.max_depth=9223372036854775807", "loss=wce", "data.class_weights=/data/w.json",
+]
+
+
+@pytest.mark.parametrize("override", GOOD_BOUNDS)
+def test_values_at_the_new_bounds_are_accepted(override: str, compose_cfg) -> None:
+    assert problems(compose_cfg(overrides=[override])) == []
+
+
+#: integer options without a ceiling, and why a huge value does no harm there; any other integer rule (a
+#: forker's new count included) must have a range or a sane ceiling
+NO_CEILING = {
+    "data.ignore_index": "any label value", "loss.main.ignore_index": "any label value",
+    "trainer.check_val_every_n_epoch": "an interval: huge means never", "trainer.log_every_n_steps": "an interval",
+    "callbacks.val_images.every_n_epochs": "an interval",
+    "callbacks.model_checkpoint.every_n_train_steps": "an interval",
+    "callbacks.model_checkpoint.save_top_k": "how many to keep: all", "callbacks.nan_guard.patience": "never stops",
+    "callbacks.early_stopping.patience": "never stops", "max_image_pixels": "a limit: huge means none",
+    "data.*_set.max_image_pixels": "a limit", "data.ohem_min_kept": "OHEM becomes plain CE (the loss says so)",
+    "loss.main.min_kept": "OHEM becomes plain CE",
+}
+
+
+def _integer_rules(rule: options.Rule | None) -> list[options.Rule]:
+    """``rule`` and its entries' rules (lists of lists too) that take integers."""
+    found = []
+    while rule is not None:
+        if "int" in rule.kinds:
+            found.append(rule)
+        rule = rule.item
+    return found
+
+
+def test_every_count_has_a_ceiling() -> None:
+    """The class behind max_epochs=99999999999999999999999: every integer option of the table has an upper
+    bound (a range, or a sane ceiling said with its reason) unless NO_CEILING says why none is needed."""
+    from seg_template.option_rules import INT64
+
+    unbounded = [key for key, rule in options.RULES.items() for r in _integer_rules(rule)
+                 if r.high is None and r.sane_high is None and key not in NO_CEILING]
+    assert unbounded == [], f"counts a typo can make absurd, without a ceiling: {unbounded}"
+    for key, rule in options.RULES.items():
+        for r in _integer_rules(rule):
+            assert r.sane_high is None or (r.sane_why and str(r.sane_high) in r.sane_why), key  # says its number
+    # and no integer at all, a forker's included, goes past 64 bits
+    assert options.problem("my_count", INT64, options.int_rule(0)) is not None
+    assert options.problem("my_count", INT64 - 1, options.int_rule(0)) is None
+
+
+def test_opset_bound_is_read_from_torch(compose_cfg) -> None:
+    from torch.onnx import _constants
+
+    newest = _constants.ONNX_MAX_OPSET
+    assert problems(compose_cfg("export", [f"export.opset={newest}", "ckpt_path=x"])) == []
+    assert problems(compose_cfg("export", [f"export.opset={newest + 1}", "ckpt_path=x"])) == [
+        f"export.opset={newest + 1}: expected an integer in [7, {newest}] or null ({newest}: the newest opset torch "
+        f"{torch.__version__.split('+')[0]}'s exporter writes; e.g. export.opset=17)"]
+
+
+def test_per_class_lists_without_a_config() -> None:
+    """From Python (``require``, no config to read data.num_classes from) the count is not known, but an empty
+    list of names is still no list of names."""
+    assert options.require("data.class_names", ["a", "b"]) == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"data\.class_names=\[\]: expected a list of distinct names or null, "
+                                          r"got 0 entries"):
+        options.require("data.class_names", [])
+
+
+@pytest.mark.parametrize(("kind", "suffix", "culprit"), [
+    ("short", "txt", r"class weights have 5 entries for 6 classes"),
+    ("huge", "txt", r"1e\+308 is too large for float32"),
+    ("nan", "txt", r"class weights must be finite and >= 0, got \[nan\]"),
+    ("dict", "json", r"expected a list of numbers"),
+    ("folder", "json", r"is a folder, not a file"),
+    ("missing", "json", r"not found"),
+    ("good", "csv", r"unsupported suffix '\.csv'"),
+])
+def test_every_class_weight_file_error_names_the_file(kind: str, suffix: str, culprit: str,
+                                                      bounds_workspace: Workspace) -> None:
+    import re
+
+    from seg_template.losses.class_weights import load_class_weights
+
+    bounds_workspace.root.mkdir()
+    path = bounds_workspace[f"cwfile__{kind}_{suffix}"]
+    err = raised_user_error(lambda: load_class_weights(path, num_classes=6))
+    assert_short_named(user_message(err), re.escape(f"class weights file {path}") + r"\b.*" + culprit)
+
+
+def test_a_good_class_weight_file_is_read_with_its_count(bounds_workspace: Workspace) -> None:
+    from seg_template.losses.class_weights import load_class_weights
+
+    bounds_workspace.root.mkdir()
+    assert load_class_weights(bounds_workspace["cwfile__good_txt"], num_classes=6).tolist() == [1, 2, 1, 1, 1, 1]
+
+
+def test_class_weights_are_read_only_by_tasks_that_build_the_loss(compose_cfg, tmp_path: Path) -> None:
+    """Training reads them in the option check; predict and export build no loss, so a recipe's weights file
+    that is not on this machine is no error there."""
+    from seg_template.errors import MissingFileError
+
+    cfg = compose_cfg(overrides=["loss=wce", f"data.class_weights={tmp_path / 'elsewhere.json'}"])
+    with pytest.raises(MissingFileError, match=r"class weights file \S*elsewhere\.json not found"):
+        options.check_class_weights(cfg)
+    for task in ("predict", "export"):
+        cfg.task_name = task
+        options.check_class_weights(cfg)  # no error

@@ -164,3 +164,14 @@ def test_a_user_error_prints_once_and_exits_1(caplog) -> None:
         raise RuntimeError("Error in call to target 'SegDataModule'") from DataError("mask a.png has label 9")
     assert ended.value.code == 1
     assert caplog.text.count("DataError: mask a.png has label 9") == 1 and "found by DDP rank" not in caplog.text
+
+
+@pytest.mark.parametrize("arg", ["paths.log_dir=~/x", "paths.log_dir='~/x'", "+data.root=~", "ckpt_path=~user/a"])
+def test_a_tilde_path_is_refused_before_hydra_makes_a_folder_named_tilde(arg: str) -> None:
+    """Unquoted, Hydra's lexer failed with no hint; quoted, Hydra made a folder named '~' in the current folder
+    before any check ran. Nothing expands '~': one block asks for $HOME or an absolute path."""
+    from seg_template.cli import _check_home_values
+
+    with pytest.raises(ConfigError, match=r"starts with '~', which is not expanded here: write (\$HOME|an abs)"):
+        _check_home_values(["train.py", arg])
+    _check_home_values(["train.py", "~loss", "~loss=ce", "--help", "name=a~b"])  # a delete, a flag, a ~ inside

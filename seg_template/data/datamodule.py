@@ -78,6 +78,10 @@ class SegDataModule(pl.LightningDataModule):
     ``preflight``: how much of each split ``preflight()`` reads before fitting (``sample``/``full``/``none``).
     """
 
+    #: the option check (seg_template/option_keys.py) takes as ``**dataset_options`` only the keys a data config
+    #: file writes: ``+data.batchsize=4`` typed alone is a typo named with the closest key, not a dataset option
+    extra_keys_from_config_files = True
+
     def __init__(self, train_set: DatasetFactory, val_set: DatasetFactory, test_set: DatasetFactory | None = None,
                  train_transform: Callable[..., dict[str, Any]] | None = None,
                  val_transform: Callable[..., dict[str, Any]] | None = None, num_classes: int = 0,

@@ -1,4 +1,8 @@
-"""Class weights for the losses: from a list, a ``.npy`` / ``.json`` / ``.txt`` file, or ``None``."""
+"""Class weights for the losses: from a list, a ``.npy`` / ``.json`` / ``.txt`` file, or ``None``.
+
+:func:`load_class_weights` is the one reader: the loss calls it when it is built, and the option check
+(``seg_template.options.check_options``) calls it first, with ``data.num_classes``, so that a file of the wrong
+length is named before the model is built. Every problem with a file names the file."""
 
 from __future__ import annotations
 
@@ -21,14 +25,18 @@ WeightSpec = Sequence[float] | str | Path | Tensor | np.ndarray | None
 KEYS = "data.class_weights or loss.main.weight"
 
 
-def load_class_weights(spec: WeightSpec) -> Tensor | None:
+#: the largest weight a float32 tensor holds (1e308 became inf)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def load_class_weights(spec: WeightSpec, num_classes: int | None = None) -> Tensor | None:
     """Class weights as float32 ``[C]`` from a list, a ``.npy`` / ``.json`` / ``.txt`` file, or ``None``.
 
     Raises ``ConfigError`` (``MissingFileError`` for a missing file) naming the file or the config keys when
-    the weights cannot be used: unreadable, nested too deep to parse, not a 1-D list of numbers (booleans and
-    numbers written as strings are not numbers: ``true`` must not become 1, nor ``"2"`` 2), negative or
-    non-finite, or all zero (every pixel would weigh 0 and the loss would stay 0.0: training would run and
-    learn nothing).
+    the weights cannot be used: a folder or an unreadable file, nested too deep to parse, not a 1-D list of
+    numbers (booleans and numbers written as strings are not numbers: ``true`` must not become 1, nor ``"2"``
+    2), negative, non-finite or too large for float32, all zero (every pixel would weigh 0 and the loss would
+    stay 0.0: training would run and learn nothing), or not ``num_classes`` of them when it is given.
     """
     if spec is None:
         return None
@@ -37,9 +45,15 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
         # relative to where the user launched, even if Hydra changed the working directory
         path = Path(to_absolute_path(str(spec)))
         source = f"class weights file {path}"
-        if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"{source} is a folder, not a file: name the .npy / .json / .txt file of weights "
+                              f"(set by {KEYS}; scripts/compute_class_weights.py --out writes one)")
+        if not path.exists():
             raise MissingFileError(f"{source} not found (set by {KEYS}; scripts/compute_class_weights.py "
                                    "writes one)")
+        if not path.is_file():
+            raise ConfigError(f"{source} is not a regular file (a device or a pipe): name a .npy / .json / .txt "
+                              f"file of weights (set by {KEYS})")
         try:
             spec = _read_weight_file(path)
         except ValueError as err:  # includes json.JSONDecodeError and a bad number in a .txt
@@ -52,10 +66,17 @@ def load_class_weights(spec: WeightSpec) -> Tensor | None:
         raise _error(source, f"expected a non-empty 1-D list of numbers, got shape {values.shape}")
     bad = values[~np.isfinite(values) | (values < 0)]
     if bad.size:
-        raise _error(source, f"class weights must be finite and >= 0, got {bad.tolist()}")
+        raise _error(source, f"class weights must be finite and >= 0, got {_short(bad.tolist())}")
+    huge = values[values > FLOAT32_MAX]
+    if huge.size:
+        raise _error(source, f"{huge[0]:g} is too large for float32 (at most {FLOAT32_MAX:.4g}), in which the "
+                             "loss weighs pixels; only the ratios count, so scale the weights down")
     if not values.any():
         raise _error(source, "every class weight is 0, so every pixel would weigh 0 and the loss would stay "
                              "0.0; give the classes to learn positive weights")
+    if num_classes is not None and values.size != num_classes:
+        raise _error(source, f"class weights have {values.size} entries for {num_classes} classes "
+                             f"(data.num_classes is {num_classes}); give one weight per class")
     return torch.tensor(values, dtype=torch.float32)
 
 
