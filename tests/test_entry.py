@@ -3,6 +3,8 @@ mode, the three outputs per image, sub-folders, batching, bad input."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -164,7 +166,9 @@ def test_train_then_eval_and_predict_scripts(tmp_path) -> None:
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     log = evaluated.stdout + evaluated.stderr
     assert "val mIoU" in log and "background" in log  # the per-class table
-    assert "Recipe of" in log and "data=synthetic model=small" in log
+    # the recipe's choices; nothing of data / model / loss was typed, so no "from the command line" part
+    assert re.search(r"Recipe of .*best\.ckpt: .*model=small data=synthetic", log)
+    assert "from the command line" not in log
     _write_images(tmp_path / "images", {"img0.png": (32, 32)})
     predicted = run_script("predict.py", f"ckpt_path={best}", f"input={tmp_path / 'images'}",
                            f"output_dir={tmp_path / 'pred'}", f"paths.log_dir={tmp_path}")

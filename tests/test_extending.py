@@ -100,7 +100,7 @@ def test_the_guides_examples_train_and_pass_the_discovering_tests(forked: Path, 
     # the tests that discover options from configs/ take the new ones without an edit
     result = run(forked, "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/test_configs.py",
                  "tests/test_models.py", "tests/test_cli.py", "tests/test_train.py", "-m", "not slow",
-                 "-k", "dice or csv_pairs or timm_fpn or lr_line or help or each_loss", timeout=900)
+                 "-k", "dice or csv_pairs or timm_fpn or lr_line or help", timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
     for case in ("test_configs.py::test_loss[dice]", "test_configs.py::test_data[csv_pairs]",
                  "test_configs.py::test_model[timm_fpn]", "test_configs.py::test_callbacks[lr_line]",
