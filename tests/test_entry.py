@@ -166,9 +166,9 @@ def test_train_then_eval_and_predict_scripts(tmp_path) -> None:
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     log = evaluated.stdout + evaluated.stderr
     assert "val mIoU" in log and "background" in log  # the per-class table
-    # the recipe's choices; nothing of data / model / loss was typed, so no "from the command line" part
-    assert re.search(r"Recipe of .*best\.ckpt: .*model=small data=synthetic", log)
-    assert "from the command line" not in log
+    # the recipe's choices, then only what was typed over it (not the choices recipe_argv adds)
+    assert re.search(r"Recipe of .*best\.ckpt: .*model=small data=synthetic; from the command line: "
+                     r"data\.val_set\.length=2\n", log)
     _write_images(tmp_path / "images", {"img0.png": (32, 32)})
     predicted = run_script("predict.py", f"ckpt_path={best}", f"input={tmp_path / 'images'}",
                            f"output_dir={tmp_path / 'pred'}", f"paths.log_dir={tmp_path}")
