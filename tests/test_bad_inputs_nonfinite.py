@@ -274,21 +274,26 @@ def _case_id(case) -> str:
     return case.id if hasattr(case, "id") else case[0]
 
 
+def _task_error(compose_cfg, task: str, overrides: list[str], out: Path) -> BaseException:
+    """The user error ``task`` (eval, predict, train, export) raises on ``overrides``; an export writes no
+    ``model.onnx``."""
+    if task != "export":
+        return _run(compose_cfg, task, overrides, out)
+    from seg_template.export import run_export
+
+    overrides = [*overrides, f"output_file={out / 'model.onnx'}"]
+    cfg = compose_cfg("export", overrides, output_dir=out)
+    err = raised_user_error(lambda: run_export(cfg, overrides))
+    assert not (out / "model.onnx").exists()
+    return err
+
+
 @pytest.mark.parametrize(("id_", "task", "overrides", "error", "culprit", "nothing_written"),
                          CASES, ids=[_case_id(c) for c in CASES])
 def test_non_finite_model_gets_one_short_named_message(id_, task, overrides, error, culprit, nothing_written,
                                                        compose_cfg, files: Files, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    overrides = [o.format_map(files) for o in overrides]
-    if task == "export":
-        from seg_template.export import run_export
-
-        overrides.append(f"output_file={out / 'model.onnx'}")
-        cfg = compose_cfg("export", overrides, output_dir=out)
-        err = raised_user_error(lambda: run_export(cfg, overrides))
-        assert not (out / "model.onnx").exists()
-    else:
-        err = _run(compose_cfg, task, overrides, out)
+    err = _task_error(compose_cfg, task, [o.format_map(files) for o in overrides], out)
     assert isinstance(err, error), f"{type(err).__name__}, expected {error.__name__}: {err}"
     assert_short_named(user_message(err), culprit)
     if nothing_written:
@@ -600,16 +605,7 @@ def test_a_tensor_of_a_kind_training_never_writes_is_named(id_, task, overrides,
     file and the tensor, whichever way the file comes in (was: a traceback from the NaN check, or a silently
     densified / dequantized / real-cast weight)."""
     out = tmp_path / "out"
-    overrides = [o.format_map(odd_files) for o in overrides]
-    if task == "export":
-        from seg_template.export import run_export
-
-        overrides.append(f"output_file={out / 'model.onnx'}")
-        cfg = compose_cfg("export", overrides, output_dir=out)
-        err = raised_user_error(lambda: run_export(cfg, overrides))
-        assert not (out / "model.onnx").exists()
-    else:
-        err = _run(compose_cfg, task, overrides, out)
+    err = _task_error(compose_cfg, task, [o.format_map(odd_files) for o in overrides], out)
     assert isinstance(err, CheckpointError), f"{type(err).__name__}: {err}"
     assert_short_named(user_message(err), culprit)
     _no_masks(out)
