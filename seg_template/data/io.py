@@ -299,7 +299,7 @@ def find_images(folder: Path, recursive: bool = False, dangling: bool = False) -
     Folder links are followed (Python's recursive glob does not), each real folder once: a link that leads to
     a folder holding the link (a loop) or to a folder already listed is not followed, and named in
     ``skipped``. Files with other extensions are returned in ``left_out`` (hidden files, whose names start with
-    a dot, such as ``.DS_Store``, are not named). With ``dangling``, symbolic links named like images that lead
+    a dot, such as ``.DS_Store``, are not named); hidden folders (``.git``) are not searched. With ``dangling``, symbolic links named like images that lead
     to no file are listed too (so that the reader names them); otherwise, and for other names, they are named
     in ``skipped``."""
     root = Path(folder)
@@ -330,7 +330,7 @@ def find_images(folder: Path, recursive: bool = False, dangling: bool = False) -
                 is_dir = is_file = False
             is_image = path.suffix.lower() in IMAGE_EXTENSIONS
             if is_dir:
-                if recursive:
+                if recursive and not entry.name.startswith("."):  # hidden folders (.git, .ipynb_checkpoints)
                     loop = entry.is_symlink() and _holds(path, directory)
                     if loop:
                         found.skipped.append(f"folder link not followed: {path} -> {os.readlink(path)} is a symlink "
