@@ -40,7 +40,7 @@ from seg_template.jobs import (
     record_failure,
     was_distributed,
 )
-from seg_template.paths import CONFIG_DIR, export_project_root, hydra_value, register_resolvers
+from seg_template.paths import CONFIG_DIR, argv_values, export_project_root, hydra_value, register_resolvers
 from seg_template.signals import as_stop, exit_on_signals, mark_reported, signal_name, stop_reported
 
 log = logging.getLogger("seg_template")
@@ -85,7 +85,7 @@ def resume_in_place_argv(argv: list[str], now: datetime | None = None) -> list[s
     args = argv[1:]
     if any(a in ("-m", "--multirun") or a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in args):
         return argv
-    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    values = argv_values(args)
     if values.get("resume_in_place", "true").lower() in ("false", "0", "no") or not values.get("ckpt_path"):
         return argv
     ckpt = Path(_override_value("ckpt_path", values["ckpt_path"])).expanduser().absolute()
@@ -120,7 +120,7 @@ def _check_sweep_folder(argv: list[str]) -> None:
     args = argv[1:]
     if not any(a in ("-m", "--multirun") for a in args):
         return
-    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    values = argv_values(args)
     folder = values.get("hydra.sweep.dir")
     if not folder or "${" in folder:
         return

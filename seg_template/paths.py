@@ -135,3 +135,9 @@ def hydra_value(text: str) -> str:
     quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
     quoted = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted)  # they precede the closing quote
     return f"'{quoted}'"
+
+
+def argv_values(args: list[str]) -> dict[str, str]:
+    """``{key: value}`` of the ``key=value`` options of a command line (``+`` dropped, flags left out), as
+    typed: what the entry points look at before Hydra parses the command line."""
+    return dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))

@@ -313,12 +313,12 @@ def recipe_argv(argv: list[str], groups: Sequence[str], sources: Sequence[str] =
     a file that cannot be read or is refused (the task reports it) and options that are not plain names
     of a config file here (a crafted ``../x`` or ``a b`` never becomes an option).
     """
-    from seg_template.paths import CONFIG_DIR
+    from seg_template.paths import CONFIG_DIR, argv_values
 
     args = argv[1:]
     if any(a in ("-m", "--multirun", "-h", "--help", "--hydra-help", "--info") for a in args):
         return argv
-    values = dict(a.lstrip("+").split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    values = argv_values(args)
     source = next((values[s] for s in sources if values.get(s)), None)
     if not source or "," in source:
         return argv
