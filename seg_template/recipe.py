@@ -24,7 +24,6 @@ import copy
 import logging
 import re
 import shlex
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,20 +95,16 @@ def _choices() -> dict[str, str]:
 def read_checkpoint_recipe(path: str | Path) -> dict[str, Any] | None:
     """The recipe stored in the checkpoint at ``path``, or None (a plain state dict, an older or foreign
     checkpoint). Unreadable files raise the weights loader's ``CheckpointError`` / ``MissingFileError``, a
-    recipe that could call anything but the project's own targets a ``CheckpointError`` (file_config.py)."""
-    import torch
+    recipe that could call anything but the project's own targets a ``CheckpointError`` (file_config.py).
 
+    The file is read by the one reader with ``keep=True``: the recipe read before Hydra composes the config
+    (:func:`recipe_argv`), again in the task, and the weights loaded after it are one read of the file."""
     from seg_template.models.weights import read_weights_file, resolve_path
 
     file = resolve_path(path)
     if file.suffix == ".safetensors":
         return None
-    try:  # mmap: the tensors are not read, only the small recipe (eval then loads the weights once)
-        with warnings.catch_warnings():  # a sparse tensor is refused by the weights reader, in one block
-            warnings.filterwarnings("ignore", message=".*sparse tensor invariants")
-            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip checkpoint, or a bad file: the loader reads it again and names the problem
-        obj = read_weights_file(path, "ckpt_path")
+    obj = read_weights_file(path, "ckpt_path", keep=True)
     recipe = obj.get("recipe") if isinstance(obj, Mapping) else None
     if recipe is None:
         return None
@@ -117,7 +112,7 @@ def read_checkpoint_recipe(path: str | Path) -> dict[str, Any] | None:
         raise CheckpointError(f"ckpt_path: '{file}' has a 'recipe' entry that is not a training recipe "
                               f"(expected a mapping with data/model/loss, got {type(recipe).__name__})")
     check_recipe(recipe, str(file), "ckpt_path")
-    return dict(recipe)
+    return copy.deepcopy(dict(recipe))  # the kept object reaches the weights loader unchanged
 
 
 def typed_overrides() -> list[str]:

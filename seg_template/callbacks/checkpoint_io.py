@@ -5,7 +5,8 @@ folder cannot take them.
   flushed, fsynced and renamed over the old one, so a kill or a full disk leaves the previous checkpoint
   intact. (Lightning's own writer goes through an fsspec transaction whose temporary file lives in the system
   temp folder: across filesystems its final "rename" is a copy, which a kill can truncate.) Reads go through
-  ``torch.load(weights_only=True)`` only, whatever the caller asks for.
+  the one reader, ``models.weights.read_weights_file`` (``torch.load(weights_only=True)`` whatever the caller
+  asks for), which hands Lightning the object the resume check read: a resumed checkpoint is read once.
 - :func:`check_folder_writable` / :func:`write_problem`: a folder that cannot take checkpoints is named with
   the reason its errno gives (not writable, full, gone), when fit starts rather than after a whole epoch.
 - :func:`checkpoint_step`: the training step a checkpoint holds, read without loading its tensors.
@@ -40,7 +41,7 @@ from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from seg_template.callbacks.nan_guard import NaNGuard
 from seg_template.errors import CheckpointError
 from seg_template.models.finite import odd_kind
-from seg_template.models.weights import compare_state, mismatch_message, read_weights_file, resolve_path
+from seg_template.models.weights import exact_fit, let_go, peek_checkpoint, read_weights_file, resolve_path
 from seg_template.resume import check_optimizer
 
 log = logging.getLogger("seg_template.callbacks.checkpoint")
@@ -114,8 +115,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             checkpoint = super().load_checkpoint(path, weights_only=True)
             source = str(path)
         else:
-            checkpoint = read_weights_file(path, "ckpt_path")
+            checkpoint = read_weights_file(path, "ckpt_path")  # takes what the resume check kept: one read
             source = str(resolve_path(path))
+        let_go()  # a requeued SLURM job restores hpc_ckpt instead of the checked ckpt_path: drop that one
         if isinstance(checkpoint, Mapping):
             check_callback_states(checkpoint, source)
         return checkpoint
@@ -157,15 +159,10 @@ def _probe(folder: str | Path) -> None:
 # ---------------------------------------------------------------- what a checkpoint holds
 def checkpoint_step(path: str | Path) -> int | None:
     """The ``global_step`` of the Lightning checkpoint at ``path``; None when it cannot be read (truncated,
-    not a checkpoint). Tensors are memory-mapped, not read (``weights_only=True``: no code runs)."""
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        return int(ckpt["global_step"])
-    except Exception:  # noqa: BLE001 - any unreadable file: the caller says what that means
-        return None
+    not a checkpoint). Its tensors are not read (``models.weights.peek_checkpoint``)."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        return int(peek_checkpoint(path)["global_step"])  # type: ignore[index]
+    return None
 
 
 def logging_step(checkpoint: dict[str, Any]) -> int:
@@ -190,7 +187,7 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
     another optimiser class than ``module``'s (``seg_template.resume.check_optimizer``).
     """
     source = str(resolve_path(path))
-    ckpt = read_weights_file(path, "ckpt_path")
+    ckpt = read_weights_file(path, "ckpt_path", keep=True)  # Lightning's restore then takes it: one read
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"ckpt_path: '{source}' holds a {type(ckpt).__name__}, not a Lightning checkpoint")
     if ckpt.get("recipe") is not None:  # resume never builds from it, but a crafted recipe = a crafted file
@@ -206,12 +203,7 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
             f"instead of ckpt_path.")
     if module is not None:
         state = {str(k): v for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
-        report, _ = compare_state(state, module.state_dict(), source)
-        if report.missing or report.unexpected or report.mismatched:
-            hparams = ckpt.get("hyper_parameters")
-            classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
-            raise CheckpointError(mismatch_message(report, "ckpt_path", f"the configured {type(module).__name__}",
-                                                   classes))
+        exact_fit(state, module, source, "ckpt_path", ckpt)
         # another optimiser class than the one that wrote the state: refused before any folder fills up
         check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
     from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN

@@ -85,7 +85,28 @@ def resolve_path(spec: str | Path) -> Path:
         return Path(spec).expanduser().resolve()
 
 
-def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any:
+#: the file a command read with ``keep=True`` and has not taken yet: ``(identity, object)`` (read_weights_file)
+_kept: tuple[tuple[Any, ...], Any] | None = None
+
+
+def _identity(file: Path) -> tuple[Any, ...] | None:
+    """What tells one version of ``file`` from another: its path, inode, size and modification time (an atomic
+    save renames a new inode over it, an in-place copy changes size or time); None when it cannot be stat'ed."""
+    try:
+        st = file.stat()
+    except OSError:
+        return None
+    return str(file), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def let_go() -> None:
+    """Drop the object a ``keep=True`` read holds (Lightning restored another file, e.g. SLURM's ``hpc_ckpt``
+    instead of ``ckpt_path``: nobody will take it)."""
+    global _kept
+    _kept = None
+
+
+def read_weights_file(path: str | Path, option: str = "model.pretrained", *, keep: bool = False) -> Any:
     """The object stored in a ``torch.save`` / safetensors file, read without running any code from it.
 
     ``option`` names the config key the path came from, for the messages. Raises ``MissingFileError``
@@ -95,10 +116,41 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained") -> Any
     anywhere in it - is refused here too, naming the tensor (``refuse_odd_tensors`` of
     :mod:`seg_template.models.finite`): every reader of a file, and every check after it, sees dense real
     tensors only.
+
+    Each file is read once per command. A reader that looks before the command's real work - the recipe
+    read before Hydra composes the config and again inside the task (``seg_template.recipe``), the check
+    before a resume (``check_resume_checkpoint``) - passes ``keep=True``: the object is kept (one file at a
+    time) and the next read of the same, unchanged file gets it without touching the disk; a read with
+    ``keep=False`` (the weights loaded into the network, Lightning restoring a resume) takes it and lets it
+    go. Whoever reads with ``keep=True`` must not change the object: the later readers get it as read.
     """
+    global _kept
+    file = resolve_path(path)
+    identity = _identity(file)
+    if _kept is not None and identity is not None and _kept[0] == identity:
+        obj = _kept[1]
+        if not keep:
+            _kept = None
+        return obj
+    if _kept is not None and _kept[0][0] == str(file):  # an older version of this file: nobody will ask for it
+        _kept = None
     obj = _read_weights_file(path, option)
-    refuse_odd_tensors(obj, str(resolve_path(path)), option)
+    refuse_odd_tensors(obj, str(file), option)
+    if keep and identity is not None and identity == _identity(file):  # not changed while it was read
+        _kept = (identity, obj)
     return obj
+
+
+def peek_checkpoint(path: str | Path) -> Any:
+    """The object stored at ``path`` with its tensors memory-mapped, not read (a cheap look at a checkpoint's
+    step or keys, ``weights_only=True``: no code runs); None when it cannot be read. Nothing is kept."""
+    try:
+        try:
+            return torch.load(resolve_path(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            return torch.load(resolve_path(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: the caller says what that means
+        return None
 
 
 def _read_weights_file(path: str | Path, option: str) -> Any:
@@ -304,6 +356,22 @@ def mismatch_message(report: LoadReport, option: str, what: str, num_classes: An
     return "; ".join(parts) + f". Pass the model= / data= options it was trained with ({hint})."
 
 
+def exact_fit(state: Mapping[str, Tensor], target: nn.Module, source: str, option: str = "ckpt_path",
+              checkpoint: Any = None) -> tuple[LoadReport, dict[str, Tensor]]:
+    """``state`` checked to be exactly ``target``'s tensors: the same names, each with its shape. Returns the
+    report and ``{name: tensor}`` to load; else a ``CheckpointError`` (:func:`mismatch_message`) naming
+    ``option``, the file ``source``, what differs, the class count ``checkpoint`` (the whole file's object)
+    was trained for, and the options to pass. Eval / predict / export (:func:`load_net_weights`) and the
+    check before a resume (``check_resume_checkpoint``) both ask here."""
+    report, to_load = compare_state(state, target.state_dict(), source)
+    if report.missing or report.unexpected or report.mismatched:
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+        classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
+        raise CheckpointError(mismatch_message(report, option, f"the configured model ({type(target).__name__})",
+                                               classes))
+    return report, to_load
+
+
 def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path") -> LoadReport:
     """Load a checkpoint's network weights into ``net`` strictly (eval, predict).
 
@@ -322,12 +390,7 @@ def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path"
     else:
         own = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
     target = getattr(net, "_orig_mod", net)
-    report, to_load = compare_state(own, target.state_dict(), source)
-    if report.missing or report.unexpected or report.mismatched:
-        hparams = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
-        classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
-        raise CheckpointError(mismatch_message(report, option, f"the configured model ({type(target).__name__})",
-                                               classes))
+    report, to_load = exact_fit(own, target, source, option, obj)
     refuse_nonfinite(state, source, option)  # NaN weights give NaN logits, whose argmax is class 0 everywhere
     target.load_state_dict(to_load)
     net.weights_source = f"{option}: '{source}'"  # for InferenceModel's messages (seg_template/inference)
