@@ -77,6 +77,23 @@ def test_aux_shares_ignore_index_weights_and_align_corners():
     torch.testing.assert_close(wrapper.aux.weight, main.weight)
 
 
+def test_a_main_term_without_attributes_takes_them_from_the_wrapper():
+    """A forker's loss need not keep ignore_index / align_corners: the loss node may give them itself."""
+
+    class Plain(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.mean() * 0
+
+    wrapper = SegmentationLoss(Plain(), ignore_index=7, align_corners=True)
+    assert wrapper.aux.ignore_index == 7 and wrapper.aux.align_corners
+    assert not SegmentationLoss(Plain(), ignore_index=255).aux.align_corners  # the library default
+    with pytest.raises(ConfigError, match=r"loss\.ignore_index: the auxiliary term needs it and loss\.main \(Plain\)"
+                                          r".*ignore_index: \$\{data\.ignore_index\}"):
+        SegmentationLoss(Plain())
+    with pytest.raises(ConfigError, match=r"loss\.ignore_index=0 but loss\.main\.ignore_index=255"):
+        SegmentationLoss(CrossEntropy(ignore_index=255), ignore_index=0)
+
+
 def test_wrapper_rejects_bad_input():
     out, _, target = make_batch()
     with pytest.raises(TypeError, match="returned keys \\['features'\\]: a model returns logits"):
