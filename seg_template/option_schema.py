@@ -120,10 +120,12 @@ def schema(config_dir: Path = CONFIG_DIR) -> dict[str, Seen]:
 
     def order(file: Path) -> tuple[bool, bool, bool, str]:
         # examples come from the primary configs, then from each group's default option, its other options,
-        # and last from the files that set keys of other groups (experiments, debug...)
+        # and last from the files that set keys of other groups (experiments, debug, the bases a group's
+        # options start from, such as data_base.yaml)
         name = file.relative_to(config_dir).with_suffix("").as_posix()
         own = file.relative_to(config_dir).parent.as_posix().replace("/", ".")
-        return file.parent != config_dir, packages[file] != own, name not in chosen, name
+        primary = file.parent == config_dir and packages[file] == ""
+        return not primary, packages[file] != own, name not in chosen, name
 
     table: dict[str, Seen] = {}
     for file in sorted(loaded, key=order):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from seg_template.data.datamodule import SegDataModule
 from seg_template.data.synthetic import CLASS_NAMES, SyntheticShapes
 from seg_template.data.transforms import eval_transform, train_transform
 from seg_template.errors import ConfigError
+from tests.helpers import data_cfg, options
 
 
 def _dm(**overrides) -> SegDataModule:
@@ -160,3 +163,32 @@ def test_a_required_value_left_unset_is_named(compose_cfg, tmp_path) -> None:
     assert problems(cfg) == ["data.train_set.seed: a required value ('???' in its config) that is not set: "
                              "give it, e.g. data.train_set.seed=<value>"]
     assert problems(compose_cfg("eval", output_dir=tmp_path)) == []  # ckpt_path: eval.py asks for it itself
+
+
+def test_class_names_that_differ_from_the_datasets_own_are_named(caplog) -> None:
+    """data.class_names label every table; names written for another class order are said, not trusted."""
+    swapped = [CLASS_NAMES[1], CLASS_NAMES[0], *CLASS_NAMES[2:]]
+    with caplog.at_level(logging.WARNING, logger="seg_template"):
+        _dm(class_names=swapped).setup("fit")
+    assert f"data.class_names[0] is '{CLASS_NAMES[1]}', but data.train_set (SyntheticShapes) calls class 0 " \
+           f"'{CLASS_NAMES[0]}'" in caplog.text and "the same names in another order" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seg_template"):
+        _dm().setup("fit")
+        _dm(class_names=[]).setup("fit")  # none given: numbered, nothing to compare
+    assert "data.class_names" not in caplog.text
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_configs_name_the_classes_as_their_datasets_do(name) -> None:
+    """A dataset class that names its classes (VOC, Cityscapes, ADE20K, synthetic) and its config agree name
+    by name, not only in number (the names are written in Python and in YAML)."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    data = data_cfg(name, Path("/nonexistent"))
+    target = OmegaConf.select(data, "train_set._target_", default=None)
+    own = tuple(getattr(get_class(target), "class_names", ())) if isinstance(target, str) else ()
+    if not own or not isinstance(own[0], str):  # names given by the config (folder), or none
+        pytest.skip(f"{target} takes its class names from the config")
+    assert tuple(data.class_names) == own

@@ -35,7 +35,8 @@ def test_the_guide_writes_only_new_files() -> None:
     assert {"seg_template/losses/dice.py", "configs/loss/dice.yaml", "seg_template/data/csv_pairs.py",
             "configs/data/csv_pairs.yaml", "seg_template/models/timm_fpn.py", "configs/model/timm_fpn.yaml",
             "seg_template/callbacks/lr_line.py", "configs/callbacks/lr_line.yaml",
-            "configs/experiment/dice_fpn.yaml"} == set(files)
+            "configs/experiment/dice_fpn.yaml", "seg_template/data/npz_arrays.py",
+            "configs/data/npz_arrays.yaml"} == set(files)
     assert not [p for p in files if (PROJECT_ROOT / p).exists()], "an example would change a template file"
 
 
@@ -75,6 +76,21 @@ def csv_dataset(root: Path) -> tuple[Path, Path]:
     return data, data / "lists"
 
 
+def npz_dataset(root: Path) -> Path:
+    """The synthetic shapes as the arrays of ``<root>/{train,val}.npz``."""
+    import numpy as np
+
+    from seg_template.data.synthetic import SyntheticShapes
+
+    folder = root / "arrays"
+    folder.mkdir()
+    for split, length in (("train", 8), ("val", 4)):
+        samples = [SyntheticShapes(split=split, length=length, image_size=[32, 32]).load(i) for i in range(length)]
+        np.savez(folder / f"{split}.npz", images=np.stack([s[0] for s in samples]),
+                 masks=np.stack([s[1] for s in samples]).astype(np.uint8))
+    return folder
+
+
 @pytest.mark.slow
 def test_the_guides_examples_train_and_pass_the_discovering_tests(forked: Path, tmp_path: Path) -> None:
     logs = f"paths.log_dir={tmp_path / 'logs'}"
@@ -97,12 +113,24 @@ def test_the_guides_examples_train_and_pass_the_discovering_tests(forked: Path, 
     assert "Traceback" not in printed
     result = run(forked, "scripts/check_dataset.py", "data=csv_pairs", f"data.root={data}", f"data.csv_dir={lists}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the in-memory dataset; a file without its arrays is named in one block
+    arrays = npz_dataset(tmp_path)
+    args = ["data=npz_arrays", "debug=fdr", "data.batch_size=4", "callbacks.rich_progress_bar=null", logs]
+    result = run(forked, "train.py", *args, f"data.root={arrays}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train.npz").write_bytes(b"not a zip")
+    result = run(forked, "train.py", *args, f"data.root={tmp_path / 'bad'}")
+    printed = result.stdout + result.stderr
+    assert result.returncode == 1 and "train.npz: not an .npz file with arrays" in printed, printed[-3000:]
+    assert "Traceback" not in printed
     # the tests that discover options from configs/ take the new ones without an edit
     result = run(forked, "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/test_configs.py",
                  "tests/test_models.py", "tests/test_cli.py", "tests/test_train.py", "-m", "not slow",
-                 "-k", "dice or csv_pairs or timm_fpn or lr_line or help", timeout=900)
+                 "-k", "dice or csv_pairs or npz_arrays or timm_fpn or lr_line or help", timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
     for case in ("test_configs.py::test_loss[dice]", "test_configs.py::test_data[csv_pairs]",
+                 "test_configs.py::test_data[npz_arrays]",
                  "test_configs.py::test_model[timm_fpn]", "test_configs.py::test_callbacks[lr_line]",
                  "test_configs.py::test_experiment[dice_fpn]", "test_models.py::test_output_stride_and_aux[timm_fpn]",
                  "test_models.py::test_config_keys[timm_fpn]", "test_train.py::test_fast_dev_run_each_loss[dice]",

@@ -101,6 +101,7 @@ class SegDataModule(pl.LightningDataModule):
         self.train_transform, self.val_transform = train_transform, val_transform
         self._num_classes, self._ignore_index = num_classes, int(ignore_index)
         self._class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
+        self._names_given = bool(class_names)
         self.batch_size = _int_option("batch_size", batch_size)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else _int_option(
             "eval_batch_size", eval_batch_size)
@@ -151,9 +152,23 @@ class SegDataModule(pl.LightningDataModule):
         if len(dataset) == 0:
             raise DataError(f"data.{split}_set ({type(dataset).__name__}) is empty")
         if is_global_zero():
+            self._compare_names(split, dataset)
             for line in getattr(dataset, "left_out", ()):  # files the listing did not take: said, not hidden
                 log.warning("data.%s_set: %s", split, line)
         return dataset
+
+    def _compare_names(self, split: str, dataset: SegmentationDataset) -> None:
+        """Warn when ``data.class_names`` (what the tables, checkpoints and predict's legends call the classes)
+        differ from the names the dataset gives its own classes: a name written for another class order."""
+        own = tuple(str(n) for n in dataset.class_names)
+        given = self._class_names
+        if not self._names_given or own == given:
+            return
+        k = next(i for i, (a, b) in enumerate(zip(own, given, strict=True)) if a != b)
+        log.warning("data.class_names[%d] is %r, but data.%s_set (%s) calls class %d %r%s: the metric tables and "
+                    "checkpoints use data.class_names: write them in the dataset's class order",
+                    k, given[k], split, type(dataset).__name__, k, own[k],
+                    " (the same names in another order)" if sorted(own) == sorted(given) else "")
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(
