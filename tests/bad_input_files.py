@@ -11,7 +11,9 @@ import os
 import re
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from PIL import Image
 
 from seg_template.build import build_module
 from seg_template.cli import find_user_error
-from seg_template.errors import UserError
+from seg_template.errors import CheckpointError, ConfigError, UserError
 from seg_template.recipe import recipe_from
 from tests.fixtures import folder_class_names, make_folder
 from tests.helpers import TINY
@@ -199,3 +201,66 @@ def raised_user_error(call: Callable[[], object]) -> UserError:
 def assert_short_named(message: str, culprit: str) -> None:
     assert re.search(culprit, message, re.S), f"the message does not name {culprit!r}:\n{message}"
     assert "Traceback" not in message and len(message.splitlines()) <= MAX_LINES, message
+
+
+# ---------------------------------------------------------------- the catalogues' cases
+@dataclass(frozen=True)
+class Case:
+    """``task`` (train / eval / predict) with ``overrides`` (``{name}`` = a workspace file) must raise
+    ``error`` whose message matches ``culprit``; ``check(workspace,
+                                                         output_dir)`` then looks for side effects."""
+
+    id: str
+    task: str
+    overrides: tuple[str, ...]
+    error: type[UserError]
+    culprit: str
+    check: Callable[[Workspace, Path], None] | None = None
+
+
+def nothing_ran(ws: Workspace, _: Path) -> None:
+    assert not (ws.root / MARKER).exists(), "loading the crafted checkpoint ran its command"
+
+
+def others_written(_: Workspace, out: Path) -> None:
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["img0.png", "img2.png"]
+
+
+def train_case(id: str, *overrides: str, error: type[UserError] = ConfigError, culprit: str,
+               data: str | None = None, **kw) -> Case:
+    """A train case on the tiny synthetic data, or on a folder dataset (``data``: a fault of
+    ``Workspace._make_folder``, ``"missing"`` for a root that does not exist)."""
+    root = "{missing}" if data == "missing" else f"{{folder__{data}}}"
+    base = TRAIN if data is None else [*FOLDER, f"data.root={root}"]
+    return Case(id, "train", (*base, *overrides), error, culprit, **kw)
+
+
+def eval_case(id: str, *overrides: str, error: type[UserError] = CheckpointError, culprit: str,
+              base: tuple[str, ...] = tuple(SMALL), **kw) -> Case:
+    return Case(id, "eval", (*base, *overrides), error, culprit, **kw)
+
+
+def predict_case(id: str, *overrides: str, error: type[UserError] = CheckpointError, culprit: str,
+                 **kw) -> Case:
+    return Case(id, "predict", (*PREDICT, "device=cpu", *overrides), error, culprit, **kw)
+
+
+#: how a case runs its task in-process; eval / predict take the typed options as well (over the recipe)
+TASKS: dict[str, Callable[[Any, list[str]], object]] = {
+    "train": lambda cfg, _: _task("train")(cfg), "eval": lambda cfg, o: _task("eval")(cfg, o),
+    "predict": lambda cfg, o: _task("predict")(cfg, o)}
+
+
+def _task(name: str) -> Callable[..., object]:
+    """The task's function, imported when a case runs (the tasks import Lightning)."""
+    if name == "train":
+        from seg_template.train import train
+
+        return train
+    if name == "eval":
+        from seg_template.eval import evaluate
+
+        return evaluate
+    from seg_template.predict import run_predict
+
+    return run_predict

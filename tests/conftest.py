@@ -9,6 +9,7 @@ Plain helpers and constants shared by several test files live in ``tests/helpers
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -95,3 +96,21 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def torch_loads(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """``{resolved path: number of torch.load calls}`` from here on (each file is read once per command: the
+    one reader, seg_template/models/weights.py); nothing kept from an earlier test."""
+    from seg_template.models import weights
+
+    counted: Counter = Counter()
+    real = torch.load
+
+    def counting(f, *args, **kwargs):
+        counted[str(Path(f).resolve())] += 1
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    monkeypatch.setattr(weights, "_kept", None)
+    return counted

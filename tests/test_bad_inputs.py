@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,68 +33,31 @@ from seg_template.errors import (
     DataError,
     MissingFileError,
     TrainingDiverged,
-    UserError,
 )
-from seg_template.eval import evaluate
 from seg_template.losses import CrossEntropy, OhemCrossEntropy, load_class_weights
-from seg_template.predict import run_predict
 from seg_template.train import train
 from tests.bad_input_files import (
     FOLDER,
     MARKER,
     PREDICT,
     SMALL,
+    TASKS,
     TRAIN,
+    Case,
     RunsACommand,
     Workspace,
     assert_short_named,
+    eval_case,
+    nothing_ran,
+    others_written,
+    predict_case,
     raised_user_error,
+    train_case,
 )
 from tests.helpers import run_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
-
-
-@dataclass(frozen=True)
-class Case:
-    """``task`` (train / eval / predict) with ``overrides`` (``{name}`` = a workspace file) must raise
-    ``error`` whose message matches ``culprit``; ``check(workspace,
-                                                         output_dir)`` then looks for side effects."""
-
-    id: str
-    task: str
-    overrides: tuple[str, ...]
-    error: type[UserError]
-    culprit: str
-    check: Callable[[Workspace, Path], None] | None = None
-
-
-def nothing_ran(ws: Workspace, _: Path) -> None:
-    assert not (ws.root / MARKER).exists(), "loading the crafted checkpoint ran its command"
-
-
-def others_written(_: Workspace, out: Path) -> None:
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["img0.png", "img2.png"]
-
-
-def train_case(id: str, *overrides: str, error: type[UserError] = ConfigError, culprit: str,
-               data: str | None = None, **kw) -> Case:
-    """A train case on the tiny synthetic data, or on a folder dataset (``data``: a fault of
-    ``Workspace._make_folder``, ``"missing"`` for a root that does not exist)."""
-    root = "{missing}" if data == "missing" else f"{{folder__{data}}}"
-    base = TRAIN if data is None else [*FOLDER, f"data.root={root}"]
-    return Case(id, "train", (*base, *overrides), error, culprit, **kw)
-
-
-def eval_case(id: str, *overrides: str, error: type[UserError] = CheckpointError, culprit: str,
-              base: tuple[str, ...] = tuple(SMALL), **kw) -> Case:
-    return Case(id, "eval", (*base, *overrides), error, culprit, **kw)
-
-
-def predict_case(id: str, *overrides: str, error: type[UserError] = CheckpointError, culprit: str,
-                 **kw) -> Case:
-    return Case(id, "predict", (*PREDICT, "device=cpu", *overrides), error, culprit, **kw)
 
 
 CASES = [
@@ -264,10 +225,6 @@ CASES = [
                  error=ConfigError, culprit=r"output_dir=.*text"),
 ]
 
-#: eval / predict take the typed options as well: they go over the checkpoint's recipe
-TASKS = {"train": lambda cfg, _: train(cfg), "eval": evaluate, "predict": run_predict}
-
-
 @pytest.fixture
 def workspace(compose_cfg, tmp_path: Path) -> Workspace:
     return Workspace(tmp_path / "files", compose_cfg)
@@ -388,6 +345,7 @@ def _short_block(result: subprocess.CompletedProcess, culprit: str) -> None:
 SCRIPT_CASES = [
     ("config/batch_size_abc", ["train.py", *TRAIN, "data.batch_size=abc"],
      r"ConfigError: data\.batch_size.*'abc'"),
+    ("config/batch_size_0", ["train.py", "data.batch_size=0"], r"ConfigError: data\.batch_size=0: expected"),
     ("config/lr_negative", ["train.py", *TRAIN, "optimizer.lr=-1"], r"ConfigError: optimizer\.lr=-1: expected"),
     ("ckpt/eval_empty", ["eval.py", *SMALL, "ckpt_path={empty}"],
      r"CheckpointError: ckpt_path: '.*empty' is empty"),
@@ -409,6 +367,8 @@ def test_script_prints_one_short_block_and_exits_1(args, culprit, workspace: Wor
                         timeout=300)
     _short_block(result, culprit)
     runs = tmp_path / "logs" / "train" / "runs"
+    if args[0] == "train.py" and culprit.startswith("ConfigError"):  # refused before a run folder exists
+        assert not runs.exists() or not list(runs.iterdir()), list(runs.iterdir())
     if args[0] == "train.py" and runs.is_dir():
         for run in runs.iterdir():
             _checkpoints_are_finite(run / "checkpoints")

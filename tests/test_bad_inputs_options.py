@@ -41,9 +41,19 @@ from seg_template.options import check_options, problems, schema
 from seg_template.paths import CONFIG_DIR
 from seg_template.predict import run_predict
 from seg_template.train import train
-from tests.bad_input_files import PREDICT, TRAIN, Workspace, assert_short_named, raised_user_error
+from tests.bad_input_files import (
+    PREDICT,
+    TASKS,
+    TRAIN,
+    Case,
+    Workspace,
+    assert_short_named,
+    eval_case,
+    predict_case,
+    raised_user_error,
+    train_case,
+)
 from tests.helpers import load_script, run_script
-from tests.test_bad_inputs import TASKS, Case, eval_case, predict_case, train_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 

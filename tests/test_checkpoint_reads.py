@@ -1,33 +1,16 @@
 """Each command reads its checkpoint file once (issue 18, item 5): the recipe read before Hydra composes the
 config, the recipe read in the task and the weights loaded into the network share one ``torch.load``; a resume's
-check and Lightning's restore share one too. ``torch.load`` is counted per file."""
+check and Lightning's restore share one too (tests/test_train.py). ``torch.load`` is counted per file
+(the ``torch_loads`` fixture)."""
 
 from __future__ import annotations
-
-from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 from seg_template.errors import CheckpointError
 from seg_template.models import weights
-from tests.helpers import TINY, TRAINED, importable, save_checkpoint
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    """``{resolved path: number of torch.load calls}`` from here on; nothing kept from an earlier test."""
-    counted: Counter = Counter()
-    real = torch.load
-
-    def counting(f, *args, **kwargs):
-        counted[str(Path(f).resolve())] += 1
-        return real(f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", counting)
-    monkeypatch.setattr(weights, "_kept", None)
-    return counted
+from tests.helpers import TRAINED, importable, save_checkpoint
 
 
 def _command(task: str, argv: list[str], groups: tuple[str, ...]) -> list[str]:
@@ -39,11 +22,11 @@ def _command(task: str, argv: list[str], groups: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize("task", ["eval", "predict", "export"])
-def test_eval_predict_and_export_read_the_checkpoint_once(task, compose_cfg, tmp_path, reads, one_thread):
+def test_eval_predict_and_export_read_the_checkpoint_once(task, compose_cfg, tmp_path, torch_loads, one_thread):
     if task == "export" and not all(importable(n) for n in ("onnx", "onnxruntime", "onnxscript")):
         pytest.skip("needs the optional packages onnx, onnxruntime, onnxscript")
     ckpt = save_checkpoint(compose_cfg(overrides=TRAINED, output_dir=tmp_path / "t"), tmp_path / "m.ckpt")
-    reads.clear()
+    torch_loads.clear()
     typed = [f"ckpt_path={ckpt}"]
     if task == "predict":
         from PIL import Image
@@ -55,7 +38,7 @@ def test_eval_predict_and_export_read_the_checkpoint_once(task, compose_cfg, tmp
         typed += ["export.dynamo=false", "export.check_shapes=[[1,32,32]]", "export.threads=1"]
     groups = {"eval": ("data", "model", "loss")}.get(task, ("data", "model"))
     argv = _command(task, typed, groups)
-    assert reads[str(ckpt.resolve())] == 1 and weights._kept is not None  # read before the config is composed
+    assert torch_loads[str(ckpt.resolve())] == 1 and weights._kept is not None  # read before the config is composed
     cfg = compose_cfg(task, [*argv, *(["device=cpu"] if task == "predict" else [])], output_dir=tmp_path / "out")
     if task == "eval":
         from seg_template.eval import evaluate
@@ -70,34 +53,21 @@ def test_eval_predict_and_export_read_the_checkpoint_once(task, compose_cfg, tmp
         from seg_template.export import run_export
 
         assert run_export(cfg, typed).is_file()
-    assert reads[str(ckpt.resolve())] == 1, dict(reads)
+    assert torch_loads[str(ckpt.resolve())] == 1, dict(torch_loads)
     assert weights._kept is None  # the weights loader took the object: nothing is held after the command
 
 
-def test_a_resume_reads_its_checkpoint_once(compose_tmp, tmp_path, reads):
-    from seg_template.train import train
-
-    short = [*TINY, "model.width=4", "callbacks.rich_model_summary=null", "test=false"]
-    train(compose_tmp(*short, "trainer.max_epochs=1"))
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    reads.clear()
-    _, objects = train(compose_tmp(*short, "trainer.max_epochs=2", f"ckpt_path={last}"))
-    assert objects["trainer"].current_epoch == 2
-    assert reads[str(last.resolve())] == 1, dict(reads)  # the check before fit, then Lightning's restore
-    assert weights._kept is None
-
-
-def test_a_kept_file_is_read_again_once_it_changed(tmp_path, reads):
+def test_a_kept_file_is_read_again_once_it_changed(tmp_path, torch_loads):
     from seg_template.callbacks.checkpoint_io import atomic_save
 
     path = tmp_path / "w.pt"
     atomic_save({"a": torch.zeros(2)}, path)
     assert weights.read_weights_file(path, keep=True)["a"].sum() == 0
     assert weights.read_weights_file(path, keep=True)["a"].sum() == 0  # kept: no second read
-    assert reads[str(path.resolve())] == 1
+    assert torch_loads[str(path.resolve())] == 1
     atomic_save({"a": torch.ones(2)}, path)  # a new file under the same name
     assert weights.read_weights_file(path)["a"].sum() == 2
-    assert reads[str(path.resolve())] == 2 and weights._kept is None
+    assert torch_loads[str(path.resolve())] == 2 and weights._kept is None
 
 
 def test_eval_and_resume_report_a_checkpoint_that_does_not_fit_alike(compose_cfg, tmp_path):
@@ -126,7 +96,7 @@ def test_eval_and_resume_report_a_checkpoint_that_does_not_fit_alike(compose_cfg
         assert "Pass the model= / data= options it was trained with" in text
 
 
-def test_a_restore_of_another_file_lets_the_kept_one_go(tmp_path, reads):
+def test_a_restore_of_another_file_lets_the_kept_one_go(tmp_path, torch_loads):
     """A requeued SLURM job checks ``ckpt_path`` but Lightning restores its ``hpc_ckpt``: the checked file's
     object is not held for the whole training."""
     from seg_template.callbacks.checkpoint_io import AtomicCheckpointIO
