@@ -4,7 +4,9 @@
 (``configs/inference/slide.yaml`` -> ``inference.bounded``; a ``# @package`` header wins, ``_global_`` is the top
 level; ``configs/train.yaml`` is the top level), the kinds of the literal values the files give it (bool, int,
 real, str, list, mapping, null), the lengths of its lists and what their entries hold (recursively, for lists
-of lists), and the ``_target_`` of the node it sits in. An interpolation tells nothing. Hydra's own node and
+of lists), and the ``_target_`` of the node it sits in. An interpolation tells nothing, except that a key the
+files only write as a whole reference to another (``${data.train_set.x}``, ``${..x}``) takes that key's kinds.
+Hydra's own node and
 the defaults lists are left out. seg_template/options.py turns the kinds into types, and
 seg_template/option_keys.py the keys into the set of options that exist.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seg_template.config_paths import absolute, whole_reference
 from seg_template.paths import CONFIG_DIR
 
 
@@ -33,6 +36,8 @@ class Seen:
     lengths: set[int] = field(default_factory=set)
     item: Seen | None = None
     targets: set[str | None] = field(default_factory=set)
+    #: the keys this one follows where a file writes it as a whole reference (``${data.train_set.x}``)
+    follows: set[str] = field(default_factory=set)
 
 
 def kind_of(value: Any) -> str | None:
@@ -99,6 +104,10 @@ def _record(table: dict[str, Seen], prefix: str, node: Mapping, root: bool = Fal
         seen = table.setdefault(path, Seen())
         seen.targets.add(target)
         _record_value(seen, value)
+        followed = whole_reference(value) if isinstance(value, str) else None
+        place = absolute(followed, tuple(path.split("."))) if followed else None
+        if place:
+            seen.follows.add(".".join(map(str, place)))
         if kind_of(value) == "mapping":
             _record(table, path, value)
 
@@ -137,4 +146,27 @@ def schema(config_dir: Path = CONFIG_DIR) -> dict[str, Seen]:
                 node.kinds.add("mapping")
                 node.targets.add(None)
             _record(table, package, content, root=True)
+    _take_followed_kinds(table)
     return table
+
+
+def _take_followed_kinds(table: dict[str, Seen]) -> None:
+    """A key the files only ever write as a reference to another (``data.val_set.lossy_masks:
+    ${data.train_set.lossy_masks}``) takes the kinds, example and list shape of the key it follows: a value
+    typed for it (``data.val_set.lossy_masks=flase``) is then checked like one typed for the other. Chains
+    are followed one link per round."""
+    for _ in range(8):
+        changed = False
+        for seen in table.values():
+            if seen.kinds or not seen.follows:
+                continue
+            for key in sorted(seen.follows):
+                other = table.get(key)
+                if other is not None and other.kinds:
+                    seen.kinds |= other.kinds
+                    seen.lengths |= other.lengths
+                    seen.example = seen.example if seen.example is not None else other.example
+                    seen.item = seen.item or other.item
+                    changed = True
+        if not changed:
+            return

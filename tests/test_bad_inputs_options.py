@@ -103,6 +103,13 @@ CASES = [
     predict_case("options/predict_bounded_typo", "ckpt_path={good}", "input={images}", "inference.bounded=flase",
                  error=ConfigError, culprit=r"inference\.bounded='flase': expected true or false"),
     train_case("options/width_bool", "model.width=true", culprit=r"model\.width=true: expected an integer >= 1"),
+    # keys the files only write as a reference to another key are checked like that key
+    train_case("options/followed_key_bool", "loss.main.memory_efficient=flase",
+               culprit=r"loss\.main\.memory_efficient='flase': expected true or false"),
+    train_case("options/followed_key_val_split", "data.val_set.seed=abc",
+               culprit=r"data\.val_set\.seed='abc': expected an integer"),
+    train_case("options/followed_key_folder", "data.val_set.lossy_masks=abc", data="ok",
+               culprit=r"data\.val_set\.lossy_masks='abc': expected true or false"),
     train_case("options/compile_typo", "model.compile=flase", culprit=r"model\.compile='flase': expected true or false"),
     train_case("options/max_epochs_text", "trainer.max_epochs=abc",
                culprit=r"trainer\.max_epochs='abc': expected an integer >= 1, -1 or null"),
