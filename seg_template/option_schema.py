@@ -6,8 +6,7 @@ level; ``configs/train.yaml`` is the top level), the kinds of the literal values
 real, str, list, mapping, null), the lengths of its lists and what their entries hold (recursively, for lists
 of lists), and the ``_target_`` of the node it sits in. An interpolation tells nothing, except that a key the
 files only write as a whole reference to another (``${data.train_set.x}``, ``${..x}``) takes that key's kinds.
-Hydra's own node and
-the defaults lists are left out. seg_template/options.py turns the kinds into types, and
+Hydra's own node and the defaults lists are left out. seg_template/options.py turns the kinds into types, and
 seg_template/option_keys.py the keys into the set of options that exist.
 """
 
