@@ -57,7 +57,8 @@ def test_eval_predict_and_export_read_the_checkpoint_once(task, compose_cfg, tmp
     assert weights._kept is None  # the weights loader took the object: nothing is held after the command
 
 
-def test_a_kept_file_is_read_again_once_it_changed(tmp_path, torch_loads):
+def test_a_file_replaced_during_a_command_is_refused_not_mixed(tmp_path, torch_loads):
+    """The recipe read from one file and the weights from its replacement would be a model nobody trained."""
     from seg_template.callbacks.checkpoint_io import atomic_save
 
     path = tmp_path / "w.pt"
@@ -65,9 +66,16 @@ def test_a_kept_file_is_read_again_once_it_changed(tmp_path, torch_loads):
     assert weights.read_weights_file(path, keep=True)["a"].sum() == 0
     assert weights.read_weights_file(path, keep=True)["a"].sum() == 0  # kept: no second read
     assert torch_loads[str(path.resolve())] == 1
-    atomic_save({"a": torch.ones(2)}, path)  # a new file under the same name
-    assert weights.read_weights_file(path)["a"].sum() == 2
-    assert torch_loads[str(path.resolve())] == 2 and weights._kept is None
+    atomic_save({"a": torch.ones(2)}, path)  # replaced (by a run writing it, by mv) before the weights load
+    with pytest.raises(CheckpointError, match=r"w\.pt' was replaced while this command was using it.*nothing was "
+                                              r"loaded"):
+        weights.read_weights_file(path, "ckpt_path")
+    assert weights._kept is None
+    # another command (a look first) reads the new file
+    assert weights.read_weights_file(path, keep=True)["a"].sum() == 2
+    atomic_save({"a": torch.full((2,), 3.0)}, path)
+    assert weights.read_weights_file(path, keep=True)["a"].sum() == 6  # a later look reads the new file
+    assert weights.read_weights_file(path)["a"].sum() == 6 and weights._kept is None
 
 
 def test_eval_and_resume_report_a_checkpoint_that_does_not_fit_alike(compose_cfg, tmp_path):

@@ -66,6 +66,8 @@ class LoadReport:
 
 
 def _preview(keys: list[str], limit: int = 10) -> str:
+    if not keys:
+        return "none"
     more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
 
@@ -122,7 +124,9 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained", *, kee
     before a resume (``check_resume_checkpoint``) - passes ``keep=True``: the object is kept (one file at a
     time) and the next read of the same, unchanged file gets it without touching the disk; a read with
     ``keep=False`` (the weights loaded into the network, Lightning restoring a resume) takes it and lets it
-    go. Whoever reads with ``keep=True`` must not change the object: the later readers get it as read.
+    go. Whoever reads with ``keep=True`` must not change the object: the later readers get it as read. A file
+    replaced between a look and the take is refused by the take (``CheckpointError``): the recipe and the
+    weights of one command never come from two files; a later look reads the new file.
     """
     global _kept
     file = resolve_path(path)
@@ -132,8 +136,14 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained", *, kee
         if not keep:
             _kept = None
         return obj
-    if _kept is not None and _kept[0][0] == str(file):  # an older version of this file: nobody will ask for it
+    if _kept is not None and _kept[0][0] == str(file):  # the file was replaced since this command looked at it
         _kept = None
+        if not keep:  # its recipe (or the resume check) came from the old file, its weights would not
+            raise CheckpointError(
+                f"{option}: '{file}' was replaced while this command was using it (after its recipe or resume "
+                f"check was read, before its weights were loaded), so the two could come from different files; "
+                f"nothing was loaded. Run the command again once the file stays put (e.g. after the run writing "
+                f"it has finished), or pass a copy of it.")
     obj = _read_weights_file(path, option)
     refuse_odd_tensors(obj, str(file), option)
     if keep and identity is not None and identity == _identity(file):  # not changed while it was read
