@@ -78,7 +78,8 @@ def test_aux_shares_ignore_index_weights_and_align_corners():
 
 
 def test_a_main_term_without_attributes_takes_them_from_the_wrapper():
-    """A forker's loss need not keep ignore_index / align_corners: the loss node may give them itself."""
+    """A forker's loss need not keep ignore_index / align_corners: the loss node may give them itself, and a
+    model without an aux head needs neither."""
 
     class Plain(torch.nn.Module):
         def forward(self, logits, target):
@@ -86,12 +87,27 @@ def test_a_main_term_without_attributes_takes_them_from_the_wrapper():
 
     wrapper = SegmentationLoss(Plain(), ignore_index=7, align_corners=True)
     assert wrapper.aux.ignore_index == 7 and wrapper.aux.align_corners
-    assert not SegmentationLoss(Plain(), ignore_index=255).aux.align_corners  # the library default
-    with pytest.raises(ConfigError, match=r"loss\.ignore_index: the auxiliary term needs it and loss\.main \(Plain\)"
-                                          r".*ignore_index: \$\{data\.ignore_index\}"):
-        SegmentationLoss(Plain())
+    out, aux, target = make_batch()
+    assert SegmentationLoss(Plain())(out, target) == 0  # no aux logits: nothing needed
+    for given, missing in (({}, r"loss\.ignore_index and loss\.align_corners"),
+                           ({"ignore_index": 255}, r"loss\.align_corners: the model has an auxiliary head")):
+        with pytest.raises(ConfigError, match=missing + r".*loss\.main \(Plain\) does not keep"):
+            SegmentationLoss(Plain(), **given)({"out": out, "aux": aux}, target)
+    with pytest.raises(ConfigError, match=r"`align_corners: \$\{model\.align_corners\}`"):
+        SegmentationLoss(Plain(), ignore_index=255)({"out": out, "aux": aux}, target)
     with pytest.raises(ConfigError, match=r"loss\.ignore_index=0 but loss\.main\.ignore_index=255"):
         SegmentationLoss(CrossEntropy(ignore_index=255), ignore_index=0)
+
+
+def test_a_main_term_that_does_not_reduce_is_named():
+    class PerPixel(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.sum(1)
+
+    out, _, target = make_batch()
+    with pytest.raises(TypeError, match=r"loss\.main \(.*PerPixel\) returned a tensor of shape \[.*\]: a loss "
+                                        r"term returns one scalar"):
+        SegmentationLoss(PerPixel())(out, target)
 
 
 def test_wrapper_rejects_bad_input():
