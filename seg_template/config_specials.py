@@ -35,27 +35,19 @@ def special_values(config_dir: Path = CONFIG_DIR) -> Mapping[str, frozenset[str]
     ``config_dir`` write (interpolated values are not names and do not count). Read once per process."""
     import yaml
 
-    from seg_template.option_schema import package_of
+    from seg_template.option_schema import packages_of
 
     found: dict[str, set[str]] = {}
     aliases: list[tuple[str, str]] = []
     for file in sorted(Path(config_dir).rglob("*.yaml")):
         try:
             content = yaml.safe_load(file.read_text())
-            package = package_of(file, Path(config_dir))
+            packages = packages_of(file, Path(config_dir))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):  # composing that config names the problem
             continue
-        base: Parts = ("hydra",) if package is None else tuple(package.split(".")) if package else ()
-        for parts, value, _ in walk(content):
-            if parts[0] == "defaults" and not base:
-                continue  # a primary config's defaults list is not config
-            where = (*base, *parts)
-            if is_special(parts[-1]) and not (isinstance(value, str) and "${" in value):
-                found.setdefault(normalised(where), set()).add(value_token(value))
-            elif isinstance(value, str) and (key := whole_reference(value)) is not None:
-                target = absolute(key, where)
-                if target:
-                    aliases.append((normalised(where), normalised(target)))
+        for package in packages:
+            base: Parts = ("hydra",) if package is None else tuple(package.split(".")) if package else ()
+            _walk_file(content, base, found, aliases)
     # test_set: ${data.val_set} may hold what data.val_set may; a chain of such references needs one round
     # per link, and a reference to its own parent (a config that cannot resolve anyway) stops there
     for _ in range(len(aliases)):
@@ -70,6 +62,20 @@ def special_values(config_dir: Path = CONFIG_DIR) -> Mapping[str, frozenset[str]
         if not grown:
             break
     return {path: frozenset(values) for path, values in found.items()}
+
+
+def _walk_file(content: Any, base: Parts, found: dict[str, set[str]], aliases: list[tuple[str, str]]) -> None:
+    """Record the special values and the whole references of one file's ``content`` placed at ``base``."""
+    for parts, value, _ in walk(content):
+        if parts[0] == "defaults" and not base:
+            continue  # a primary config's defaults list is not config
+        where = (*base, *parts)
+        if is_special(parts[-1]) and not (isinstance(value, str) and "${" in value):
+            found.setdefault(normalised(where), set()).add(value_token(value))
+        elif isinstance(value, str) and (key := whole_reference(value)) is not None:
+            target = absolute(key, where)
+            if target:
+                aliases.append((normalised(where), normalised(target)))
 
 
 def allowed_at(where: Parts, config_dir: Path = CONFIG_DIR) -> frozenset[str]:

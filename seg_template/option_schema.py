@@ -2,7 +2,8 @@
 
 :func:`schema` scans ``configs/**/*.yaml`` and records, for every key at its composed path
 (``configs/inference/slide.yaml`` -> ``inference.bounded``; a ``# @package`` header wins, ``_global_`` is the top
-level; ``configs/train.yaml`` is the top level), the kinds of the literal values the files give it (bool, int,
+level; ``configs/train.yaml`` is the top level; a file another file's defaults list places with ``@<package>``
+counts there too), the kinds of the literal values the files give it (bool, int,
 real, str, list, mapping, null), the lengths of its lists and what their entries hold (recursively, for lists
 of lists), and the ``_target_`` of the node it sits in. An interpolation tells nothing, except that a key the
 files only write as a whole reference to another (``${data.train_set.x}``, ``${..x}``) takes that key's kinds.
@@ -74,6 +75,44 @@ def package_of(file: Path, config_dir: Path) -> str | None:
     return None if group == "hydra" or group.startswith("hydra.") else group
 
 
+@functools.lru_cache(maxsize=4)
+def _placements(config_dir: Path) -> dict[Path, tuple[str, ...]]:
+    """``{file: (package, ...)}``: where the defaults lists of other files place a file with a package of their
+    own (``configs/data/folder.yaml``'s ``- /data_folder_split@test_set`` puts ``data_folder_split.yaml`` at
+    ``data.test_set`` as well as at its header's ``data.val_set``)."""
+    import yaml
+
+    found: dict[Path, set[str]] = {}
+    for file in config_dir.rglob("*.yaml"):
+        try:
+            content = yaml.safe_load(file.read_text())
+            package = package_of(file, config_dir)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # composing that config names the problem
+            continue
+        entries = content.get("defaults") if isinstance(content, Mapping) else None
+        for entry in entries if isinstance(entries, list) and package is not None else []:
+            if not isinstance(entry, str) or "@" not in entry:
+                continue
+            name, _, at = entry.partition("@")
+            included = (config_dir / name.lstrip("/") if name.startswith("/") else file.parent / name)
+            included = included.with_name(included.name + ".yaml")
+            if at == "_here_":
+                place = package
+            elif at.startswith("_global_"):
+                place = at.removeprefix("_global_").lstrip(".")
+            else:
+                place = f"{package}.{at}" if package else at
+            found.setdefault(included, set()).add(place)
+    return {file: tuple(sorted(places)) for file, places in found.items()}
+
+
+def packages_of(file: Path, config_dir: Path) -> list[str | None]:
+    """Every package ``file``'s keys land in: its own (:func:`package_of`) and the places other files' defaults
+    lists put it with ``@<package>``."""
+    own = package_of(file, config_dir)
+    return [own, *(p for p in _placements(Path(config_dir)).get(file, ()) if p != own)]
+
+
 def literal_target(node: Mapping) -> str | None:
     """The ``_target_`` a mapping names, or None (none, or an interpolation: it names nothing yet)."""
     target = node.get("_target_")
@@ -137,8 +176,10 @@ def schema(config_dir: Path = CONFIG_DIR) -> dict[str, Seen]:
 
     table: dict[str, Seen] = {}
     for file in sorted(loaded, key=order):
-        package, content = packages[file], loaded[file]
-        if package is not None and isinstance(content, Mapping):
+        content = loaded[file]
+        for package in packages_of(file, config_dir):
+            if package is None or not isinstance(content, Mapping):
+                continue
             parts = package.split(".") if package else []
             for end in range(1, len(parts) + 1):  # the file's package is a node the files write too
                 node = table.setdefault(".".join(parts[:end]), Seen())

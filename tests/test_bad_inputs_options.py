@@ -334,8 +334,8 @@ def test_a_misspelt_resume_key_leaves_the_run_alone(compose_cfg, workspace: Work
 def test_a_misspelt_resume_key_in_a_real_run(tmp_path: Path) -> None:
     """The stranger's command, end to end: a trained run, then ``ckpt_path=<run>/checkpoints/last.ckpt
     +resume_in_plce=false``. It exited 0 having resumed in place over last.ckpt; now it exits 1 with one block
-    and the run's checkpoints, metrics and reports are as they were (what a resume in place records before the
-    task starts, ``.hydra/resumed_<time>/`` and the refusal's lines in train.log, is run_folder.py's)."""
+    and the run's checkpoints, metrics and reports are as they were, without a ``.hydra/resumed_<time>/`` record of
+    the refused resume (the refusal's lines stay in train.log)."""
     logs = tmp_path / "logs"
     first = run_script("train.py", *TRAIN, "trainer.max_epochs=1", "name=orig", f"paths.log_dir={logs}", timeout=300)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
@@ -353,6 +353,7 @@ def test_a_misspelt_resume_key_in_a_real_run(tmp_path: Path) -> None:
     assert_short_named(text, r"ConfigError: resume_in_plce=false: .*did you mean resume_in_place\?")
     assert files() == before
     assert [p.name for p in (logs / "train" / "runs").iterdir()] == [run.name], "no new run folder left behind"
+    assert not list(run.glob(".hydra/resumed_*")), "no record of a resume that never ran"
 
 
 # ------------------------------------------------------------------------------------ the schema itself
@@ -368,6 +369,11 @@ def test_schema_follows_packages_and_groups() -> None:
     assert table["seed"].kinds == {"int"} and table["seed"].example == 42  # train.yaml first
     assert table["data.batch_size"].example == 16  # then the default option (data: synthetic), then the others
     assert not any(key.startswith("hydra") or key.endswith("defaults") for key in table)
+    # a file placed by another's defaults list (folder.yaml: /data_folder_split@test_set) counts where it lands
+    assert "seg_template.data.folder.FolderDataset" in table["data.test_set.mask_format"].targets
+    from seg_template.config_specials import allowed_at
+
+    assert any("FolderDataset" in t for t in allowed_at(("data", "test_set", "_target_")))
 
 
 def test_rule_table_agrees_with_the_code() -> None:

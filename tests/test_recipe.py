@@ -42,7 +42,8 @@ def test_recipe_keeps_inner_references_and_resolves_outer_ones(cityscapes_recipe
     # ${paths.data_dir}/cityscapes as it was resolved in training: the same machine needs no data.root=
     assert data["root"] == str(PROJECT_ROOT / "data" / "cityscapes")
     # ...while the splits still follow data.root, so data.root=/elsewhere reaches all of them
-    assert data["val_set"]["root"] == "${data.root}" and data["test_set"] == "${data.val_set}"
+    assert data["val_set"]["root"] == "${data.root}" and data["test_set"]["root"] == "${data.val_set.root}"
+    assert data["test_set"]["label_type"] == "${data.val_set.label_type}"  # test = val, a node of its own
     assert cityscapes_recipe["model"]["num_classes"] == "${data.num_classes}"
     assert cityscapes_recipe["loss"]["main"]["memory_efficient"] == "${..memory_efficient}"
     assert cityscapes_recipe["class_names"][:2] == ["road", "sidewalk"] and len(cityscapes_recipe["class_names"]) == 19
