@@ -268,7 +268,8 @@ def user_message(err: UserError) -> str:
 
 @contextmanager
 def _no_debris() -> Iterator[None]:
-    """Remove a single run's folder when the run fails before writing a checkpoint or metrics."""
+    """Remove a single run's folder when the run fails before writing a checkpoint or metrics (a resume in
+    place that fails so: its ``.hydra/resumed_<time>/`` record)."""
     try:
         yield
     except BaseException:
@@ -288,5 +289,11 @@ def _remove_if_empty_run() -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     produced = [p for p in run_dir.rglob("*") if p.is_file() and p.name not in _NOT_RESULTS
                 and not p.name.endswith(".log") and not p.relative_to(run_dir).parts[0].startswith(".hydra")]
+    record = run_dir / str(hydra_cfg.output_subdir or "")
+    if record.name.startswith("resumed_") and record.is_dir():  # a resume in place that was refused
+        started = record.stat().st_mtime
+        if not [p for p in produced if p.stat().st_mtime >= started]:  # it wrote nothing: no record of it
+            shutil.rmtree(record, ignore_errors=True)
+        return
     if not produced:  # only the config copies and the log: the error was printed on the console
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -67,9 +67,12 @@ def _visit(node: Any, prefix: str, table: dict[str, Seen], found: list[str]) -> 
             params = _parameters(target)
             if params is not None and key not in params:
                 why = f"{target} takes no argument {key!r}"
-                others = sorted(t for t in seen.targets if t) if seen is not None else []
+                others = sorted(t for t in seen.targets if t and t != "???") if seen is not None else []
                 if others:  # written for another target: +optimizer.momentum on AdamW
                     why += f" (the config files give it to {', '.join(others[:3])})"
+                elif seen is not None and "???" in seen.targets:  # a base: data_base.yaml's max_image_pixels
+                    why += (" (a base config this one starts from, such as configs/data_base.yaml, gives it to "
+                            "every class named here: take it as an argument)")
                 found.append(_refusal(path, value, table, list(params), why, new=""))
                 continue
             if not (isinstance(value, DictConfig) and "_target_" in value):

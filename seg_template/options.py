@@ -44,7 +44,7 @@ import argparse
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,7 @@ def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
     found = unknown_keys(cfg, table)  # first: a mistyped key explains the errors that may follow
     found += [f"{key}: a required value ('???' in its config) that is not set: give it, e.g. {key}=<value>"
               for key in missing_values(cfg) if key not in _ASKED_BY_THE_TASK]
+    found += _split_problems(get)
     for key, value in _leaves(cfg, ""):
         rule = rule_for(key, config_dir)
         if isinstance(value, dict):  # a mapping where a value is expected: checked as one
@@ -188,6 +189,20 @@ def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
             text = home_problem(key, value)
         if text is not None:
             found.append(text)
+    return found
+
+
+def _split_problems(get: Lookup) -> list[str]:
+    """A data split that its config builds outright (a ``_target_`` without ``_partial_: true``): Hydra would
+    build the dataset before the DataModule could give it its transform, and fail on the first argument the
+    file does not give, without naming the cause."""
+    found = []
+    for split in ("train", "val", "test"):
+        node = get(f"data.{split}_set")
+        if isinstance(node, Mapping) and "_target_" in node and node.get("_partial_") is not True:
+            found.append(f"data.{split}_set: its _target_ is built outright, but the DataModule calls each split "
+                         f"with transform= and ignore_index=: write `_partial_: true` under it (data configs "
+                         f"start from configs/data_base.yaml, `defaults: [/data_base@_here_, _self_]`, which does)")
     return found
 
 

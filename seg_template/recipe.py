@@ -115,6 +115,32 @@ def read_checkpoint_recipe(path: str | Path) -> dict[str, Any] | None:
     return copy.deepcopy(dict(recipe))  # the kept object reaches the weights loader unchanged
 
 
+def recipe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 8) -> list[str]:
+    """``key: old -> new`` for every data / model / loss value that differs between two recipes (as
+    :func:`recipe_from` writes them: a checkpoint's and this run's), in config order; at most ``limit`` items,
+    then ``... and N more``. A resume names them: its weights and optimiser state continue under them."""
+    def leaves(node: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(node, Mapping):
+            found: dict[str, Any] = {}
+            for key, value in node.items():
+                found.update(leaves(value, f"{prefix}.{key}"))
+            return found
+        return {prefix: node}
+
+    before = {k: v for name in RECIPE_NODES for k, v in leaves(old.get(name), name).items()}
+    after = {k: v for name in RECIPE_NODES for k, v in leaves(new.get(name), name).items()}
+    missing = object()
+
+    def shown(value: Any) -> str:
+        text = "(none)" if value is missing else repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    changes = [f"{key}: {shown(before.get(key, missing))} -> {shown(after.get(key, missing))}"
+               for key in [*after, *(k for k in before if k not in after)]
+               if before.get(key, missing) != after.get(key, missing)]
+    return changes[:limit] + ([f"... and {len(changes) - limit} more"] if len(changes) > limit else [])
+
+
 def typed_overrides() -> list[str]:
     """The options typed on the command line of this Hydra job (``[]`` outside a Hydra run)."""
     from hydra.core.hydra_config import HydraConfig

@@ -81,6 +81,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                                   OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None),
                                   state["global_step"])
         say("Resuming %s (epoch %d, step %d)", cfg.ckpt_path, state["epoch"], state["global_step"])
+        from seg_template.recipe import read_checkpoint_recipe, recipe_changes
+
+        trained = read_checkpoint_recipe(cfg.ckpt_path)  # the object the check read: no second read
+        changed = recipe_changes(trained, module.recipe) if trained else []
+        if changed:  # a loss or data switch is allowed (fine-tuning), never silent
+            say("Resuming with other data / model / loss options than the run that wrote it (its weights and "
+                "optimiser state continue under them): %s", "; ".join(changed))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     prepare_ddp_relaunch()

@@ -715,7 +715,7 @@ def test_gif_mask_ids_are_its_grey_levels_not_renumbered_indices(tmp_path: Path)
     voc.save(tmp_path / "voc.gif")
     err = raised_user_error(lambda: read_label_png(tmp_path / "voc.gif"))
     assert_short_named(user_message(err), r"mask file .*voc\.gif is a GIF with colours .*renumber palette entries.*"
-                                          r"Save masks as PNG.*mask_format: rgb")
+                                          r"Save masks as PNG.*data\.train_set\.mask_format=rgb with data\.train_set\.colors")
     coloured = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), "P")
     coloured.putpalette([v for c in COLOURS for v in c])
     coloured.save(tmp_path / "coloured.gif")

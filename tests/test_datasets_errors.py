@@ -99,7 +99,7 @@ def test_rgb_mask_needs_one_colour_per_class(tmp_path) -> None:
 def test_rgb_mask_read_as_index_is_explained(tmp_path) -> None:
     root = make_folder(tmp_path, mask_format="rgb")
     ds = FolderDataset(root, folder_class_names(3), "train")
-    with pytest.raises(ValueError, match="mask_format: rgb"):
+    with pytest.raises(ValueError, match=r"data\.train_set\.mask_format=rgb with data\.train_set\.colors"):
         ds[0]
 
 

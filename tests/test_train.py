@@ -37,8 +37,8 @@ def test_optimized_metric_missing_warns_unless_a_sweeper_needs_it() -> None:
         metric_value({"val/mIoU": 0.5}, "val/nope", required=True)
 
 
-def test_resume_continues_the_step_count_reading_its_checkpoint_once(compose_cfg, tmp_path: Path,
-                                                                     torch_loads) -> None:
+def test_resume_continues_the_step_count_reading_its_checkpoint_once(compose_cfg, tmp_path: Path, torch_loads,
+                                                                     caplog) -> None:
     from seg_template.models import weights
 
     short = ["test=false", "model.width=4", "callbacks.rich_model_summary=null", *TINY]
@@ -50,8 +50,13 @@ def test_resume_continues_the_step_count_reading_its_checkpoint_once(compose_cfg
     assert last.is_file()
 
     torch_loads.clear()
-    resumed = compose_cfg(overrides=["trainer.max_epochs=2", f"ckpt_path={last}", *short], output_dir=tmp_path / "b")
-    _, objects = train(resumed)
+    resumed = compose_cfg(overrides=["trainer.max_epochs=2", f"ckpt_path={last}", "loss.aux_weight=0.5", *short],
+                          output_dir=tmp_path / "b")
+    with caplog.at_level("INFO", logger="seg_template"):
+        _, objects = train(resumed)
+    # a loss or data switch on resume is allowed, and said
+    assert "Resuming with other data / model / loss options than the run that wrote it" in caplog.text
+    assert "loss.aux_weight: 0.4 -> 0.5" in caplog.text and "data.batch_size" not in caplog.text
     assert objects["trainer"].global_step == 2 * steps
     assert objects["trainer"].current_epoch == 2
     rows = [r for r in read_metrics(tmp_path / "b" / "metrics.csv") if r.get("val/mIoU")]

@@ -101,13 +101,14 @@ class SegDataModule(pl.LightningDataModule):
         self.train_transform, self.val_transform = train_transform, val_transform
         self._num_classes, self._ignore_index = num_classes, int(ignore_index)
         self._class_names = tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes))
-        self._names_given = bool(class_names)
+        self._names_given, self._names_said = bool(class_names), False
         self.batch_size = _int_option("batch_size", batch_size)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else _int_option(
             "eval_batch_size", eval_batch_size)
         self.num_workers = _int_option("num_workers", num_workers)
         self.seed = None if seed is None else _int_option("seed", seed)
-        self.pin_memory, self.preflight_mode = bool(pin_memory), preflight
+        # pinned memory only speeds copies to an accelerator; without one, DataLoader warns on every run
+        self.pin_memory, self.preflight_mode = bool(pin_memory) and torch.accelerator.is_available(), preflight
         # persistent workers only exist when there are workers: DataLoader raises otherwise
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -162,8 +163,9 @@ class SegDataModule(pl.LightningDataModule):
         differ from the names the dataset gives its own classes: a name written for another class order."""
         own = tuple(str(n) for n in dataset.class_names)
         given = self._class_names
-        if not self._names_given or own == given:
+        if not self._names_given or own == given or self._names_said:
             return
+        self._names_said = True  # once, not once per split
         k = next(i for i, (a, b) in enumerate(zip(own, given, strict=True)) if a != b)
         log.warning("data.class_names[%d] is %r, but data.%s_set (%s) calls class %d %r%s: the metric tables and "
                     "checkpoints use data.class_names: write them in the dataset's class order",

@@ -345,5 +345,5 @@ def _gif_greys(img: Image.Image, indices: np.ndarray, path: Path) -> np.ndarray:
         shown = ", ".join(str(tuple(c)) for c in colours[:4].tolist()) + (" ..." if len(colours) > 4 else "")
         raise DataError(f"mask file {path} is a GIF with colours ({shown}): GIF writers renumber palette entries, "
                         "so its indices are not reliable class ids. Save masks as PNG (index or palette), or read "
-                        "them by colour (mask_format: rgb, with data.colors)")
+                        "them by colour (data.train_set.mask_format=rgb with data.train_set.colors)")
     return palette[:, 0][indices]

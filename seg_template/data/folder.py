@@ -93,10 +93,12 @@ class FolderDataset(PairedFilesDataset):
         if not class_names:
             raise ConfigError("FolderDataset needs class names (data.class_names)")
         if mask_format not in ("index", "rgb"):
-            raise ConfigError(f"mask_format must be 'index' (grey or palette PNG) or 'rgb', got {mask_format!r}")
+            raise ConfigError(f"mask_format must be 'index' (grey or palette PNG) or 'rgb', got {mask_format!r} "
+                              "(data.train_set.mask_format, which the other splits follow)")
         if mask_format == "rgb" and (not colors or len(colors) != len(class_names)):
-            raise ConfigError(f"mask_format=rgb needs one colour per class: got {len(colors or [])} colours "
-                              f"(data.colors) for {len(class_names)} classes (data.class_names)")
+            raise ConfigError(f"mask_format=rgb needs one colour per class: got "
+                              f"{len(colors or [])} colours (data.train_set.colors, which the other splits follow) "
+                              f"for {len(class_names)} classes (data.class_names)")
         self.class_names = tuple(class_names)
         self.palette = tuple(tuple(int(v) for v in c) for c in colors) if colors else None
         self.images_dir, self.masks_dir, self.mask_suffix = images_dir, masks_dir, mask_suffix

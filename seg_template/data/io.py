@@ -179,7 +179,8 @@ def read_label_png(path: Path, lossy_ok: bool = False,
     img, info = _mask_image(Path(path), lossy_ok, max_pixels)
     if img.mode in ("RGB", "RGBA"):
         raise DataError(f"mask file {path} is an {img.mode} colour image; index masks must be single-channel "
-                        "(grey or palette PNG). For colour masks set the colour table (mask_format: rgb)")
+                        "(grey or palette PNG). For colour masks give the colour table: data.train_set.mask_format=rgb "
+                        "with data.train_set.colors")
     refuse_transparency(img, Path(path), "the ignore index (data.ignore_index) or their class id")
     return index_values(img, info, Path(path))
 
@@ -202,7 +203,7 @@ def read_rgb_mask(path: Path, colors: Sequence[Sequence[int]], ignore_colors: It
     if unknown:
         shown = ", ".join(str(_rgb(u)) for u in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
         raise DataError(f"mask file {path}: unknown colour(s) {shown} (RGB) not in the colour table "
-                        f"({len(table)} colours: data.colors / data.ignore_colors)")
+                        f"({len(table)} colours: data.train_set.colors / data.train_set.ignore_colors)")
     return np.asarray([table[u] for u in uniq.tolist()], dtype=np.int64)[inverse].reshape(codes.shape)
 
 
