@@ -46,9 +46,11 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = No
         optimizer = instantiate(cfg.optimizer)
         scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     net, align_corners = build_net(cfg.model)
+    loss = instantiate(cfg.loss)
+    check_loss_settings(loss, align_corners, ignore_index)
     return SegmentationModule(
         net=net,
-        loss=instantiate(cfg.loss),
+        loss=loss,
         optimizer=optimizer,
         scheduler=scheduler,
         num_classes=num_classes,
@@ -56,6 +58,22 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = No
         class_names=class_names,
         align_corners=align_corners,
     )
+
+
+def check_loss_settings(loss: Any, align_corners: bool, ignore_index: int) -> None:
+    """The loss's terms upsample with the model's convention (``model.align_corners``) and ignore the data's
+    label (``data.ignore_index``), as the metrics and inference do; a ``ConfigError`` naming both keys when a
+    term says otherwise (typed over the interpolation the loss configs write, or a forker's loss config)."""
+    terms = (("loss.main.", "", getattr(loss, "main", loss)),
+             ("loss.", " (the auxiliary term's)", getattr(loss, "aux", None)))
+    settings = (("align_corners", align_corners, "model.align_corners", "upsample the logits unlike the model"),
+                ("ignore_index", ignore_index, "data.ignore_index", "ignore another label than the metrics"))
+    for prefix, whose, term in terms:
+        for name, expected, source, effect in settings:
+            value = getattr(term, name, None) if term is not None else None
+            if value is not None and value != expected:
+                raise ConfigError(f"{prefix}{name}={value}{whose} but {source}={expected}: the loss would {effect}; "
+                                  f"leave it at ${{{source}}} (the loss configs' default)")
 
 
 def build_net(model_cfg: DictConfig) -> tuple[Any, bool]:
@@ -80,11 +98,16 @@ def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any
     fails on mid-fit are refused first."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ProgressBar
 
     # Lightning accepts check_val_every_n_epoch=0 and fails mid-fit: the option check refuses it first
     require("trainer.check_val_every_n_epoch", cfg.get("check_val_every_n_epoch"))
+    extra = {}
+    if cfg.get("enable_progress_bar") is None and not any(isinstance(c, ProgressBar) for c in callbacks):
+        # callbacks.rich_progress_bar=null means no bar: Lightning would add its own (a live bar in a log file)
+        extra["enable_progress_bar"] = False
     try:
-        return instantiate(cfg, callbacks=callbacks, logger=loggers or False)
+        return instantiate(cfg, callbacks=callbacks, logger=loggers or False, **extra)
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise ConfigError(f"trainer: {cause} (check the trainer.* options)") from err

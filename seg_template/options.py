@@ -44,6 +44,7 @@ import argparse
 import dataclasses
 import fnmatch
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,11 @@ def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
     get = lookup(cfg)
     found = unknown_keys(cfg, table)  # first: a mistyped key explains the errors that may follow
     found += [f"{key}: a required value ('???' in its config) that is not set: give it, e.g. {key}=<value>"
+              + (f" (or `{key.split('.')[1]}: null` in the data config for no such split)"
+                 if re.fullmatch(r"data\.\w+_set\._target_", key) else "")
               for key in missing_values(cfg) if key not in _ASKED_BY_THE_TASK]
     found += _split_problems(get)
+    found += _base_order_problems(CONFIG_DIR if config_dir is None else config_dir)
     for key, value in _leaves(cfg, ""):
         rule = rule_for(key, config_dir)
         if isinstance(value, dict):  # a mapping where a value is expected: checked as one
@@ -192,6 +196,33 @@ def problems(cfg: Any, config_dir: Path | None = None) -> list[str]:
     return found
 
 
+def _base_order_problems(config_dir: Path) -> list[str]:
+    """A chosen option file (``data=mine``) that lists ``_self_`` before a base it starts from
+    (``/data_base@_here_``): Hydra then lets the base's values replace the file's own, without a word."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    import yaml
+
+    found = []
+    for group, choice in HydraConfig.get().runtime.choices.items():
+        file = Path(config_dir) / str(group) / f"{choice}.yaml"
+        if not choice or str(group).startswith("hydra") or not file.is_file():
+            continue
+        try:
+            content = yaml.safe_load(file.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # composing it named any problem already
+            continue
+        entries = content.get("defaults") if isinstance(content, dict) else None
+        entries = [str(e) for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
+        bases = [e for e in entries if e.startswith("/")]
+        if "_self_" in entries and bases and entries.index("_self_") < entries.index(bases[-1]):
+            found.append(f"{group}={choice}: configs/{group}/{choice}.yaml lists _self_ before {bases[-1]}, so the "
+                         f"base's values replace the file's own: move `_self_` after it in its defaults list")
+    return found
+
+
 def _split_problems(get: Lookup) -> list[str]:
     """A data split that its config builds outright (a ``_target_`` without ``_partial_: true``): Hydra would
     build the dataset before the DataModule could give it its transform, and fail on the first argument the
@@ -199,7 +230,11 @@ def _split_problems(get: Lookup) -> list[str]:
     found = []
     for split in ("train", "val", "test"):
         node = get(f"data.{split}_set")
-        if isinstance(node, Mapping) and "_target_" in node and node.get("_partial_") is not True:
+        if isinstance(node, Mapping) and "_target_" not in node:  # `++data.test_set.split=test` over a null split
+            found.append(f"data.{split}_set holds only {', '.join(map(str, node)) or 'nothing'}, no _target_: a split "
+                         f"names its dataset class; write the whole split in the data config (as configs/"
+                         f"data_base.yaml's {split}_set), or data.{split}_set=null for none")
+        elif isinstance(node, Mapping) and node.get("_partial_") is not True:
             found.append(f"data.{split}_set: its _target_ is built outright, but the DataModule calls each split "
                          f"with transform= and ignore_index=: write `_partial_: true` under it (data configs "
                          f"start from configs/data_base.yaml, `defaults: [/data_base@_here_, _self_]`, which does)")

@@ -127,6 +127,14 @@ def recipe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 
             return found
         return {prefix: node}
 
+    def resolved(recipe: Mapping[str, Any]) -> dict[str, Any]:  # internal references only (the door's rule)
+        nodes = {name: recipe[name] for name in RECIPE_NODES if isinstance(recipe.get(name), Mapping)}
+        try:
+            return OmegaConf.to_container(OmegaConf.create(nodes), resolve=True)  # type: ignore[return-value]
+        except Exception:  # noqa: BLE001 - shown as stored
+            return nodes
+
+    old, new = resolved(old), resolved(new)
     before = {k: v for name in RECIPE_NODES for k, v in leaves(old.get(name), name).items()}
     after = {k: v for name in RECIPE_NODES for k, v in leaves(new.get(name), name).items()}
     missing = object()

@@ -150,8 +150,9 @@ CASES = [
     train_case("loss/ohem_min_kept", "loss=ohem", "loss.main.min_kept=0", culprit=r"loss\.main\.min_kept"),
     train_case("loss/aux_weight", "loss.aux_weight=-1", culprit=r"loss\.aux_weight"),
     train_case("loss/ignore_index_mismatch", "loss.main.ignore_index=-5", "trainer.max_epochs=1",
-               error=DataError,
-               culprit=r"labels \[255\].*ignore_index=-5"),
+               culprit=r"loss\.main\.ignore_index=-5 but data\.ignore_index=255"),
+    train_case("loss/align_corners_mismatch", "loss.main.align_corners=true",
+               culprit=r"loss\.main\.align_corners=True but model\.align_corners=False"),
     # ---- data on disk (data=folder)
     train_case("data/root_missing", data="missing", error=MissingFileError,
                culprit=r"folder.*expected this layout"),

@@ -35,7 +35,7 @@ from pytorch_lightning import Callback
 from seg_template import options
 from seg_template.cli import user_message
 from seg_template.data.preflight import PREFLIGHT_MODES
-from seg_template.errors import ConfigError
+from seg_template.errors import ConfigError, MissingFileError
 from seg_template.export import run_export
 from seg_template.options import check_options, problems, schema
 from seg_template.paths import CONFIG_DIR
@@ -110,6 +110,17 @@ CASES = [
                culprit=r"data\.val_set\.seed='abc': expected an integer"),
     train_case("options/followed_key_folder", "data.val_set.lossy_masks=abc", data="ok",
                culprit=r"data\.val_set\.lossy_masks='abc': expected true or false"),
+    # a split's node: built outright, without a class, without a name
+    train_case("options/split_not_partial", "data.train_set._partial_=false",
+               culprit=r"data\.train_set: its _target_ is built outright.*_partial_: true"),
+    train_case("options/split_without_target", "data.test_set=null", "++data.test_set.split=test",
+               culprit=r"data\.test_set holds only split, no _target_.*data\.test_set=null for none"),
+    train_case("options/split_without_name", "data.val_set.split=null", data="ok",
+               culprit=r"has no split name .*split folders \(train, val\) hold training images"),
+    train_case("options/split_a_number", "data.val_set.split=7", data="ok", error=MissingFileError,
+               culprit=r"image folder of split '7'"),
+    train_case("options/loss_against_the_model", "loss.main.align_corners=true",
+               culprit=r"loss\.main\.align_corners=True but model\.align_corners=False"),
     train_case("options/compile_typo", "model.compile=flase", culprit=r"model\.compile='flase': expected true or false"),
     train_case("options/max_epochs_text", "trainer.max_epochs=abc",
                culprit=r"trainer\.max_epochs='abc': expected an integer >= 1, -1 or null"),
@@ -420,6 +431,32 @@ def test_a_forkers_new_option_is_typed_without_code(tmp_path: Path, monkeypatch)
     assert problems(cfg) == ["inference.my_scale='abc': expected a finite number (e.g. inference.my_scale=0.5)"]
     with pytest.raises(ConfigError, match=r"inference\.my_scale=nan"):
         check_options(_compose_from(config_dir, ["+inference=whole", "inference.my_scale=nan"], tmp_path))
+
+
+def test_a_data_config_listing_self_before_its_base_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """``defaults: [_self_, /data_base@_here_]`` lets the base replace the file's own values without a word
+    (num_workers, crop size...); the option check reads the chosen file's defaults list and says so."""
+    from hydra.core.hydra_config import HydraConfig
+
+    config_dir = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    folder = (config_dir / "data" / "folder.yaml").read_text()
+    (config_dir / "data" / "mine.yaml").write_text(folder.replace("  - /data_base@_here_\n", "").replace(
+        "  - _self_\n", "  - _self_\n  - /data_base@_here_\n"))
+    monkeypatch.setattr(options, "CONFIG_DIR", config_dir)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=["trainer=cpu", "data=mine"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert cfg.data.batch_size == 4  # the base's, over the file's 8
+        assert "data=mine: configs/data/mine.yaml lists _self_ before /data_base@_here_, so the base's " \
+               "values replace the file's own: move `_self_` after it in its defaults list" in problems(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 # ------------------------------------------------------------------------- predict never reads its outputs

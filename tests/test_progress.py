@@ -76,3 +76,12 @@ def test_the_model_summary_shows_flops_only_when_counted(flops: int) -> None:
     text = captured.get()
     assert "SmallSegNet" in text and "Total params: 174 K" in text
     assert ("FLOPs" in text) == bool(flops) and ("Total FLOPs: 2.5 M" in text) == bool(flops)
+
+
+def test_no_progress_bar_entry_means_no_bar(compose_cfg, tmp_path) -> None:
+    """``callbacks.rich_progress_bar=null`` switches the bar off: Lightning would otherwise add its own live bar,
+    whose frames end up in a redirected log."""
+    from seg_template.build import instantiate_trainer
+
+    cfg = compose_cfg(overrides=["callbacks.rich_progress_bar=null"], output_dir=tmp_path)
+    assert instantiate_trainer(cfg.trainer, [], []).progress_bar_callback is None

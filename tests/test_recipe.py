@@ -291,3 +291,14 @@ def test_references_stay_inside_the_recipe_and_resolve(compose_cfg) -> None:
     assert resolved_nodes({"data": {"root": "???", "val": {"root": "${data.root}"}, "test": "${data.val}",
                                     "t": "${data.test.root}/x"}}) == {
         "data": {"root": None, "val": {"root": None}, "test": {"root": None}, "t": "None/x"}}
+
+
+def test_recipe_changes_name_the_resolved_values() -> None:
+    from seg_template.recipe import recipe_changes
+
+    trained = {"data": {"ohem_min_kept": 8192, "batch_size": 4}, "loss": {"main": {"_target_": "x.CE"}}}
+    now = {"data": {"ohem_min_kept": 8192, "batch_size": 4},
+           "loss": {"main": {"_target_": "x.Ohem", "min_kept": "${data.ohem_min_kept}"}}}
+    assert recipe_changes(trained, now) == ["loss.main._target_: 'x.CE' -> 'x.Ohem'",
+                                            "loss.main.min_kept: (none) -> 8192"]
+    assert recipe_changes(now, now) == []

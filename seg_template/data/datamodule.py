@@ -138,8 +138,11 @@ class SegDataModule(pl.LightningDataModule):
         try:
             dataset = factory(transform=transform, ignore_index=self._ignore_index)
         except TypeError as err:
-            raise ConfigError(f"data.{split}_set could not be built: {err}. Its class must accept transform= and "
-                              f"ignore_index= keyword arguments") from err
+            about_keywords = "transform" in str(err) or "ignore_index" in str(err)
+            raise ConfigError(f"data.{split}_set could not be built: {err}" + (
+                ". Its class must accept transform= and ignore_index= keyword arguments" if about_keywords else
+                f" (a value of data.{split}_set of the wrong kind, or an argument its class needs that the "
+                f"config does not give)")) from err
         except Exception as err:
             # keep the dataset's own error type (tools and tests match on it); just say which split failed
             if hasattr(err, "add_note"):  # Python >= 3.11
@@ -167,10 +170,11 @@ class SegDataModule(pl.LightningDataModule):
             return
         self._names_said = True  # once, not once per split
         k = next(i for i, (a, b) in enumerate(zip(own, given, strict=True)) if a != b)
+        reordered = sorted(own) == sorted(given)
         log.warning("data.class_names[%d] is %r, but data.%s_set (%s) calls class %d %r%s: the metric tables and "
-                    "checkpoints use data.class_names: write them in the dataset's class order",
-                    k, given[k], split, type(dataset).__name__, k, own[k],
-                    " (the same names in another order)" if sorted(own) == sorted(given) else "")
+                    "checkpoints use data.class_names%s", k, given[k], split, type(dataset).__name__, k, own[k],
+                    " (the same names in another order)" if reordered else "",
+                    ": write them in the dataset's class order" if reordered else " (fine for a deliberate rename)")
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(

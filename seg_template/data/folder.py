@@ -43,6 +43,8 @@ from seg_template.errors import ConfigError
 LAYOUT = """\
   images/<split>/<name>.<png|jpg|...>  and  masks/<split>/<name>.png      (split by sub-folders), or
   images/<name>.<ext>  masks/<name>.png  splits/<split>.txt             (split by list files)"""
+#: sub-folders of images/ that are splits: a split without a name would read them all as one
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
 
 
 def check_label_map(label_map: Sequence[Sequence[int]] | None, num_classes: int, ignore_index: int,
@@ -138,6 +140,13 @@ class FolderDataset(PairedFilesDataset):
                                      f"(and no list file {self.root}/splits/{self.split}.txt)")
             mask_root = require_dir(mask_root / self.split, LAYOUT, f"mask folder of split {self.split!r}")
         recursive = list_file is None
+        if not self.split and recursive:  # one flat folder is fine; split folders would all be read as one
+            splits = sorted(d.name for d in image_root.iterdir() if d.is_dir() and d.name in SPLIT_FOLDER_NAMES)
+            if splits:
+                raise ConfigError(f"a split of data=folder has no split name (data.*_set.split={self.split!r}), so "
+                                  f"it would read every image under {image_root}, whose split folders "
+                                  f"({', '.join(splits)}) hold training images too: name the split, e.g. "
+                                  f"data.test_set.split=test")
         image_listing = find_images(image_root, recursive, dangling=True)
         mask_listing = find_images(mask_root, recursive, dangling=True)
         images, dupes = keyed(image_listing.files, "", image_root)

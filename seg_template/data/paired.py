@@ -56,7 +56,7 @@ class PairedFilesDataset(SegmentationDataset):
         if root is None:
             raise DatasetLayoutError(f"{type(self).__name__}: data.root is not set; expected layout:\n{self.layout}")
         self.root = Path(root).expanduser()
-        self.split = split
+        self.split = split if isinstance(split, str) else str(split)  # split=2024 typed as a number
         self.strict = strict
         self.max_image_pixels = pixel_limit(max_image_pixels)
         self.notes: list[str] = []
