@@ -80,18 +80,14 @@ def _placements(config_dir: Path) -> dict[Path, tuple[str, ...]]:
     """``{file: (package, ...)}``: where the defaults lists of other files place a file with a package of their
     own (``configs/data/folder.yaml``'s ``- /data_folder_split@test_set`` puts ``data_folder_split.yaml`` at
     ``data.test_set`` as well as at its header's ``data.val_set``)."""
-    import yaml
-
     found: dict[Path, set[str]] = {}
     for file in config_dir.rglob("*.yaml"):
         try:
-            content = yaml.safe_load(file.read_text())
             package = package_of(file, config_dir)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # composing that config names the problem
+        except (OSError, UnicodeDecodeError):  # composing that config names the problem
             continue
-        entries = content.get("defaults") if isinstance(content, Mapping) else None
-        for entry in entries if isinstance(entries, list) and package is not None else []:
-            if not isinstance(entry, str) or "@" not in entry:
+        for entry in defaults_entries(file) if package is not None else []:
+            if "@" not in entry:
                 continue
             name, _, at = entry.partition("@")
             included = (config_dir / name.lstrip("/") if name.startswith("/") else file.parent / name)
@@ -104,6 +100,28 @@ def _placements(config_dir: Path) -> dict[Path, tuple[str, ...]]:
                 place = f"{package}.{at}" if package else at
             found.setdefault(included, set()).add(place)
     return {file: tuple(sorted(places)) for file, places in found.items()}
+
+
+def defaults_entries(file: Path) -> list[str]:
+    """The plain entries of ``file``'s defaults list (``_self_``, ``/data_base@_here_``; group choices such as
+    ``class_weights: null`` left out); ``[]`` when it has none or cannot be read (composing it names that)."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    entries = content.get("defaults") if isinstance(content, Mapping) else None
+    return [e for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
+
+
+def self_before_base(file: Path) -> str | None:
+    """The base (``/data_base@_here_``) that ``file``'s defaults list puts after ``_self_``, or None: Hydra then
+    lets that base's values replace the file's own, without a word."""
+    entries = defaults_entries(file)
+    bases = [e for e in entries if e.startswith("/")]
+    late = "_self_" in entries and bases and entries.index("_self_") < entries.index(bases[-1])
+    return bases[-1] if late else None
 
 
 def packages_of(file: Path, config_dir: Path) -> list[str | None]:

@@ -201,24 +201,18 @@ def _base_order_problems(config_dir: Path) -> list[str]:
     (``/data_base@_here_``): Hydra then lets the base's values replace the file's own, without a word."""
     from hydra.core.hydra_config import HydraConfig
 
+    from seg_template.option_schema import self_before_base
+
     if not HydraConfig.initialized():
         return []
-    import yaml
-
     found = []
     for group, choice in HydraConfig.get().runtime.choices.items():
         file = Path(config_dir) / str(group) / f"{choice}.yaml"
         if not choice or str(group).startswith("hydra") or not file.is_file():
             continue
-        try:
-            content = yaml.safe_load(file.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # composing it named any problem already
-            continue
-        entries = content.get("defaults") if isinstance(content, dict) else None
-        entries = [str(e) for e in entries if isinstance(e, str)] if isinstance(entries, list) else []
-        bases = [e for e in entries if e.startswith("/")]
-        if "_self_" in entries and bases and entries.index("_self_") < entries.index(bases[-1]):
-            found.append(f"{group}={choice}: configs/{group}/{choice}.yaml lists _self_ before {bases[-1]}, so the "
+        base = self_before_base(file)
+        if base is not None:
+            found.append(f"{group}={choice}: configs/{group}/{choice}.yaml lists _self_ before {base}, so the "
                          f"base's values replace the file's own: move `_self_` after it in its defaults list")
     return found
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from seg_template.config_paths import Parts, absolute, references
+from seg_template.config_paths import Parts, absolute, dotted, references, walk
 from seg_template.errors import CheckpointError, ConfigError
 from seg_template.file_config import RECIPE_NODES, check_recipe, is_option_name
 
@@ -119,13 +119,9 @@ def recipe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 
     """``key: old -> new`` for every data / model / loss value that differs between two recipes (as
     :func:`recipe_from` writes them: a checkpoint's and this run's), in config order; at most ``limit`` items,
     then ``... and N more``. A resume names them: its weights and optimiser state continue under them."""
-    def leaves(node: Any, prefix: str) -> dict[str, Any]:
-        if isinstance(node, Mapping):
-            found: dict[str, Any] = {}
-            for key, value in node.items():
-                found.update(leaves(value, f"{prefix}.{key}"))
-            return found
-        return {prefix: node}
+    def leaves(recipe: Mapping[str, Any]) -> dict[str, Any]:  # values and whole lists, by dotted key
+        return {dotted(parts): value for parts, value, _ in walk(recipe) if not isinstance(value, Mapping)
+                and not any(isinstance(part, int) for part in parts)}
 
     def resolved(recipe: Mapping[str, Any]) -> dict[str, Any]:  # internal references only (the door's rule)
         nodes = {name: recipe[name] for name in RECIPE_NODES if isinstance(recipe.get(name), Mapping)}
@@ -134,9 +130,7 @@ def recipe_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 
         except Exception:  # noqa: BLE001 - shown as stored
             return nodes
 
-    old, new = resolved(old), resolved(new)
-    before = {k: v for name in RECIPE_NODES for k, v in leaves(old.get(name), name).items()}
-    after = {k: v for name in RECIPE_NODES for k, v in leaves(new.get(name), name).items()}
+    before, after = leaves(resolved(old)), leaves(resolved(new))
     missing = object()
 
     def shown(value: Any) -> str:

@@ -23,6 +23,7 @@ from torch import nn
 from seg_template.build import build_net, instantiate_callbacks, instantiate_loggers
 from seg_template.models.outputs import main_logits
 from seg_template.optim import param_groups
+from seg_template.option_schema import self_before_base
 from seg_template.options import missing_values, problems
 from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
 from tests.helpers import options, skip_unless_importable
@@ -96,12 +97,9 @@ def test_data(option: str, compose_cfg, tmp_path: Path) -> None:
     assert num_classes_out(cfg.model) == datamodule.num_classes
     assert cfg.loss.main.ignore_index == datamodule.ignore_index
     # a base it starts from (/data_base@_here_) comes before _self_, else the base replaces the file's values
-    defaults = OmegaConf.load(CONFIG_DIR / "data" / f"{option}.yaml").get("defaults") or []
-    entries = [str(e) for e in defaults if isinstance(e, str)]
-    bases = [i for i, e in enumerate(entries) if e.startswith("/")]
-    assert "_self_" not in entries or not bases or entries.index("_self_") > max(bases), (
-        f"configs/data/{option}.yaml lists _self_ before {entries[max(bases)]}: the base's values replace the "
-        "file's own (write `_self_` after it)")
+    base = self_before_base(CONFIG_DIR / "data" / f"{option}.yaml")
+    assert base is None, (f"configs/data/{option}.yaml lists _self_ before {base}: the base's values replace the "
+                          "file's own (write `_self_` after it)")
 
 
 @pytest.mark.parametrize("option", options("data/class_weights"))

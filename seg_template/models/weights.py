@@ -154,11 +154,12 @@ def read_weights_file(path: str | Path, option: str = "model.pretrained", *, kee
 def peek_checkpoint(path: str | Path) -> Any:
     """The object stored at ``path`` with its tensors memory-mapped, not read (a cheap look at a checkpoint's
     step or keys, ``weights_only=True``: no code runs); None when it cannot be read. Nothing is kept."""
+    file = resolve_path(path)
     try:
         try:
-            return torch.load(resolve_path(path), map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-            return torch.load(resolve_path(path), map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file: the caller says what that means
         return None
 
