@@ -119,6 +119,8 @@ CASES = [
                culprit=r"has no split name .*split folders \(train, val\) hold training images"),
     train_case("options/split_a_number", "data.val_set.split=7", data="ok", error=MissingFileError,
                culprit=r"image folder of split '7'"),
+    train_case("options/split_a_list", "data.val_set.split=[a,b]", data="ok",
+               culprit=r"split must be a name \(data\.\*_set\.split\), got \['a', 'b'\]"),
     train_case("options/loss_against_the_model", "loss.main.align_corners=true",
                culprit=r"loss\.main\.align_corners=True but model\.align_corners=False"),
     train_case("options/compile_typo", "model.compile=flase", culprit=r"model\.compile='flase': expected true or false"),

@@ -27,7 +27,7 @@ from seg_template.data.io import (
     probe_image,
     read_label_png,
 )
-from seg_template.errors import DataError
+from seg_template.errors import ConfigError, DataError
 
 #: mask file suffixes that are always lossy (WebP may be either: its header says)
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -56,7 +56,9 @@ class PairedFilesDataset(SegmentationDataset):
         if root is None:
             raise DatasetLayoutError(f"{type(self).__name__}: data.root is not set; expected layout:\n{self.layout}")
         self.root = Path(root).expanduser()
-        self.split = split if isinstance(split, str) else str(split)  # split=2024 typed as a number
+        if not isinstance(split, str | int) or isinstance(split, bool):
+            raise ConfigError(f"{type(self).__name__}: split must be a name (data.*_set.split), got {split!r}")
+        self.split = str(split)  # split=2024 typed as a number is the folder or list named 2024
         self.strict = strict
         self.max_image_pixels = pixel_limit(max_image_pixels)
         self.notes: list[str] = []
