@@ -45,6 +45,16 @@ def skip_unless_importable(*names: str) -> None:
         pytest.skip(f"needs the optional package {' or '.join(names)}")
 
 
+#: what export.py and predict.py model_file= need (the `.[onnx]` extra): all of them
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+def skip_unless_onnx() -> None:
+    """Skip the calling test unless the `.[onnx]` extra is installed (``make test`` installs `.[dev]` only)."""
+    for name in ONNX_PACKAGES:
+        skip_unless_importable(name)
+
+
 def options(group: str) -> list[str]:
     """The options of a config group, read from ``configs/<group>/*.yaml``: tests parametrized over them take
     a new option (a forker's loss, dataset or model file) without any edit."""

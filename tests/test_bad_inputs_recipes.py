@@ -34,7 +34,7 @@ from seg_template.cli import user_message
 from seg_template.errors import CheckpointError
 from seg_template.recipe import recipe_argv
 from tests.bad_input_files import PREDICT, SMALL, TRAIN, Workspace, assert_short_named, raised_user_error
-from tests.helpers import run_script
+from tests.helpers import run_script, skip_unless_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -296,6 +296,8 @@ def test_crafted_recipe_is_refused(route: str, crafted: Crafted, compose_cfg, wo
                                    tmp_path: Path) -> None:
     if route == "predict_onnx" and not crafted.json_ok:
         pytest.skip("JSON metadata cannot hold it")
+    if route in ("export", "predict_onnx"):
+        skip_unless_onnx()
     file, call = run_route(route, workspace, crafted, compose_cfg, tmp_path / "out")
     err = raised_user_error(call)
     assert isinstance(err, CheckpointError), f"{type(err).__name__}: {err}"
