@@ -64,15 +64,14 @@ def check_loss_settings(loss: Any, align_corners: bool, ignore_index: int) -> No
     """The loss's terms upsample with the model's convention (``model.align_corners``) and ignore the data's
     label (``data.ignore_index``), as the metrics and inference do; a ``ConfigError`` naming both keys when a
     term says otherwise (typed over the interpolation the loss configs write, or a forker's loss config)."""
-    terms = (("loss.main.", "", getattr(loss, "main", loss)),
-             ("loss.", " (the auxiliary term's)", getattr(loss, "aux", None)))
+    terms = loss.terms() if hasattr(loss, "terms") and callable(loss.terms) else [("loss.main", loss)]
     settings = (("align_corners", align_corners, "model.align_corners", "upsample the logits unlike the model"),
                 ("ignore_index", ignore_index, "data.ignore_index", "ignore another label than the metrics"))
-    for prefix, whose, term in terms:
+    for key, term in terms:
         for name, expected, source, effect in settings:
-            value = getattr(term, name, None) if term is not None else None
+            value = getattr(term, name, None)
             if value is not None and value != expected:
-                raise ConfigError(f"{prefix}{name}={value}{whose} but {source}={expected}: the loss would {effect}; "
+                raise ConfigError(f"{key}.{name}={value} but {source}={expected}: the loss would {effect}; "
                                   f"leave it at ${{{source}}} (the loss configs' default)")
 
 

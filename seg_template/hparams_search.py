@@ -1,4 +1,4 @@
-"""Optuna searches that survive a crash, and a search space with a parameter that only one loss has.
+"""Optuna searches that survive a crash, and a search space with parameters that only one loss has.
 
 ``python train.py -m hparams_search=optuna`` (``configs/hparams_search/optuna.yaml``, the ``optuna`` extra)
 runs Hydra's Optuna sweeper through ``ResumableOptunaSweeper`` (``hydra_plugins/seg_template_sweepers``:
@@ -29,21 +29,40 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def ohem_thresh(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
-    """``hydra.sweeper.custom_search_space``: search ``loss.main.thresh`` only in trials whose loss is OHEM.
+#: the parameters only one loss has: ``loss -> [(key, range key in the config, log scale)]``
+LOSS_PARAMS: dict[str, list[tuple[str, str, bool]]] = {
+    "ohem": [("loss.main.thresh", "ohem_thresh_range", False)],
+    "focal": [("loss.main.gamma", "focal_gamma_range", False)],
+    "ce_dice": [("loss.main.terms.1.weight", "dice_weight_range", True)],  # Dice's factor beside CE's 1
+}
+#: the ranges when the config gives none
+_DEFAULT_RANGES = {"ohem_thresh_range": (0.5, 0.95), "focal_gamma_range": (0.5, 5.0),
+                   "dice_weight_range": (0.1, 2.0)}
 
-    The key exists only in ``configs/loss/ohem.yaml``, so a flat search space cannot hold it (``ce`` and
-    ``wce`` would fail on an unknown key, and a value drawn for them would be noise to TPE). Optuna's
-    define-by-run trials allow a conditional parameter: it is drawn here, after the flat ones, within
-    ``cfg.ohem_thresh_range`` ([low, high]). The loss is the trial's drawn ``loss``, a fixed ``loss=`` on the
-    command line, or the config's default.
+
+def loss_params(cfg: DictConfig, trial: optuna.trial.Trial) -> None:
+    """``hydra.sweeper.custom_search_space``: search each loss's own parameter only in the trials of that loss.
+
+    ``loss.main.thresh`` exists only in ``configs/loss/ohem.yaml`` (and is null in focal.yaml),
+    ``loss.main.gamma`` only in focal.yaml, the Dice factor ``loss.main.terms.1.weight`` only in ce_dice.yaml
+    (:data:`LOSS_PARAMS`), so a flat search space cannot hold them (the other losses would fail on an unknown
+    key, and a value drawn for them would be noise to TPE). Optuna's define-by-run trials allow conditional
+    parameters: each is drawn here, after the flat ones, within the config's range for it
+    (``ohem_thresh_range``, ``focal_gamma_range``, ``dice_weight_range``: [low, high]). The loss is the trial's
+    drawn ``loss``, a fixed ``loss=`` on the command line, or the config's default; a parameter fixed on the
+    command line is not drawn.
     """
     choices = cfg.hydra.runtime.choices if "hydra" in cfg else {}
     loss = trial.params.get("loss", trial.user_attrs.get("loss", choices.get("loss")))
-    if loss != "ohem" or "loss.main.thresh" in trial.user_attrs:  # not OHEM, or thresh fixed on the command line
-        return
-    low, high = cfg.get("ohem_thresh_range") or (0.5, 0.95)
-    trial.suggest_float("loss.main.thresh", float(low), float(high))
+    for key, range_key, log_scale in LOSS_PARAMS.get(loss, []):
+        if key in trial.user_attrs:  # fixed on the command line
+            continue
+        low, high = cfg.get(range_key) or _DEFAULT_RANGES[range_key]
+        trial.suggest_float(key, float(low), float(high), log=log_scale)
+
+
+#: the name ``custom_search_space`` had when OHEM's threshold was the only conditional parameter
+ohem_thresh = loss_params
 
 
 def prepare_sweep(impl: Any) -> None:

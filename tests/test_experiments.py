@@ -84,5 +84,5 @@ def test_recipe_fast_dev_run_on_fixture(name, compose_cfg, tmp_path):
     losses = {k: float(v) for k, v in metrics.items() if k.startswith("train/loss")}
     assert losses and all(math.isfinite(v) for v in losses.values()), metrics
     if name.startswith("voc"):
-        assert "train/loss_aux" in losses  # the aux head is trained with weight 0.5
+        assert "train/loss/aux" in losses  # the aux head is trained with weight 0.5
     assert objects["module"].net.__class__.__name__ in ("HRNetSegmentation", "NativeStrideSegmenter")

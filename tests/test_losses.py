@@ -292,7 +292,8 @@ def test_nonfinite_logits_give_a_nan_loss(memory_efficient, loss, case):
     assert LOSSES[loss](memory_efficient)(logits, target).isnan()
     parts = SegmentationLoss(LOSSES[loss](memory_efficient), memory_efficient=memory_efficient).parts(
         {"out": logits, "aux": aux}, target)
-    assert parts["loss"].isnan() and parts["loss_main"].isnan() and parts["loss_aux"].isfinite()
+    main = parts[f"loss/{LOSSES[loss](memory_efficient).name}"]
+    assert parts["loss"].isnan() and main.isnan() and parts["loss/aux"].isfinite()
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["eager", "memory_efficient"])
@@ -302,7 +303,7 @@ def test_nonfinite_aux_logits_give_a_nan_loss(memory_efficient):
     aux[1, 0, 2, 2] = float("nan")
     parts = SegmentationLoss(OhemCrossEntropy(memory_efficient=memory_efficient), aux_weight=0.0,
                              memory_efficient=memory_efficient).parts({"out": logits, "aux": aux}, target)
-    assert parts["loss_main"].isfinite() and parts["loss_aux"].isnan() and parts["loss"].isnan()
+    assert parts["loss/ohem"].isfinite() and parts["loss/aux"].isnan() and parts["loss"].isnan()
 
 
 def test_nonfinite_logits_make_every_pixel_of_reduction_none_nan():

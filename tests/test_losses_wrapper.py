@@ -42,19 +42,19 @@ def test_tensor_output_has_no_aux_part():
     out, _, target = make_batch()
     loss = SegmentationLoss(CrossEntropy())
     parts = loss.parts(out, target)
-    assert set(parts) == {"loss", "loss_main"}
+    assert set(parts) == {"loss", "loss/ce"}
     torch.testing.assert_close(parts["loss"], CrossEntropy()(out, target))
     torch.testing.assert_close(loss(out, target), parts["loss"])
-    assert set(loss.parts({"out": out, "aux": None}, target)) == {"loss", "loss_main"}
+    assert set(loss.parts({"out": out, "aux": None}, target)) == {"loss", "loss/ce"}
 
 
 def test_dict_output_adds_weighted_aux_term():
     out, aux, target = make_batch()
     loss = SegmentationLoss(OhemCrossEntropy(thresh=0.5, min_kept=10), aux_weight=0.4)
     parts = loss.parts({"out": out, "aux": aux}, target)
-    assert set(parts) == {"loss", "loss_main", "loss_aux"}
-    torch.testing.assert_close(parts["loss_main"], OhemCrossEntropy(thresh=0.5, min_kept=10)(out, target))
-    torch.testing.assert_close(parts["loss"], parts["loss_main"] + 0.4 * parts["loss_aux"])
+    assert set(parts) == {"loss", "loss/ohem", "loss/aux"}
+    torch.testing.assert_close(parts["loss/ohem"], OhemCrossEntropy(thresh=0.5, min_kept=10)(out, target))
+    torch.testing.assert_close(parts["loss"], parts["loss/ohem"] + 0.4 * parts["loss/aux"])
     torch.testing.assert_close(loss({"out": out, "aux": aux}, target), parts["loss"])
     parts["loss"].backward()
     assert out.grad is not None and aux.grad is not None and aux.grad.abs().sum() > 0
@@ -62,7 +62,7 @@ def test_dict_output_adds_weighted_aux_term():
 
 def test_aux_is_averaged_over_valid_pixels_only():
     out, aux, target = make_batch()
-    loss_aux = SegmentationLoss(CrossEntropy(), aux_weight=0.5).parts({"out": out, "aux": aux}, target)["loss_aux"]
+    loss_aux = SegmentationLoss(CrossEntropy(), aux_weight=0.5).parts({"out": out, "aux": aux}, target)["loss/aux"]
     up = F.interpolate(aux, size=target.shape[-2:], mode="bilinear", align_corners=False)
     per_pixel = F.cross_entropy(up, target, ignore_index=IGNORE, reduction="none")
     valid = target != IGNORE
@@ -105,7 +105,7 @@ def test_a_main_term_that_does_not_reduce_is_named():
             return logits.sum(1)
 
     out, _, target = make_batch()
-    with pytest.raises(TypeError, match=r"loss\.main \(.*PerPixel\) returned a tensor of shape \[.*\]: a loss "
+    with pytest.raises(TypeError, match=r"loss term .*PerPixel returned a tensor of shape \[.*\]: a loss "
                                         r"term returns one scalar"):
         SegmentationLoss(PerPixel())(out, target)
 

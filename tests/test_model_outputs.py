@@ -116,7 +116,7 @@ def test_training_and_inference_take_a_library_model_as_they_take_a_dict_model()
         logged = {}
         module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)  # noqa: B023
         losses[form] = module.training_step(batch, 0)
-        assert set(logged) == {"train/loss", "train/loss_main", "train/loss_aux"}  # the aux head was found
+        assert set(logged) == {"train/loss", "train/loss/ce", "train/loss/aux"}  # the aux head was found
     assert torch.equal(losses["dict"], losses["object"])
 
     net = LibraryNet().eval()
@@ -137,4 +137,4 @@ def test_a_fit_with_a_library_model_logs_and_scores(tmp_path) -> None:
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
-    assert {"train/loss_aux", "val/mIoU", "val/loss"} <= set(trainer.callback_metrics)
+    assert {"train/loss/aux", "val/mIoU", "val/loss"} <= set(trainer.callback_metrics)

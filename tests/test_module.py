@@ -102,7 +102,7 @@ def test_fit_and_test_log_the_contract_keys_and_print_tables(tmp_path, caplog) -
     trainer = _trainer(tmp_path, max_epochs=2, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
     metrics = trainer.callback_metrics
-    for key in ["train/loss", "train/loss_main", "train/loss_aux", "val/loss", "val/mIoU", "val/aAcc",
+    for key in ["train/loss", "train/loss/ce", "train/loss/aux", "val/loss", "val/mIoU", "val/aAcc",
                 *(f"val/IoU/{c}" for c in CLASS_NAMES)]:
         assert key in metrics, f"{key} not logged; got {sorted(metrics)}"
     assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["val/aAcc"] <= 1.0

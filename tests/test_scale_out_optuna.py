@@ -139,3 +139,31 @@ def test_ohem_thresh_is_searched_in_ohem_trials_only() -> None:
     assert "loss.main.thresh" in trial.params
 
 
+
+
+def test_each_loss_parameter_is_searched_in_its_loss_trials_only(compose_tmp) -> None:  # noqa: ANN001
+    """Every conditional parameter is drawn in the trials of its loss only, within its range, and is a key
+    that loss's config has (an override of it works)."""
+    optuna = import_optuna()
+    from omegaconf import OmegaConf
+
+    from seg_template.hparams_search import LOSS_PARAMS, loss_params
+
+    cfg = OmegaConf.create({"focal_gamma_range": [1.0, 3.0], "dice_weight_range": [0.2, 0.4]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    losses = ["ce", "wce", "ohem", "dice", "ce_dice", "focal", "lovasz"]
+    for loss in losses:
+        with warnings.catch_warnings():  # enqueue_trial is "experimental" in Optuna 2.x
+            warnings.simplefilter("ignore")
+            study.enqueue_trial({"loss": loss})
+        trial = study.ask()
+        assert trial.suggest_categorical("loss", losses) == loss
+        loss_params(cfg, trial)
+        drawn = {k: v for k, v in trial.params.items() if k != "loss"}
+        assert set(drawn) == {key for key, _, _ in LOSS_PARAMS.get(loss, [])}
+        for key, value in drawn.items():
+            low, high = {"loss.main.thresh": (0.5, 0.95), "loss.main.gamma": (1.0, 3.0),
+                         "loss.main.terms.1.weight": (0.2, 0.4)}[key]
+            assert low <= value <= high
+            composed = compose_tmp(f"loss={loss}", f"{key}={value}")
+            assert OmegaConf.select(composed, key) == value

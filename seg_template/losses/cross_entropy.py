@@ -15,6 +15,7 @@ from seg_template.losses.rules import (
     pixel_weight,
     report_nonfinite,
 )
+from seg_template.losses.sweep import compute_dtype, no_autocast
 from seg_template.options import require
 
 
@@ -23,10 +24,13 @@ def upsampled_nll(logits: Tensor, target: Tensor, ignore_index: int, align_corne
 
     The eager path: it materialises the upsampled logits ``[N, C, H, W]`` (and autograd keeps their
     log-softmax). This is the one step the memory-efficient kernels replace; everything else is per-pixel.
+    Half-precision logits (autocast) are upsampled and scored in float32, as the kernels do.
     """
-    if logits.dim() == 4 and logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=align_corners)
-    return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+    with no_autocast(logits.device):
+        logits = logits.to(compute_dtype(logits))
+        if logits.dim() == 4 and logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=align_corners)
+        return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
 
 
 class PixelCrossEntropy(nn.Module):
@@ -71,6 +75,8 @@ class CrossEntropy(PixelCrossEntropy):
     still flows) when every pixel is ignored or has weight 0, instead of NaN. A NaN or infinite logit makes
     the result NaN, whatever pixels it reaches (``rules.report_nonfinite``).
     """
+
+    name = "ce"  # logged as train/loss/ce
 
     def __init__(self, ignore_index: int = 255, weight: WeightSpec = None, align_corners: bool = False,
                  reduction: str = "mean", memory_efficient: bool = False) -> None:

@@ -6,6 +6,7 @@ import logging
 
 from torch import Tensor
 
+from seg_template.errors import ConfigError
 from seg_template.losses.class_weights import WeightSpec
 from seg_template.losses.cross_entropy import PixelCrossEntropy, upsampled_nll
 from seg_template.losses.memory_efficient import memory_efficient_ohem_cross_entropy
@@ -32,10 +33,15 @@ class OhemCrossEntropy(PixelCrossEntropy):
     finite value while the gradient is NaN (``rules.report_nonfinite``).
     """
 
+    name = "ohem"  # logged as train/loss/ohem
+
     def __init__(self, thresh: float = 0.7, min_kept: int = 100000, ignore_index: int = 255,
                  weight: WeightSpec = None, align_corners: bool = False, memory_efficient: bool = False) -> None:
         super().__init__(ignore_index, weight, align_corners, memory_efficient)
         require("loss.main.thresh", thresh)
+        if thresh is None:
+            raise ConfigError("loss.main.thresh=null: OHEM keeps the pixels whose probability is below thresh; "
+                              "give one (HRNet: 0.7, its Cityscapes recipe 0.9), or use loss=ce")
         require("loss.main.min_kept", min_kept)
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)

@@ -122,3 +122,42 @@ def select_hard_pixels(nll: Tensor, n_valid: int, thresh: float,
     log_p_k = torch.kthvalue(-nll.flatten(), k + 1).values
     kept = nll > -log_p_k
     return kept, below, kept.sum()
+
+
+#: smallest ``1 - p`` the focal factor's derivative divides by: ``(1 - p)^(gamma - 1)`` stays finite for
+#: gamma < 1 at saturated pixels (p rounded to 1), where its product with nll = 0 is 0 anyway
+_TINY = 1e-30
+
+
+def focal_terms(nll: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """The softmax focal loss of each pixel and its slope, from the per-pixel cross-entropy ``nll``.
+
+    With ``p = exp(-nll)`` the target-class probability: ``value = (1 - p)^gamma * nll`` and ``slope = k`` such
+    that ``d value / d logits = k * (softmax - one_hot)`` (the CE gradient scaled per pixel):
+    ``k = (1 - p)^gamma + gamma * p * nll * (1 - p)^(gamma - 1)``. Both shaped like ``nll`` (any shape, no
+    gradient needed); gamma 0 gives ``(nll, 1)``, cross-entropy. ``1 - p`` is computed as ``-expm1(-nll)``,
+    exact where p is close to 1.
+    """
+    if gamma == 0:
+        return nll, torch.ones_like(nll)
+    q = (-torch.expm1(-nll)).clamp_min(_TINY)
+    q_gamma = q.pow(gamma)
+    return q_gamma * nll, q_gamma + gamma * torch.exp(-nll) * nll * q_gamma / q
+
+
+def dice_scores(intersection: Tensor, prob_sum: Tensor, count: Tensor, smooth: float,
+                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Soft Dice per class from its sums over the valid pixels (each ``[C]``): ``I`` = summed probability at
+    the class's own pixels, ``P`` = summed probability, ``T`` = pixel count. Returns ``(score, numerator,
+    denominator)``: ``score = (I + smooth) / max((P + T) / 2 + smooth, eps)``, i.e. ``(2I + 2s) / (P + T + 2s)``
+    (segmentation_models_pytorch's ``soft_dice_score`` with the same ``smooth`` and ``eps``)."""
+    numerator = intersection + smooth
+    denominator = (0.5 * (prob_sum + count) + smooth).clamp_min(eps)
+    return numerator / denominator, numerator, denominator
+
+
+def present_class_weights(count: Tensor, weight: Tensor | None) -> Tensor:
+    """Each class's share in a per-class loss's mean: its class weight (1 without weights) where the class has a
+    valid pixel (``count [C]`` > 0), 0 where it is absent; not normalised (``mean_or_zero`` divides by the sum)."""
+    present = (count > 0).to(count.dtype)
+    return present if weight is None else present * weight.to(count)

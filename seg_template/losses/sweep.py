@@ -100,3 +100,16 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def chunk_probabilities(plan: ChunkedBilinear, logits: Tensor, target: Tensor, ignore_index: int,
+                        chunk: Chunk) -> tuple[Tensor, Tensor, Tensor]:
+    """``(prob, index, valid)`` of one chunk: the softmax of its upsampled logits ``[n, C, rows, W]`` (a fresh
+    buffer, computed in place), the target class ``[n, rows, W]`` (0 where ignored) and the valid mask."""
+    n0, n1, r0, r1 = chunk
+    x = plan.upsample(logits, chunk)
+    x.sub_(x.amax(1, keepdim=True)).exp_()
+    x.div_(x.sum(1, keepdim=True))
+    t = target[n0:n1, r0:r1]
+    valid = t != ignore_index
+    return x, torch.where(valid, t, 0).long(), valid
