@@ -1,9 +1,10 @@
 """SegmentationModule: model + loss + confusion-matrix metrics + optimiser/scheduler from config.
 
-Logs ``train/loss``, ``train/loss_main`` (+ ``train/loss_aux`` for models with an auxiliary head),
-``val/loss``, ``val/mIoU``, ``val/aAcc`` and ``val/IoU/<class>`` (``test/...`` likewise). Metrics come
-from a torchmetrics confusion matrix, which sums itself across processes under DDP before the scores are
-computed, so every rank logs the same global mIoU. Logits holding NaN or inf are never scored: their argmax is
+Logs ``train/loss`` (the total), ``train/loss/<term>`` for each loss term (``train/loss/ce``; a sum such as
+``loss=ce_dice`` logs each of its terms) and ``train/loss/aux`` for models with an auxiliary head, then
+``val/loss``, ``val/mIoU``, ``val/aAcc`` and ``val/IoU/<class>`` (``test/...`` likewise). Metrics come from a
+torchmetrics confusion matrix, which sums itself across processes under DDP before the scores are computed,
+so every rank logs the same global mIoU. Logits holding NaN or inf are never scored: their argmax is
 class 0, a made-up score that could become ``best.ckpt``; the stage stops instead (``_refuse_nonfinite_logits``).
 """
 

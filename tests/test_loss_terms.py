@@ -98,7 +98,8 @@ def focal_reference(logits: Tensor, target: Tensor, gamma: float, weight: Tensor
     focal = -w * (1 - log_p.exp()) ** gamma * log_p
     if thresh is None:
         return (focal * valid).sum() / (w * valid).sum()
-    kept = valid & (log_p.exp() < ohem_threshold(logits.detach(), target, thresh, min_kept, IGNORE))
+    p = torch.softmax(up.detach(), 1).gather(1, safe[:, None])[:, 0]  # as ohem_threshold computes p (ties)
+    kept = valid & (p < ohem_threshold(logits.detach(), target, thresh, min_kept, IGNORE))
     return focal[kept].mean()
 
 

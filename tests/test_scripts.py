@@ -14,7 +14,7 @@ from seg_template.data.config import build_split
 from seg_template.data.doctor import check_dataset
 from seg_template.losses import load_class_weights
 from tests.fixtures import FOLDER_COLORS, folder_class_names, make_cityscapes, make_folder, make_voc
-from tests.helpers import data_cfg, load_script, skip_unless_importable
+from tests.helpers import data_cfg, load_script, run_script, skip_unless_importable
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -228,3 +228,18 @@ def test_tools_print_a_user_error_as_one_block(tmp_path, capsys, script, args, c
     err = capsys.readouterr().err
     assert re.search(culprit, err, re.S), err
     assert "Traceback" not in err and "Config search path" not in err and len(err.splitlines()) <= 12, err
+
+
+@pytest.mark.slow
+def test_loss_parity_table_every_term_within_rounding() -> None:
+    """scripts/loss_parity.py: one row per term, every difference at float64 rounding, every gradcheck passing
+    (rows needing segmentation_models_pytorch say they were skipped when it is missing)."""
+    result = run_script("scripts/loss_parity.py", "--seeds", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines()[2:] if " | " in line]
+    assert len(rows) == 11, result.stdout
+    for row in rows:
+        if "skipped" in row[2]:
+            continue
+        assert all(float(cell) < 1e-12 for cell in row[2:6]), row
+        assert row[6].strip() == "pass", row

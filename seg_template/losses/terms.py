@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from seg_template.errors import ConfigError
@@ -26,7 +27,7 @@ from seg_template.losses.focal import FocalLoss
 from seg_template.losses.lovasz import LovaszSoftmax
 from seg_template.losses.ohem import OhemCrossEntropy
 from seg_template.option_rules import real_rule
-from seg_template.options import require
+from seg_template.options import require, rule_for
 
 #: the terms a config may name; each class's ``name`` is its key (what its values are logged under)
 TERMS: dict[str, type[nn.Module]] = {
@@ -75,6 +76,11 @@ def build_term(spec: Any, shared: Mapping[str, Any], key: str) -> nn.Module:
     if unknown:
         own = sorted(set(accepted) - set(SHARED)) + ["class_weights"]
         raise ConfigError(f"{key}.{unknown[0]}: {name} has no option {unknown[0]!r}; its options: {', '.join(own)}")
+    for option, value in options.items():  # the rules of loss.main.<option>, named at this entry's key
+        rule = rule_for(f"loss.main.{option}")
+        if rule is not None:
+            plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            require(f"{key}.{'class_weights' if option == 'weight' else option}", plain, rule)
     kwargs = {k: v for k, v in shared.items() if k in accepted and v is not None}
     return cls(**{**kwargs, **options})
 
