@@ -62,7 +62,8 @@ def _visit(node: Any, prefix: str, table: dict[str, Seen], found: list[str]) -> 
             continue
         seen = table.get(path)
         if seen is not None and (target is None or None in seen.targets or target in seen.targets):
-            pass  # written by the files (under this target)
+            if _taken_whole(value, seen, target, key):
+                continue
         elif target is not None:
             params = _parameters(target)
             if params is not None and key not in params:
@@ -83,6 +84,18 @@ def _visit(node: Any, prefix: str, table: dict[str, Seen], found: list[str]) -> 
             continue
         if isinstance(value, DictConfig):
             _visit(value, path, table, found)
+
+
+def _taken_whole(value: Any, seen: Seen, target: str | None, key: str) -> bool:
+    """Whether a node stands where the files write only a value (``aux: ce``; ``loss.aux={term: focal,
+    gamma: 1.0}``) and the enclosing ``_target_`` takes it as one argument: its keys are then that argument's
+    business (the loss names its own mistakes), not options of their own."""
+    from omegaconf import DictConfig
+
+    if not isinstance(value, DictConfig) or "_target_" in value or "dict" in seen.kinds or target is None:
+        return False
+    params = _parameters(target)
+    return params is not None and key in params
 
 
 def _options_here(node: Any, prefix: str, table: dict[str, Seen]) -> list[str]:

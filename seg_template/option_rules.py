@@ -229,7 +229,7 @@ RULES: dict[str, Rule] = {
     "loss.aux_weight": real_rule(0), "loss.memory_efficient": Rule(("bool",)),
     # thresh null: no OHEM selection (loss=focal); loss=ohem refuses it
     "loss.main.thresh": real_rule(0, 1, open_low=True, example=0.7, null=True),
-    "loss.main.min_kept": int_rule(1, example=100000),
+    "loss.main.min_kept": int_rule(1, example=100000), "loss.min_kept": int_rule(1, example=100000),
     "loss.main.gamma": real_rule(0, example=2.0), "loss.main.smooth": real_rule(0, example=1.0),
     "loss.main.eps": real_rule(0, open_low=True, example=1e-7), "loss.main.per_image": Rule(("bool",)),
     "loss.main.reduction": choice_rule("mean", "sum", "none"),

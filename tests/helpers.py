@@ -69,6 +69,7 @@ def load_script(name: str):
     """``scripts/<name>.py`` imported as a module (its ``main`` can then run in-process)."""
     spec = importlib.util.spec_from_file_location(f"script_{name}", PROJECT_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass in the script looks its module up while it is being defined
     spec.loader.exec_module(module)
     return module
 

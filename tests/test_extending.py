@@ -32,10 +32,11 @@ def guide_files() -> dict[str, str]:
 
 def test_the_guide_writes_only_new_files() -> None:
     files = guide_files()
-    assert {"seg_template/losses/dice.py", "configs/loss/dice.yaml", "seg_template/data/csv_pairs.py",
-            "configs/data/csv_pairs.yaml", "seg_template/models/timm_fpn.py", "configs/model/timm_fpn.yaml",
+    assert {"seg_template/losses/tversky.py", "configs/loss/tversky.yaml", "configs/loss/ce_tversky.yaml",
+            "seg_template/data/csv_pairs.py", "configs/data/csv_pairs.yaml",
+            "seg_template/models/timm_fpn.py", "configs/model/timm_fpn.yaml",
             "seg_template/callbacks/lr_line.py", "configs/callbacks/lr_line.yaml",
-            "configs/experiment/dice_fpn.yaml", "seg_template/data/npz_arrays.py",
+            "configs/experiment/tversky_fpn.yaml", "seg_template/data/npz_arrays.py",
             "configs/data/npz_arrays.yaml"} == set(files)
     assert not [p for p in files if (PROJECT_ROOT / p).exists()], "an example would change a template file"
 
@@ -95,11 +96,11 @@ def npz_dataset(root: Path) -> Path:
 def test_the_guides_examples_train_and_pass_the_discovering_tests(forked: Path, tmp_path: Path) -> None:
     logs = f"paths.log_dir={tmp_path / 'logs'}"
     # the loss, the model and the callback together, then the experiment that names them
-    result = run(forked, "train.py", "loss=dice", "model=timm_fpn", "callbacks=[default,lr_line]", "debug=fdr",
+    result = run(forked, "train.py", "loss=tversky", "model=timm_fpn", "callbacks=[default,lr_line]", "debug=fdr",
                  *TINY, logs)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 0: lr" in result.stdout + result.stderr  # the callback's line
-    result = run(forked, "train.py", "experiment=dice_fpn", "debug=fdr", *TINY, logs)
+    result = run(forked, "train.py", "experiment=tversky_fpn", "debug=fdr", *TINY, logs)
     assert result.returncode == 0, result.stderr[-3000:]
     # the CSV dataset, and its required option left out: one block naming it
     data, lists = csv_dataset(forked)
@@ -127,12 +128,13 @@ def test_the_guides_examples_train_and_pass_the_discovering_tests(forked: Path, 
     # the tests that discover options from configs/ take the new ones without an edit
     result = run(forked, "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/test_configs.py",
                  "tests/test_models.py", "tests/test_cli.py", "tests/test_train.py", "-m", "not slow",
-                 "-k", "dice or csv_pairs or npz_arrays or timm_fpn or lr_line or help", timeout=900)
+                 "-k", "tversky or csv_pairs or npz_arrays or timm_fpn or lr_line or help", timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
-    for case in ("test_configs.py::test_loss[dice]", "test_configs.py::test_data[csv_pairs]",
-                 "test_configs.py::test_data[npz_arrays]",
+    for case in ("test_configs.py::test_loss[tversky]", "test_configs.py::test_loss[ce_tversky]",
+                 "test_configs.py::test_data[csv_pairs]", "test_configs.py::test_data[npz_arrays]",
                  "test_configs.py::test_model[timm_fpn]", "test_configs.py::test_callbacks[lr_line]",
-                 "test_configs.py::test_experiment[dice_fpn]", "test_models.py::test_output_stride_and_aux[timm_fpn]",
-                 "test_models.py::test_config_keys[timm_fpn]", "test_train.py::test_fast_dev_run_each_loss[dice]",
+                 "test_configs.py::test_experiment[tversky_fpn]", "test_models.py::test_output_stride_and_aux[timm_fpn]",
+                 "test_models.py::test_config_keys[timm_fpn]", "test_train.py::test_fast_dev_run_each_loss[tversky]",
+                 "test_train.py::test_fast_dev_run_each_loss[ce_tversky]",
                  "test_cli.py::test_help_describes_the_template_without_importing_torch"):
         assert f"{case} PASSED" in result.stdout, case

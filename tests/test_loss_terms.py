@@ -298,7 +298,7 @@ def test_a_built_term_can_be_an_entry() -> None:
     ([{"term": "ce", "name": "aux"}], r"'aux' is the auxiliary head's term"),
     ([{"term": "ce", "weight": -1.0}], r"loss\.main\.terms\[0\]\.weight"),
     ([{"term": "ce", "weight": "heavy"}], r"loss\.main\.terms\[0\]\.weight"),
-    ([{"term": "focal", "gamma": -2.0}], r"loss\.main\.gamma"),
+    ([{"term": "focal", "gamma": -2.0}], r"loss\.main\.terms\[0\]\.gamma=-2\.0: expected a finite number >= 0"),
 ])
 def test_a_bad_sum_names_the_entry_and_the_fix(terms, match) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -344,3 +344,45 @@ def test_every_named_term_is_logged_under_its_name() -> None:
 def test_ohem_refuses_a_null_thresh() -> None:
     with pytest.raises(ConfigError, match=r"loss\.main\.thresh=null"):
         OhemCrossEntropy(thresh=None)
+
+
+def test_named_ohem_terms_take_the_shared_min_kept() -> None:
+    """An aux or sum entry that selects pixels uses the config's budget (data.ohem_min_kept), not the class
+    default of 100000, which would make it plain CE on a small batch."""
+    total = TermSum([{"term": "ohem"}, {"term": "focal", "thresh": 0.7, "name": "hard_focal"},
+                     {"term": "ohem", "min_kept": 7, "name": "own"}], IGNORE, None, False, min_kept=50)
+    assert [getattr(term, "min_kept", None) for term in total.terms] == [50, 50, 7]
+    assert SegmentationLoss(CrossEntropy(), aux="ohem", min_kept=40).aux.min_kept == 40
+    assert SegmentationLoss(OhemCrossEntropy(min_kept=30), aux="ohem").aux.min_kept == 30
+
+
+@pytest.mark.parametrize("loss", ["ce", "ohem", "wce", "dice", "focal", "lovasz", "ce_dice"])
+def test_every_loss_config_builds_and_names_its_parts(loss, compose_tmp) -> None:  # noqa: ANN001
+    from hydra.utils import instantiate
+
+    cfg = compose_tmp(f"loss={loss}", "loss.aux=ohem")
+    built = instantiate(cfg.loss)
+    logits, target = make_batch(c=6, dtype=torch.float32)
+    parts = built.parts({"out": logits, "aux": logits.detach()}, target)
+    names = {"ce_dice": ["ce", "dice"], "wce": ["ce"]}.get(loss, [loss])
+    assert set(parts) == {"loss", *(f"loss/{n}" for n in names), "loss/aux"}
+    assert built.aux.min_kept == cfg.data.ohem_min_kept
+    check_loss_settings(built, cfg.model.align_corners, cfg.data.ignore_index)
+
+
+def test_a_node_given_for_the_aux_term_on_the_command_line_is_taken_whole(compose_tmp) -> None:  # noqa: ANN001
+    """ce.yaml writes ``aux: ce``; ``loss.aux={term: focal, gamma: 1.0}`` is the term's business, not two
+    unknown options (the loss names a mistake in it at its own key)."""
+    from hydra.utils import instantiate
+
+    from seg_template.options import check_options
+
+    cfg = compose_tmp("loss.aux={term: focal, gamma: 1.0}")
+    check_options(cfg)
+    assert instantiate(cfg.loss).aux.gamma == 1.0
+    from hydra.errors import InstantiationException  # the app shows the ConfigError inside as one block
+
+    with pytest.raises(InstantiationException, match=r"loss\.aux\.gama: focal has no option 'gama'"):
+        instantiate(compose_tmp("loss.aux={term: focal, gama: 1.0}").loss)
+    with pytest.raises(ConfigError, match=r"loss\.weight: .*SegmentationLoss takes no argument 'weight'"):
+        check_options(compose_tmp("+loss.weight={a: 1}"))

@@ -21,7 +21,8 @@ class SegmentationLoss(nn.Module):
     ``[N, H, W]``. ``main`` is one term (``CrossEntropy``, ``DiceLoss``...) or a ``TermSum`` of several
     (``loss=ce_dice``). ``aux`` is the auxiliary head's term as ``terms.build_term`` reads it: a name (``ce``,
     the default, as HRNet-OCR and torchvision train it), ``{term: <name>, <option>: ...}`` or a module. A named
-    aux term takes ``main``'s class ``weight`` and ``memory_efficient``, and the ignore label ``ignore_index``
+    aux term takes ``main``'s class ``weight``, ``memory_efficient``, OHEM's ``min_kept`` (given here, else
+    ``main``'s), and the ignore label ``ignore_index``
     and upsampling convention ``align_corners`` - each given here (``loss.ignore_index``,
     ``loss.align_corners``) or else read from ``main``'s attribute of that name (the built-in terms keep both);
     when neither gives a setting, aux logits raise a ``ConfigError`` naming it (a model without an aux head
@@ -30,7 +31,8 @@ class SegmentationLoss(nn.Module):
     """
 
     def __init__(self, main: nn.Module, aux_weight: float = 0.4, memory_efficient: bool = False,
-                 ignore_index: int | None = None, align_corners: bool | None = None, aux: Any = "ce") -> None:
+                 ignore_index: int | None = None, align_corners: bool | None = None, aux: Any = "ce",
+                 min_kept: int | None = None) -> None:
         super().__init__()
         require("loss.aux_weight", aux_weight)
         require("loss.memory_efficient", memory_efficient)
@@ -46,7 +48,8 @@ class SegmentationLoss(nn.Module):
             f"{'it' if len(missing) == 1 else 'them'} as an attribute: write "
             f"{', '.join(f'`{n}: ${{{_SOURCE[n]}}}`' for n in missing)} in the loss config, beside aux_weight "
             f"(docs/extending.md: A loss)")
-        shared = {**settings, "weight": getattr(main, "weight", None), "memory_efficient": memory_efficient}
+        shared = {**settings, "weight": getattr(main, "weight", None), "memory_efficient": memory_efficient,
+                  "min_kept": min_kept if min_kept is not None else getattr(main, "min_kept", None)}
         self.aux = None if missing else build_term(aux, shared, "loss.aux")
 
     def parts(self, outputs: Any, target: Tensor) -> dict[str, Tensor]:

@@ -59,8 +59,9 @@ class OhemCrossEntropy(PixelCrossEntropy):
             return
         self._said_plain_ce = True
         log.warning("OHEM keeps every valid pixel: min_kept=%d reaches the %d valid pixels of this batch "
-                    "(per process), so loss=ohem is plain cross-entropy. Set loss.main.min_kept (default "
-                    "data.ohem_min_kept) well below the pixels of one batch, e.g. 1/8 of them.",
+                    "(per process), so this OHEM term is plain cross-entropy. Set its min_kept (loss.main.min_kept, "
+                    "an entry's min_kept, loss.min_kept for the aux term; default data.ohem_min_kept) well below the "
+                    "pixels of one batch, e.g. 1/8 of them.",
                     self.min_kept, n_valid)
 
     def _loss(self, logits: Tensor, target: Tensor, checked: CheckedTarget) -> Tensor:

@@ -4,7 +4,7 @@ A term is a module ``forward(logits [N, C, h, w], target [N, H, W]) -> scalar`` 
 Here a term is given as
 
 - a name in :data:`TERMS` (``dice``), built with the shared settings (``ignore_index``, class ``weight``,
-  ``align_corners``, ``memory_efficient``) that its constructor takes;
+  ``align_corners``, ``memory_efficient``, OHEM's ``min_kept``) that its constructor takes;
 - ``{term: <name>, <option>: <value>, ...}``: the same, with the term's own options (``gamma``, ``smooth``,
   ``thresh``...; ``class_weights`` for its class weights);
 - a module already built (a ``_target_`` node that Hydra instantiated: a forker's own term).
@@ -33,8 +33,9 @@ from seg_template.options import require, rule_for
 TERMS: dict[str, type[nn.Module]] = {
     "ce": CrossEntropy, "ohem": OhemCrossEntropy, "dice": DiceLoss, "focal": FocalLoss, "lovasz": LovaszSoftmax,
 }
-#: the settings every term may share, passed to the terms whose constructor takes them
-SHARED = ("ignore_index", "weight", "align_corners", "memory_efficient")
+#: the settings terms may share, passed to the named terms whose constructor takes them (min_kept: OHEM's
+#: pixel budget per process batch, data.ohem_min_kept in the configs, for ohem and a focal entry with thresh)
+SHARED = ("ignore_index", "weight", "align_corners", "memory_efficient", "min_kept")
 #: an entry's own keys besides the term's options
 _ENTRY_KEYS = ("term", "weight", "name")
 
@@ -92,7 +93,8 @@ class TermSum(nn.Module):
     options beside it, or a built module), ``weight`` its factor (default 1), ``name`` what its value is logged
     under (default the term's name; two terms of one name need one). ``ignore_index``, ``weight`` (class
     weights: a list or a file, as ``CrossEntropy`` takes them), ``align_corners`` and ``memory_efficient`` are
-    handed to the named terms that take them, as one term's config writes them.
+    handed to the named terms that take them, as one term's config writes them, and ``min_kept`` (OHEM's pixel
+    budget per process batch) to the entries that select pixels (``ohem``; ``focal`` with ``thresh``).
 
     ``forward(logits [N, C, h, w], target [N, H, W]) -> scalar``; :meth:`parts` gives each term's unweighted
     value by name, which the LightningModule logs as ``train/loss/<name>``.
@@ -101,14 +103,15 @@ class TermSum(nn.Module):
     name = "sum"
 
     def __init__(self, terms: Sequence[Any], ignore_index: int | None = None, weight: WeightSpec = None,
-                 align_corners: bool | None = None, memory_efficient: bool = False) -> None:
+                 align_corners: bool | None = None, memory_efficient: bool = False,
+                 min_kept: int | None = None) -> None:
         super().__init__()
         if isinstance(terms, (str, Mapping)) or not isinstance(terms, Sequence) or not terms:
             raise ConfigError(f"loss.main.terms={terms!r}: a list of {{term: <name>, weight: <factor>}} entries, "
                               "e.g. [{term: ce, weight: 1.0}, {term: dice, weight: 0.5}]")
         require("loss.memory_efficient", memory_efficient)
         shared = {"ignore_index": ignore_index, "weight": weight, "align_corners": align_corners,
-                  "memory_efficient": memory_efficient}
+                  "memory_efficient": memory_efficient, "min_kept": min_kept}
         modules, factors, names = [], [], []
         for i, entry in enumerate(terms):
             key = f"loss.main.terms[{i}]"
