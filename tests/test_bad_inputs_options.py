@@ -671,7 +671,7 @@ NO_CEILING = {
     "callbacks.model_checkpoint.save_top_k": "how many to keep: all", "callbacks.nan_guard.patience": "never stops",
     "callbacks.early_stopping.patience": "never stops", "max_image_pixels": "a limit: huge means none",
     "data.*_set.max_image_pixels": "a limit", "data.ohem_min_kept": "OHEM becomes plain CE (the loss says so)",
-    "loss.main.min_kept": "OHEM becomes plain CE",
+    "loss.main.min_kept": "OHEM becomes plain CE", "loss.min_kept": "OHEM becomes plain CE",
 }
 
 
