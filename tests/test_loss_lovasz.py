@@ -320,10 +320,48 @@ def test_flags_must_be_bools(kwargs, key):
         LovaszSoftmax(**kwargs)
 
 
-def test_memory_efficient_is_accepted_and_ignored():
-    logits, target = make_batch()
-    torch.testing.assert_close(LovaszSoftmax(memory_efficient=True)(logits, target),
-                               LovaszSoftmax()(logits, target), rtol=0, atol=0)
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_memory_efficient_path_equals_the_eager_one_group_by_group(per_image, weighted, align_corners,
+                                                                    monkeypatch):
+    """memory_efficient=True: the same value and gradient without autograd, the classes sorted a few at a
+    time (GROUP_BYTES made tiny here: one class per group)."""
+    from seg_template.losses import lovasz
+
+    shapes = []
+    weights_of = lovasz.lovasz_jaccard_weights
+
+    def recorded(fg_sorted, dtype):  # noqa: ANN001, ANN202
+        shapes.append(tuple(fg_sorted.shape))
+        return weights_of(fg_sorted, dtype)
+
+    monkeypatch.setattr(lovasz, "lovasz_jaccard_weights", recorded)
+    monkeypatch.setattr(lovasz, "GROUP_BYTES", 1)
+    gen = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(3, 5, 6, 7, generator=gen, dtype=torch.float64)).requires_grad_()
+    target = torch.randint(0, 5, (3, 13, 15), generator=gen)
+    target[torch.rand(target.shape, generator=gen) < 0.2] = IGNORE
+    target[1] = IGNORE  # an image with nothing valid
+    weight = [0.5, 2.0, 1.0, 0.0, 3.0] if weighted else None
+    kwargs = {"weight": weight, "per_image": per_image, "align_corners": align_corners}
+    eager = LovaszSoftmax(**kwargs)(logits, target)
+    (eager_grad,) = torch.autograd.grad(eager, logits)
+    shapes.clear()
+    lean = LovaszSoftmax(memory_efficient=True, **kwargs)(logits, target)
+    (lean_grad,) = torch.autograd.grad(lean, logits)
+    torch.testing.assert_close(lean, eager, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lean_grad, eager_grad, rtol=1e-10, atol=1e-14)
+    assert shapes and {k for k, _ in shapes} == {1}  # one class per group, never [K, P] for all K at once
+
+
+def test_memory_efficient_path_gradcheck():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 6, 8), generator=gen)
+    target[0, :2] = IGNORE
+    loss = LovaszSoftmax(weight=[1.0, 2.0, 0.5], per_image=True, memory_efficient=True)
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits,))
 
 
 def test_attributes_repr_and_buffer():

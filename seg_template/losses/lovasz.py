@@ -14,11 +14,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 
 from seg_template.losses.class_weights import WeightSpec, load_class_weights
+from seg_template.losses.memory_efficient import _GradientFromForward
 from seg_template.losses.rules import check_target, mean_or_zero, report_nonfinite
 from seg_template.losses.sweep import compute_dtype, no_autocast
 from seg_template.options import require
+
+#: temporaries of one group of classes in the memory-efficient path (errors, sort order, weights: ~24 bytes
+#: per class and valid pixel)
+GROUP_BYTES = 256 * 2**20
 
 
 def lovasz_jaccard_weights(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:
@@ -68,10 +74,13 @@ class LovaszSoftmax(nn.Module):
       mean over the images that have at least one valid pixel (an all-ignored image counts for nothing).
     - Nothing to average (every pixel ignored): exactly 0.0, with a zero gradient that still flows.
 
-    Memory: every present class's errors are sorted over all valid pixels at once (``[K, P]`` values, indices
-    and counts), and the upsampled probabilities ``[N, C, H, W]`` are always materialised (autograd keeps them).
-    ``memory_efficient`` is accepted so that the shared loss settings can be given to every term, and ignored:
-    there is no memory-efficient path for a loss that sorts every pixel.
+    Memory: the eager path (``memory_efficient=False``, the readable one) sorts every present class's errors
+    over all valid pixels at once (``[K, P]`` values, indices and counts) and autograd keeps them and the
+    upsampled probabilities ``[N, C, H, W]``: 18 GiB at 8x150x512x512. ``memory_efficient=True`` (the loss
+    configs' default) computes the same value and gradient without autograd: the probabilities and their
+    gradient (two ``[N, C, H, W]`` tensors, which the sort over all pixels needs) plus groups of classes of
+    about ``GROUP_BYTES`` at a time, the gradient of each class's sorted errors written in closed form
+    (``g_j * sign(p - fg)``), then pushed through the softmax and the upsampling.
     """
 
     name = "lovasz"  # the term's name in logs (train/loss/lovasz)
@@ -91,6 +100,10 @@ class LovaszSoftmax(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = check_target(logits, target, self.ignore_index, self.weight)
+        if self.memory_efficient and logits.dim() == 4 and checked.n_valid > 0:
+            loss = _LeanLovasz.apply(logits, target, checked.valid, self.weight, self.align_corners, self.per_image,
+                                     GROUP_BYTES)
+            return report_nonfinite(loss, checked.finite)
         with no_autocast(logits.device):
             x = logits.to(compute_dtype(logits))
             if checked.n_valid == 0:  # (x * 0).sum(): finite even when x.sum() would overflow
@@ -131,3 +144,72 @@ class LovaszSoftmax(nn.Module):
         weighted = "none" if self.weight is None else f"[{self.weight.numel()}]"
         return (f"ignore_index={self.ignore_index}, weight={weighted}, align_corners={self.align_corners}, "
                 f"per_image={self.per_image}")
+
+
+class _LeanLovasz(_GradientFromForward):
+    """Lovász-softmax's value and its gradient w.r.t. the low-resolution logits, computed in forward.
+
+    ``loss_c = sum_j |fg_j - p_cj| g_cj`` with the Jaccard weights ``g`` constant (the sort order), so
+    ``d loss_c / d p_cj = g_cj * sign(p_cj - fg_j)`` (autograd's subgradient of ``abs``). The per-pixel
+    gradient w.r.t. the probabilities ``[N, C, H, W]`` is filled class group by class group, then the softmax's
+    Jacobian ``p * (u - <p, u>)`` and the adjoint of the bilinear upsampling take it to the logits."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, valid: Tensor, weight: Tensor | None,
+                align_corners: bool, per_image: bool, group_bytes: int) -> Tensor:
+        dtype = compute_dtype(logits)
+        with no_autocast(logits.device), torch.no_grad():
+            x = logits.detach().to(dtype)
+            size = tuple(target.shape[-2:])
+            resized = tuple(x.shape[-2:]) != size
+            up = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners) if resized else x
+            prob = torch.softmax(up, 1)  # [N, C, H, W]
+            del up
+            n, c, h, w = prob.shape
+            grad = torch.zeros_like(prob) if ctx.needs_input_grad[0] else None
+            flat_valid = valid.reshape(n, h * w)
+            sets = ([flat_valid[i].nonzero().squeeze(1) + i * h * w for i in range(n) if bool(flat_valid[i].any())]
+                    if per_image else [flat_valid.flatten().nonzero().squeeze(1)])
+            total = x.new_zeros(())
+            for pixels in sets:  # flat indices into [N, H, W]
+                # offset of each pixel's class-0 probability in prob's storage
+                base = (pixels // (h * w)) * (c * h * w) + pixels % (h * w)
+                total += _set_loss(prob, grad, base, target.reshape(-1)[pixels].long(), weight, h * w,
+                                   1.0 / len(sets), group_bytes)
+            if grad is not None:
+                grad.sub_(torch.einsum("nchw,nchw->nhw", prob, grad).unsqueeze(1)).mul_(prob)  # softmax's Jacobian
+                del prob
+                if resized:
+                    grad = torch.ops.aten.upsample_bilinear2d_backward(grad, list(size), list(x.shape), align_corners)
+        ctx.save_for_backward(None if grad is None else grad.to(logits.dtype))
+        return total
+
+
+def _set_loss(prob: Tensor, grad: Tensor | None, base: Tensor, labels: Tensor, weight: Tensor | None, plane: int,
+              scale: float, group_bytes: int) -> Tensor:
+    """``scale`` times the Lovász loss of one set of pixels (``base``: their class-0 offsets in ``prob``'s
+    storage, ``labels [P]``), adding ``scale`` times its gradient w.r.t. ``prob`` into ``grad`` (same layout)."""
+    classes = prob.shape[1]
+    present = torch.bincount(labels, minlength=classes).nonzero().squeeze(1)  # [K]
+    share = (torch.ones(len(present), dtype=prob.dtype, device=prob.device) if weight is None
+             else weight.to(prob)[present])
+    denominator = share.sum()
+    if not bool(denominator > 0):
+        return prob.new_zeros(())
+    share = share * (scale / denominator)
+    group = max(1, group_bytes // (24 * labels.numel()))
+    flat_prob = prob.view(-1)
+    total = prob.new_zeros(())
+    for start in range(0, len(present), group):
+        cls = present[start:start + group]
+        index = base.unsqueeze(0) + cls.unsqueeze(1) * plane  # [K', P]
+        p = flat_prob[index]
+        fg = labels.unsqueeze(0) == cls.unsqueeze(1)
+        errors = (fg.to(p.dtype) - p).abs()
+        order = errors.argsort(dim=1, descending=True)
+        weights = torch.empty_like(p).scatter_(1, order, lovasz_jaccard_weights(fg.gather(1, order), p.dtype))
+        total += (share[start:start + group] * (errors * weights).sum(1)).sum()
+        if grad is not None:
+            slope = weights.mul_(torch.sign(p - fg.to(p.dtype))).mul_(share[start:start + group].unsqueeze(1))
+            grad.view(-1).index_put_((index.flatten(),), slope.flatten(), accumulate=True)
+    return total
