@@ -60,6 +60,7 @@ from seg_template.errors import CheckpointError, ConfigError
 from seg_template.paths import CONFIG_DIR
 
 __all__ = ["MAX_DEPTH", "MAX_YAML_BYTES", "RECIPE_NODES", "allowed_targets", "check_file_config", "check_recipe",
+           "target_problem",
            "is_option_name", "is_plain_reference", "read_run_yaml", "targets_by_node"]
 
 #: the config nodes a recipe carries; its references stay among them
@@ -115,6 +116,18 @@ def check_file_config(config: Any, source: str, option: str = "ckpt_path", what:
         problem = _problem(parts, value, depth, allowed)
         if problem:
             _refuse(source, option, what, problem, _TARGETS_FIX)
+
+
+def target_problem(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> str | None:
+    """What :func:`check_file_config` would refuse in ``config`` (plain containers), or None. Training asks it of
+    its own recipe, so that a ``_target_`` given only on the command line (``loss.aux={_target_: ...}``) is
+    refused before the run instead of in every checkpoint it writes."""
+    allowed = allowed_targets(config_dir)
+    for parts, value, depth in walk(config):
+        problem = _problem(parts, value, depth, allowed) or _special_problem(parts, value, config_dir, "")
+        if problem:
+            return problem
+    return None
 
 
 def check_recipe(recipe: Any, source: str, option: str = "ckpt_path", config_dir: Path = CONFIG_DIR) -> None:

@@ -230,7 +230,8 @@ RULES: dict[str, Rule] = {
     # thresh null: no OHEM selection (loss=focal); loss=ohem refuses it
     "loss.main.thresh": real_rule(0, 1, open_low=True, example=0.7, null=True),
     "loss.main.min_kept": int_rule(1, example=100000), "loss.min_kept": int_rule(1, example=100000),
-    "loss.main.gamma": real_rule(0, example=2.0), "loss.main.smooth": real_rule(0, example=1.0),
+    # gamma 1e6 makes (1 - p)^gamma 0 at every pixel: the focal term silently stops training
+    "loss.main.gamma": real_rule(0, 10, example=2.0), "loss.main.smooth": real_rule(0, example=1.0),
     "loss.main.eps": real_rule(0, open_low=True, example=1e-7), "loss.main.per_image": Rule(("bool",)),
     "loss.main.reduction": choice_rule("mean", "sum", "none"),
     "loss.main.ignore_index": int_rule(),
@@ -245,7 +246,7 @@ RULES: dict[str, Rule] = {
     "inference.stride": list_rule(count_rule(1, SIDE, f"{SIDE} pixels a side: larger than any image")),
     "inference.scales": list_rule(real_rule(0, open_low=True)),
     "ohem_thresh_range": list_rule(real_rule(0, 1, open_low=True)),  # the range loss.main.thresh is searched in
-    "focal_gamma_range": list_rule(real_rule(0)), "dice_weight_range": list_rule(real_rule(0, open_low=True)),
+    "focal_gamma_range": list_rule(real_rule(0, 10)), "dice_weight_range": list_rule(real_rule(0, open_low=True)),
     "callbacks.nan_guard.patience": int_rule(1), "callbacks.nan_guard.check_gradients": Rule(("bool",)),
     "callbacks.model_checkpoint.every_n_train_steps": int_rule(0, note="0: only at epoch ends"),
     "callbacks.model_checkpoint.save_top_k": int_rule(-1),

@@ -83,8 +83,9 @@ def inferred_rule(seen: Seen, entry: bool = False) -> Rule | None:
 
 def _fixed_length(seen: Seen) -> int | None:
     """The length every file gives a key's lists when they agree on one of 2 or more and hold no lists:
-    ``[H, W]``, ``[min, max]``; a list of one (``scales: [1.0]``) or of lists is a collection that grows."""
-    nested = seen.item is not None and "list" in seen.item.kinds
+    ``[H, W]``, ``[min, max]``; a list of one (``scales: [1.0]``), of lists or of mappings (``loss.main.terms``)
+    is a collection that grows."""
+    nested = seen.item is not None and bool(seen.item.kinds & {"list", "mapping"})
     return next(iter(seen.lengths)) if len(seen.lengths) == 1 and min(seen.lengths) >= 2 and not nested else None
 
 

@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from seg_template.options import check_options
 
     check_options(cfg)  # every typed option's type, range and NaN, before anything is built
+    _check_own_recipe(cfg)
     seed = cfg.get("seed")
     if seed is not None:  # an integer in [0, 2**32) (check_options)
         pl.seed_everything(seed, workers=True)
@@ -159,6 +160,19 @@ def sweeper_needs_value() -> bool:
         return False
     hydra_cfg = HydraConfig.get()
     return hydra_cfg.mode == RunMode.MULTIRUN and "BasicSweeper" not in str(hydra_cfg.sweeper.get("_target_"))
+
+
+def _check_own_recipe(cfg: DictConfig) -> None:
+    """Refuse a run whose checkpoints eval, predict and resume would refuse: its recipe calls a ``_target_`` that
+    no config file writes at that key (given only on the command line), which the recipe door cannot tell from
+    a crafted checkpoint (seg_template/file_config.py)."""
+    from seg_template.file_config import target_problem
+
+    problem = target_problem(recipe_from(cfg))
+    if problem:
+        raise ConfigError(f"this run's recipe {problem}: eval.py, predict.py and a resume would refuse its "
+                          "checkpoints. Write that node in a YAML file under configs/ (e.g. configs/loss/<yours>.yaml, "
+                          "docs/extending.md), where the allowed targets are read from, and pick that file")
 
 
 def run_task(cfg: DictConfig) -> float | None:

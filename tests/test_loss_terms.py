@@ -386,3 +386,42 @@ def test_a_node_given_for_the_aux_term_on_the_command_line_is_taken_whole(compos
         instantiate(compose_tmp("loss.aux={term: focal, gama: 1.0}").loss)
     with pytest.raises(ConfigError, match=r"loss\.weight: .*SegmentationLoss takes no argument 'weight'"):
         check_options(compose_tmp("+loss.weight={a: 1}"))
+
+
+@pytest.mark.parametrize(("entries", "match"), [
+    ([{"term": "ce", "weight": 0}, {"term": "dice", "weight": 0.0}], r"every weight is 0 \(ce, dice\)"),
+    ([{"term": "ce", "name": "a/b"}], r"loss\.main\.terms\[0\]\.name='a/b': a term's name is a metric name"),
+    ([{"term": "ce", "name": "AUX"}], r"name='AUX'"),
+    ([{"term": "ce", "name": ""}], r"name=''"),
+    ([{"term": "ce", "name": 0}], r"name=0"),
+    ([{"term": "ohem", "thresh": None}], r"loss\.main\.terms\[0\]\.thresh=null"),
+])
+def test_a_sum_that_would_train_silently_wrong_is_refused(entries, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TermSum(entries, IGNORE)
+
+
+@pytest.mark.parametrize("terms", ["[{term:focal,weight:1}]",
+                                   "[{term:ce},{term:dice,weight:0.5},{term:lovasz,weight:0.5}]"])
+def test_a_sum_of_any_length_passes_the_option_check(terms, compose_tmp) -> None:  # noqa: ANN001
+    """The files write a two-term list; a list of mappings is a collection, not a pair of fixed length."""
+    from hydra.utils import instantiate
+
+    from seg_template.options import check_options
+
+    cfg = compose_tmp("loss=ce_dice", f"loss.main.terms={terms}")
+    check_options(cfg)
+    assert len(instantiate(cfg.loss).main.terms) == terms.count("term:")
+
+
+@pytest.mark.parametrize("override", ["loss.main.terms.1.term={_target_:seg_template.losses.DiceLoss}",
+                                      "loss.aux={_target_:seg_template.losses.DiceLoss}"])
+def test_a_target_given_only_on_the_command_line_is_refused_before_training(override, compose_tmp) -> None:  # noqa: ANN001
+    """Its checkpoints' recipe would be refused by eval, predict and resume: refused before the run instead."""
+    from seg_template.train import train
+
+    cfg = compose_tmp("loss=ce_dice", override)
+    with pytest.raises(ConfigError, match=r"would call seg_template\.losses\.DiceLoss \(at loss\.(main\.terms\[1\]"
+                                          r"\.term|aux)\._target_\), which no config file writes at that key.*"
+                                          r"eval\.py, predict\.py and a resume would refuse"):
+        train(cfg)

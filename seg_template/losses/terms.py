@@ -13,6 +13,7 @@ Here a term is given as
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,8 +37,8 @@ TERMS: dict[str, type[nn.Module]] = {
 #: the settings terms may share, passed to the named terms whose constructor takes them (min_kept: OHEM's
 #: pixel budget per process batch, data.ohem_min_kept in the configs, for ohem and a focal entry with thresh)
 SHARED = ("ignore_index", "weight", "align_corners", "memory_efficient", "min_kept")
-#: an entry's own keys besides the term's options
-_ENTRY_KEYS = ("term", "weight", "name")
+#: a term's name: one segment of a metric name (train/loss/<name>)
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def term_name(term: nn.Module) -> str:
@@ -83,7 +84,10 @@ def build_term(spec: Any, shared: Mapping[str, Any], key: str) -> nn.Module:
             plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             require(f"{key}.{'class_weights' if option == 'weight' else option}", plain, rule)
     kwargs = {k: v for k, v in shared.items() if k in accepted and v is not None}
-    return cls(**{**kwargs, **options})
+    try:
+        return cls(**{**kwargs, **options})
+    except ConfigError as error:  # the term names its options as loss.main's; here they are this entry's
+        raise ConfigError(str(error).replace("loss.main.", f"{key}.")) from None
 
 
 class TermSum(nn.Module):
@@ -121,15 +125,19 @@ class TermSum(nn.Module):
             options = {k: v for k, v in entry.items() if k not in ("weight", "name")}
             term = build_term(options, shared, key)
             factor = require(f"{key}.weight", entry.get("weight", 1.0), real_rule(0, example=0.5))
-            name = entry.get("name") or term_name(term)
-            if name == "aux":
-                raise ConfigError(f"{key}.name: 'aux' is the auxiliary head's term (loss/aux); name it otherwise")
+            name = entry["name"] if "name" in entry else term_name(term)
+            if not isinstance(name, str) or not _NAME.fullmatch(name) or name.lower() == "aux":
+                raise ConfigError(f"{key}.name={name!r}: a term's name is a metric name, train/loss/<name>: letters, "
+                                  f"digits and _ . - ('aux' is the auxiliary head's term)")
             if name in names:
                 raise ConfigError(f"{key}: a second term named {name!r}; give one of them a name "
                                   f"({key}.name=...) so that each is logged on its own")
             modules.append(term)
             factors.append(float(factor))
             names.append(str(name))
+        if not any(factors):
+            raise ConfigError(f"loss.main.terms: every weight is 0 ({', '.join(names)}), so the loss would stay 0.0 "
+                              "and nothing would be learnt; give at least one term a weight > 0")
         self.terms = nn.ModuleList(modules)
         self.factors = factors
         self.names = names
