@@ -298,7 +298,7 @@ def test_a_built_term_can_be_an_entry() -> None:
     ([{"term": "ce", "name": "aux"}], r"'aux' is the auxiliary head's term"),
     ([{"term": "ce", "weight": -1.0}], r"loss\.main\.terms\[0\]\.weight"),
     ([{"term": "ce", "weight": "heavy"}], r"loss\.main\.terms\[0\]\.weight"),
-    ([{"term": "focal", "gamma": -2.0}], r"loss\.main\.terms\[0\]\.gamma=-2\.0: expected a finite number >= 0"),
+    ([{"term": "focal", "gamma": -2.0}], r"loss\.main\.terms\[0\]\.gamma=-2\.0: expected a finite number in \[0, 10\]"),
 ])
 def test_a_bad_sum_names_the_entry_and_the_fix(terms, match) -> None:
     with pytest.raises(ConfigError, match=match):
