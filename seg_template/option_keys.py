@@ -92,7 +92,7 @@ def _taken_whole(value: Any, seen: Seen, target: str | None, key: str) -> bool:
     business (the loss names its own mistakes), not options of their own."""
     from omegaconf import DictConfig
 
-    if not isinstance(value, DictConfig) or "_target_" in value or "dict" in seen.kinds or target is None:
+    if not isinstance(value, DictConfig) or "_target_" in value or "mapping" in seen.kinds or target is None:
         return False
     params = _parameters(target)
     return params is not None and key in params

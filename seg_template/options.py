@@ -277,23 +277,34 @@ LOSS_TASKS = ("train", "eval")
 
 def check_class_weights(cfg: Any) -> None:
     """Read the class weights the loss of ``cfg`` will take (``loss.main.weight``, resolved: usually
-    ``${data.class_weights}``) with the loss's own loader, one per ``data.num_classes``, when the task builds
+    ``${data.class_weights}``, and an entry's own ``class_weights`` in ``loss.main.terms`` or ``loss.aux``)
+    with the loss's own loader, one per ``data.num_classes``, when the task builds
     the loss: a wrong count, a folder, an unreadable file or a value float32 cannot hold is named (with the
     file) before the model is built, not after. Other tasks never read them (a recipe's weights file may be
     on another machine; predict and export need no loss)."""
     get = lookup(cfg)
-    weight = get("loss.main.weight")
-    if get("task_name") not in LOSS_TASKS or weight is None:
+    if get("task_name") not in LOSS_TASKS:
         return
-    from omegaconf import ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    from seg_template.losses.class_weights import load_class_weights
+    from seg_template.losses.class_weights import KEYS, load_class_weights
 
-    if isinstance(weight, ListConfig):
-        weight = OmegaConf.to_container(weight, resolve=True)
     classes = get("data.num_classes")
-    load_class_weights(weight, num_classes=classes if isinstance(classes, int) and not isinstance(classes, bool)
-                       else None)
+    classes = classes if isinstance(classes, int) and not isinstance(classes, bool) else None
+    # the main term's (usually data.class_weights), and those a sum's entry or the aux term gives its own
+    found = [(KEYS, get("loss.main.weight"))]
+    terms = get("loss.main.terms")
+    for i, entry in enumerate(terms if isinstance(terms, ListConfig) else ()):
+        if isinstance(entry, DictConfig) and "class_weights" in entry:
+            found.append((f"loss.main.terms[{i}].class_weights", entry.get("class_weights")))
+    aux = get("loss.aux")
+    if isinstance(aux, DictConfig) and "class_weights" in aux:
+        found.append(("loss.aux.class_weights", aux.get("class_weights")))
+    for keys, weight in found:
+        if weight is not None:
+            if isinstance(weight, ListConfig):
+                weight = OmegaConf.to_container(weight, resolve=True)
+            load_class_weights(weight, num_classes=classes, keys=keys)
 
 
 def require(key: str, value: Any, rule: Rule | None = None) -> Any:

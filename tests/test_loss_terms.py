@@ -425,3 +425,32 @@ def test_a_target_given_only_on_the_command_line_is_refused_before_training(over
                                           r"\.term|aux)\._target_\), which no config file writes at that key.*"
                                           r"eval\.py, predict\.py and a resume would refuse"):
         train(cfg)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("+loss.main.terms.1.class_weights=[3.0]", r"loss\.main\.terms\[1\]\.class_weights"),
+    ("+loss.main.terms.0.class_weights=[1,1,1,1,1,-1]", r"loss\.main\.terms\[0\]\.class_weights"),
+    ("+loss.main.terms.0.class_weights=/no/such/weights.npy", r"loss\.main\.terms\[0\]\.class_weights"),
+])
+def test_an_entrys_own_class_weights_are_read_at_start_naming_the_entry(override, key, compose_tmp) -> None:  # noqa: ANN001
+    """Before the model is built (the count needs data.num_classes), at the entry's key, not data.class_weights."""
+    from seg_template.errors import MissingFileError
+    from seg_template.options import check_options
+
+    with pytest.raises((ConfigError, MissingFileError), match=rf"\(set by {key}\)|set by {key};"):
+        check_options(compose_tmp("loss=ce_dice", override))
+
+
+def test_a_node_is_taken_whole_only_where_the_files_write_a_value() -> None:
+    """Where the files write a mapping (a node of options), its keys stay options of their own."""
+    from omegaconf import OmegaConf
+
+    from seg_template.option_keys import _taken_whole
+    from seg_template.option_schema import Seen
+
+    node = OmegaConf.create({"term": "focal"})
+    target = "seg_template.losses.SegmentationLoss"
+    assert _taken_whole(node, Seen(kinds={"str"}), target, "aux")
+    assert not _taken_whole(node, Seen(kinds={"mapping"}), target, "aux")
+    assert not _taken_whole(node, Seen(kinds={"str"}), target, "no_such_argument")
+    assert not _taken_whole(OmegaConf.create({"_target_": "x"}), Seen(kinds={"str"}), target, "aux")

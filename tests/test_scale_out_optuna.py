@@ -69,7 +69,12 @@ def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
     sweep = tmp_path / "train" / "optuna" / "optuna"  # <log_dir>/<task>/optuna/<name>: no time stamp
     trials = study_trials(sweep)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert {t.params["loss"] for t in trials} == {"ce", "wce", "ohem"}
+    assert {t.params["loss"] for t in trials} <= {"ce", "wce", "ohem", "dice", "ce_dice", "focal", "lovasz"}
+    from seg_template.hparams_search import LOSS_PARAMS
+
+    for t in trials:  # each loss's own parameter, drawn in its trials only
+        own = set(t.params) - {"loss", "optimizer.lr", "optimizer.weight_decay"}
+        assert own == {key for key, _, _ in LOSS_PARAMS.get(t.params["loss"], [])}, t.params
     for trial in trials:
         check_completed_trial(sweep, trial)
     best = max(trials, key=lambda t: t.value)

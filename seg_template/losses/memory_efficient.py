@@ -141,9 +141,10 @@ class _PerPixelCrossEntropy(torch.autograd.Function):
 
 
 class _OhemCrossEntropy(_GradientFromForward):
-    """OHEM over cross-entropy (``gamma`` 0) or the softmax focal loss: pass 1 sweeps every chunk, storing the per-pixel nll and accumulating the gradient of the pixels
-    below thresh (the final kept set in the common case); then ``rules.select_hard_pixels`` decides, and
-    the gradient of any further kept pixels (thresh <= p < p_k) is added by ``_add_extra_grad``."""
+    """OHEM over cross-entropy (``gamma`` 0) or the softmax focal loss: pass 1 sweeps every chunk, storing
+    the per-pixel nll and accumulating the gradient of the pixels below thresh (the final kept set in the
+    common case); then ``rules.select_hard_pixels`` decides, and the gradient of any further kept pixels
+    (thresh <= p < p_k) is added by ``_add_extra_grad``."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, logits: Tensor, target: Tensor, thresh: float, min_kept: int,

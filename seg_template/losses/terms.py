@@ -70,6 +70,7 @@ def build_term(spec: Any, shared: Mapping[str, Any], key: str) -> nn.Module:
                           f"for your own (docs/extending.md: A loss)")
     if "class_weights" in options:
         options["weight"] = options.pop("class_weights")
+        load_class_weights(_plain(options["weight"]), keys=f"{key}.class_weights")  # named at this entry's key
     elif "weight" in options:
         raise ConfigError(f"{key}.weight: a term's class weights are written class_weights; its weight in the sum "
                           f"is the entry's weight (loss.main.terms[i].weight), the aux term's loss.aux_weight")
@@ -81,8 +82,7 @@ def build_term(spec: Any, shared: Mapping[str, Any], key: str) -> nn.Module:
     for option, value in options.items():  # the rules of loss.main.<option>, named at this entry's key
         rule = rule_for(f"loss.main.{option}")
         if rule is not None:
-            plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-            require(f"{key}.{'class_weights' if option == 'weight' else option}", plain, rule)
+            require(f"{key}.{'class_weights' if option == 'weight' else option}", _plain(value), rule)
     kwargs = {k: v for k, v in shared.items() if k in accepted and v is not None}
     try:
         return cls(**{**kwargs, **options})
@@ -159,6 +159,11 @@ class TermSum(nn.Module):
 
     def extra_repr(self) -> str:
         return " + ".join(f"{factor:g} * {name}" for name, factor in zip(self.names, self.factors, strict=True))
+
+
+def _plain(value: Any) -> Any:
+    """A config list or mapping as plain Python (what the rules and the weights loader read)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def scalar_loss(loss: Any, term: nn.Module) -> Tensor:
