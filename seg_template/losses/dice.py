@@ -68,9 +68,10 @@ class DiceLoss(PixelCrossEntropy):
             on = checked.valid.to(dtype).unsqueeze(1)  # [N, 1, H, W]
             prob = torch.softmax(up, 1) * on
             labels = F.one_hot(checked.safe, up.shape[1]).permute(0, 3, 1, 2).to(dtype) * on
-            score, _, _ = dice_scores((prob * labels).sum((0, 2, 3)), prob.sum((0, 2, 3)), labels.sum((0, 2, 3)),
-                                      self.smooth, self.eps)
-            share = present_class_weights(labels.sum((0, 2, 3)), self.weight)
+            count = labels.sum((0, 2, 3))
+            score, _, _ = dice_scores((prob * labels).sum((0, 2, 3)), prob.sum((0, 2, 3)), count, self.smooth,
+                                      self.eps)
+            share = present_class_weights(count, self.weight)
             return mean_or_zero(((1 - score) * share).sum(), share.sum())
 
     def extra_repr(self) -> str:

@@ -69,8 +69,8 @@ def build_term(spec: Any, shared: Mapping[str, Any], key: str) -> nn.Module:
         raise ConfigError(f"{key}.term={name!r} is no loss term: one of {', '.join(TERMS)}, or a _target_ node "
                           f"for your own (docs/extending.md: A loss)")
     if "class_weights" in options:
-        options["weight"] = options.pop("class_weights")
-        load_class_weights(_plain(options["weight"]), keys=f"{key}.class_weights")  # named at this entry's key
+        # read once, here, so that a problem is named at this entry's key; the term takes the tensor
+        options["weight"] = load_class_weights(_plain(options.pop("class_weights")), keys=f"{key}.class_weights")
     elif "weight" in options:
         raise ConfigError(f"{key}.weight: a term's class weights are written class_weights; its weight in the sum "
                           f"is the entry's weight (loss.main.terms[i].weight), the aux term's loss.aux_weight")
@@ -81,7 +81,7 @@ def build_term(spec: Any, shared: Mapping[str, Any], key: str) -> nn.Module:
         raise ConfigError(f"{key}.{unknown[0]}: {name} has no option {unknown[0]!r}; its options: {', '.join(own)}")
     for option, value in options.items():  # the rules of loss.main.<option>, named at this entry's key
         rule = rule_for(f"loss.main.{option}")
-        if rule is not None:
+        if rule is not None and option != "weight":  # class weights: read above
             require(f"{key}.{'class_weights' if option == 'weight' else option}", _plain(value), rule)
     kwargs = {k: v for k, v in shared.items() if k in accepted and v is not None}
     try:
