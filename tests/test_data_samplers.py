@@ -59,3 +59,31 @@ def test_train_ranks_share_one_permutation(length: int) -> None:
     assert len(ranks[0]) == len(ranks[1]) == -(-length // 2)
     assert {k.index for keys in ranks for k in keys} == set(data)
     assert set(ranks[0]) | set(ranks[1]) == set(whole)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_training_loader_resumes_after_the_batches_taken(workers: int) -> None:
+    """A fit restored after 2 of an epoch's 5 batches gets the other 3, in that epoch's order (Lightning ends
+    the epoch after them): the batches an uninterrupted epoch would have given next, none twice."""
+    from seg_template.data.datamodule import FirstBatchLoader
+
+    class Indices:
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, key: SeededIndex) -> int:
+            return key.index
+
+    def epoch(taken: int) -> list[list[int]]:
+        sampler = SeededTrainSampler(Indices(), seed=3)
+        sampler.set_epoch(4)
+        loader = FirstBatchLoader(Indices(), batch_size=2, sampler=sampler, num_workers=workers,
+                                  taken=lambda: taken)
+        return [batch.tolist() for batch in loader]
+
+    whole = epoch(0)
+    assert len(whole) == 5 and epoch(2) == whole[2:]
+    loader = FirstBatchLoader(Indices(), batch_size=2, sampler=SeededTrainSampler(Indices(), seed=3))
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    assert loader.state_dict() == {"epoch": 0, "batches": 2}  # what a checkpoint keeps

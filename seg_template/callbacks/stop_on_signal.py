@@ -18,9 +18,10 @@ stays. Under SLURM with Lightning's auto-requeue, the state also goes to ``hpc_c
 requeued job resumes from (SIGUSR1, Lightning's own requeue signal, is not touched).
 
 Resuming from a mid-epoch ``last.ckpt`` continues at the next step (learning rate, step count, metrics.csv
-rows), but the rest of that epoch draws its batches from the start of the epoch's order again: Lightning
-replays an epoch from the beginning of a DataLoader that cannot resume, so the run is not bit-identical to
-an uninterrupted one (it is when the stop fell at an epoch's end).
+rows) with the rest of that epoch's batches in that epoch's order (the training loader skips the batches
+the checkpoint had taken: ``seg_template.data.datamodule.FirstBatchLoader``): the weights and the validation
+metrics are those of an uninterrupted run of the same seed. Only that epoch's mean training loss
+(``train/loss_epoch``) covers the steps after the resume: Lightning keeps no running means in a checkpoint.
 
 Lightning installs its own SIGTERM handler when ``fit`` starts (it would make the run exit 0, and under DDP
 it broadcasts from inside the handler); this callback takes the signals back right after, in

@@ -40,13 +40,48 @@ def _int_option(key: str, value: Any) -> int:
 
 
 class FirstBatchLoader(DataLoader):
-    """A DataLoader whose iteration (and its workers' prefetching from the sampler) starts at the first batch
-    asked for, not at ``iter()``. Lightning calls ``iter()`` on the training loader when it sets the fit up,
-    before it calls ``sampler.set_epoch``: a resumed fit's first epoch would then draw, with loader workers,
-    the order of epoch 0 (without workers the sampler is only read later, so it did not show)."""
+    """The training loader: a DataLoader whose iteration starts at the first batch asked for, and that resumes
+    in the middle of an epoch.
+
+    - Lightning calls ``iter()`` on the training loader when it sets the fit up, before it calls
+      ``sampler.set_epoch``: a resumed fit's first epoch would then draw, with loader workers, the order of
+      epoch 0. Here the workers' prefetching from the sampler starts at the first ``next()``.
+    - A fit restored from a mid-epoch checkpoint (a stop signal, SLURM's time-limit requeue) continues the
+      epoch after the ``k`` batches its checkpoint had taken, and Lightning ends the epoch after the other
+      ``n - k``; without more it would take them from the start of the epoch's order again (the first ``n - k``
+      batches, some twice, the last ``k`` never). ``taken()`` says how many batches of the current epoch
+      the training loop took before the first ``next()`` (``k`` after a restore, else 0), and the sampler
+      skips them (:class:`SeededTrainSampler`'s ``skip``): the run trains exactly as one never stopped.
+    - ``state_dict`` / ``load_state_dict`` make the loader "resumable" to Lightning (no warning that the
+      resumed epoch is unreliable). The position itself comes from the loop's restored progress: Lightning
+      hands the loader its saved state only when the loader was built after the checkpoint was read, and
+      the poly schedule (``trainer.estimated_stepping_batches``) builds it before.
+    """
+
+    def __init__(self, *args: Any, taken: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._taken_before = taken or (lambda: 0)
+        self._taken = 0  # batches of the current epoch handed out
 
     def __iter__(self) -> Iterator[Any]:
-        return _StartsAtFirstNext(lambda: DataLoader.__iter__(self))
+        return _StartsAtFirstNext(self._epoch)
+
+    def _epoch(self) -> Iterator[Any]:
+        skip = max(0, min(int(self._taken_before()), len(self)))
+        if skip and hasattr(self.sampler, "skip"):
+            self.sampler.skip = skip * int(self.batch_size or 1)
+        self._taken = skip
+        for batch in DataLoader.__iter__(self):
+            self._taken += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "batches": k}``: the training loop took ``k`` batches of epoch ``e`` (kept in each
+        checkpoint, for whoever reads it)."""
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": int(self._taken)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to restore: the next epoch's start asks ``taken()`` (see the class docstring)."""
 
 
 class _StartsAtFirstNext:
@@ -241,10 +276,20 @@ class SegDataModule(pl.LightningDataModule):
                 raise ConfigError(f"data.{split}_set has {len(dataset)} sample(s), fewer than the {world} processes: "
                                   "each process needs at least one (use fewer devices for this split)")
             sampler = ShardSampler(len(dataset), num_replicas=world, rank=rank)
-        loader = FirstBatchLoader if train else DataLoader
-        return loader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                      drop_last=train, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                      persistent_workers=self.persistent_workers)
+        options = {"batch_size": self.batch_size if train else self.eval_batch_size, "sampler": sampler,
+                   "drop_last": train, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                   "persistent_workers": self.persistent_workers}
+        if train:
+            return FirstBatchLoader(dataset, taken=self._batches_taken, **options)
+        return DataLoader(dataset, **options)
+
+    def _batches_taken(self) -> int:
+        """How many batches of the current epoch the training loop took before this point (its restored
+        progress: non-zero only when a fit resumed from a mid-epoch checkpoint starts that epoch)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -4,7 +4,8 @@
   the seed and epoch, so that the dataset seeds its albumentations pipeline per sample. Albumentations keeps
   its own random generator, which ``seed_everything`` does not reach; seeding it per *sample* (rather than
   per worker process) makes the augmentation of sample ``i`` in epoch ``e`` one and the same whatever the
-  number of loader workers, persistent or not, and whatever the number of DDP processes.
+  number of loader workers, persistent or not, and whatever the number of DDP processes. ``skip`` leaves out
+  the start of the next epoch's order once: a fit resumed in the middle of an epoch takes the rest of it.
 - ``ShardSampler``: rank ``r`` of ``world`` reads indices ``r, r + world, ...``: every sample exactly once
   over all ranks, none repeated. Lightning's DistributedSampler pads the split with repeats until it
   divides evenly, which counts those samples twice in a confusion matrix summed over the processes.
@@ -59,9 +60,11 @@ class SeededTrainSampler(DistributedSampler):
     def __init__(self, dataset: Any, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
                          drop_last=False)
+        self.skip = 0  # indices of this rank's order to leave out, once, at the next iteration
 
     def __iter__(self) -> Iterator[SeededIndex]:  # type: ignore[override]
-        for index in super().__iter__():
+        skip, self.skip = self.skip, 0
+        for index in list(super().__iter__())[skip:]:
             yield SeededIndex(int(index), self.seed, self.epoch)
 
 
