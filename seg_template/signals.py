@@ -1,11 +1,12 @@
-"""The one door for the signals that stop a run (SIGTERM, SIGINT, SIGHUP; SIGUSR1 outside SLURM): a stopped
-run exits non-zero, after the files it keeps are complete.
+"""The one door for the signals that stop a run (SIGTERM, SIGINT, SIGHUP, SIGUSR1): a stopped run exits
+non-zero, after the files it keeps are complete.
 
 Schedulers (SLURM, Kubernetes, ``timeout``), ``train && eval`` pipelines and Ctrl-C stop a run with SIGTERM
 or SIGINT, and must be able to tell a stopped run from a finished one. Lightning's own handling exits 0 on
 SIGTERM (its ``SIGTERMException`` is a ``SystemExit`` without a code) and 1 on Ctrl-C. Here a stopped run
 exits with the shell's convention, 128 + the signal's number: **143** for SIGTERM, **130** for SIGINT,
-**129** for SIGHUP (the terminal or the ssh session closed), **138** for SIGUSR1 outside a SLURM job.
+**129** for SIGHUP (the terminal or the ssh session closed), **138** for SIGUSR1 (SLURM's time-limit signal,
+``--signal=USR1@<s>``, which ``launcher=submitit_slurm`` asks for).
 
 Two layers raise one exception, :class:`StoppedBySignal` (a ``SystemExit`` carrying that status):
 
@@ -20,7 +21,9 @@ Two layers raise one exception, :class:`StoppedBySignal` (a ``SystemExit`` carry
 
 Processes forked from the one that installed the handlers (DataLoader workers) do not act on these
 signals: the main process stops them when it stops (a worker that died first would fail the main process's
-next batch with a traceback). In a SLURM job SIGUSR1 is Lightning's auto-requeue signal and left to it.
+next batch with a traceback). In a SLURM job with Lightning's auto-requeue, SIGUSR1 during fit also writes
+``hpc_ckpt_<n>.ckpt`` and requeues the job, which then resumes from it (``StopOnSignal``): the same safe
+point as any stop, where Lightning's own handler would save wherever the signal fell (mid optimiser step).
 A signal that arrives while a module is being imported is acted upon once the import is over
 (:func:`raise_stop`).
 """
@@ -36,14 +39,13 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-#: the signals that stop a run everywhere
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: the signals that stop a run (SIGUSR1's default action would end the process without a word or a checkpoint)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 def stop_signals() -> tuple[int, ...]:
-    """:data:`STOP_SIGNALS`, plus SIGUSR1 outside a SLURM job (whose default action would end the process
-    without a word or a checkpoint); in a SLURM job SIGUSR1 is Lightning's requeue signal."""
-    return STOP_SIGNALS if "SLURM_JOB_ID" in os.environ else (*STOP_SIGNALS, signal.SIGUSR1)
+    """:data:`STOP_SIGNALS`."""
+    return STOP_SIGNALS
 
 Handler = Callable[[int, FrameType | None], None]
 
@@ -163,7 +165,7 @@ def raise_stop(signum: int, frame: FrameType | None = None) -> None:
 @contextmanager
 def exit_on_signals() -> Iterator[None]:
     """Within the block, a stop signal raises :class:`StoppedBySignal` (exit status 143 SIGTERM, 130 SIGINT,
-    129 SIGHUP, 138 SIGUSR1 outside SLURM).
+    129 SIGHUP, 138 SIGUSR1).
 
     Once a stop signal was received, errors Python can only print ("Exception ignored in ... __del__"), such
     as a DataLoader iterator finding its workers killed by the same signal while it shuts down, are part of

@@ -2,7 +2,7 @@
 
 What must happen (``seg_template/signals.py``, ``callbacks/stop_on_signal.py``, ``loggers.py``, ``cli.py``):
 
-- SIGTERM / SIGINT / SIGHUP (SIGUSR1 outside SLURM) end every entry point with status 128 + the signal's number
+- SIGTERM / SIGINT / SIGHUP / SIGUSR1 end every entry point with status 128 + the signal's number
   (143 / 130 / 129 / 138) and one line, never a traceback, also when it arrives in the middle of an import;
   during fit after the current training step, with a complete ``last.ckpt`` and the command that resumes it;
 - a second signal while stopping stops at once: the previous ``last.ckpt`` stays whole, no partial file;
@@ -267,8 +267,14 @@ def test_a_resumed_csv_logger_drops_the_stale_rows_before_appending(tmp_path: Pa
         ("49", "0.5", ""), ("99", "0.6", ""), ("100", "", "0.3")]
 
 
-def test_a_signal_stops_with_143_or_130_and_no_traceback(monkeypatch) -> None:
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # in a SLURM job SIGUSR1 is Lightning's requeue signal
+@pytest.mark.parametrize("slurm", [False, True])
+def test_a_signal_stops_with_143_or_130_and_no_traceback(monkeypatch, slurm: bool) -> None:
+    # SIGUSR1 too, in a SLURM job as well (its time-limit signal: the default action would end the process
+    # without a word; during fit StopOnSignal requeues the job)
+    if slurm:
+        monkeypatch.setenv("SLURM_JOB_ID", "77")
+    else:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129), (signal.SIGUSR1, 138)):
         previous = signal.getsignal(signum)
         with pytest.raises(StoppedBySignal) as stopped, exit_on_signals():

@@ -1,6 +1,6 @@
 """A stop signal during fit: stop at the end of the current training step, with a complete ``last.ckpt``.
 
-The signals are seg_template.signals' (SIGTERM, SIGINT, SIGHUP; SIGUSR1 outside a SLURM job).
+The signals are seg_template.signals' (SIGTERM, SIGINT, SIGHUP, SIGUSR1).
 :class:`StopOnSignal` (``configs/callbacks/stop_on_signal.yaml``) turns them into a flag while
 ``fit`` runs, and acts on it at the next safe point:
 
@@ -15,7 +15,9 @@ It then logs one line (where the run stopped, which file to resume from, the com
 SIGINT, 129 SIGHUP, 138 SIGUSR1). A second
 signal while stopping stops at once: the atomic writer removes its partial file, the previous ``last.ckpt``
 stays. Under SLURM with Lightning's auto-requeue, the state also goes to ``hpc_ckpt_<n>.ckpt``, which the
-requeued job resumes from (SIGUSR1, Lightning's own requeue signal, is not touched).
+requeued (or preempted and restarted) job resumes from; on SIGUSR1, the time-limit signal
+``launcher=submitit_slurm`` asks SLURM for, rank 0 then requeues the job itself (``scontrol requeue``), as
+Lightning's own SIGUSR1 handler would, but at the safe point rather than wherever the signal fell.
 
 Resuming from a mid-epoch ``last.ckpt`` continues at the next step (learning rate, step count, metrics.csv
 rows) with the rest of that epoch's batches in that epoch's order (the training loader skips the batches
@@ -35,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
+import signal
 import subprocess
 import time
 from types import FrameType
@@ -108,9 +112,12 @@ class StopOnSignal(pl.Callback):
         self._pending = signum  # a second signal from here on stops at once
         last = _write_last(trainer) if write else _current_last(trainer)
         requeue = _write_slurm_requeue_checkpoint(trainer)
+        requeued = None
+        if requeue and signum == signal.SIGUSR1 and trainer.is_global_zero:
+            requeued = requeue_slurm_job()
         if trainer.is_global_zero:
             log.warning(stop_line(signum, trainer.current_epoch, trainer.max_epochs, trainer.global_step, last,
-                                  requeue, mid_epoch=write))
+                                  requeue, mid_epoch=write, requeued=requeued))
         mark_reported()
         self._pending = None
         raise StoppedBySignal(signum, reported=True)
@@ -163,8 +170,29 @@ def _write_slurm_requeue_checkpoint(trainer: pl.Trainer) -> str | None:
     return str(path)
 
 
+def requeue_slurm_job() -> str | None:
+    """``scontrol requeue`` this SLURM job (a job array's task: ``<array id>_<task>``); its id, or None when
+    there is no job id or scontrol failed (logged: the job then ends, resumable by hand)."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not re.fullmatch(r"\d+(_\d+)?", job):
+        log.warning("SIGUSR1 in a SLURM job without a job id (SLURM_JOB_ID=%r): not requeued", job)
+        return None
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("scontrol requeue %s failed (%s): the job ends here", job, err)
+        return None
+    if done.returncode != 0:
+        log.warning("scontrol requeue %s failed (status %d: %s): the job ends here", job, done.returncode,
+                    (done.stderr or done.stdout).strip()[:300])
+        return None
+    return job
+
+
 def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: str | None,
-              requeue: str | None = None, mid_epoch: bool = True) -> str:
+              requeue: str | None = None, mid_epoch: bool = True, requeued: str | None = None) -> str:
     """The one line a stopped fit logs: the signal, where it stopped and how to resume. ``epoch`` is
     Lightning's ``current_epoch``, shown from 0 over the last epoch's index as the per-epoch lines and the
     progress bar do: ``in epoch 3/14`` during its steps, ``after epoch 2/14`` once it is over (``epoch`` is
@@ -178,7 +206,9 @@ def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: 
         why = "nothing trained yet" if step == 0 else "this run keeps none: callbacks.model_checkpoint"
         return f"{text}; no last.ckpt to resume from ({why})"
     text += f"; {os.path.basename(last)} holds that state: resume with {resume_command(last)}"
-    if requeue:
+    if requeued:
+        text += f"; SLURM job {requeued} requeued: it starts again and resumes from {os.path.basename(requeue or '')}"
+    elif requeue:
         text += f" (SLURM's requeued job resumes from {os.path.basename(requeue)})"
     return text
 
