@@ -24,9 +24,15 @@ def register_resolvers() -> None:
       (``logs/train/runs/<date>_<time>_<name>``);
     - ``${swept_overrides:}``: this multirun job's values of the swept keys as a folder name, e.g.
       ``loss-ohem`` for ``python train.py -m loss=ce,wce,ohem trainer.max_epochs=1`` (job folder
-      ``2_loss-ohem``; see :func:`swept_overrides`).
+      ``2_loss-ohem``; see :func:`swept_overrides`);
+    - ``${slurm_gpus_per_node:...}`` and its kin: the resources ``launcher=submitit_slurm`` asks for, from the
+      trainer (``seg_template/slurm.py``).
     """
     from omegaconf import OmegaConf
+
+    from seg_template.slurm import register_resolvers as register_slurm_resolvers
+
+    register_slurm_resolvers()
 
     if not OmegaConf.has_resolver("name_suffix"):
         OmegaConf.register_new_resolver("name_suffix", lambda name: f"_{name}" if name not in (None, "") else "")
@@ -104,6 +110,18 @@ def swept_overrides(argv: list[str] | None = None) -> str:
 
     if not HydraConfig.initialized():
         return ""
+    swept = swept_keys(argv)
+    chosen = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") in swept]
+    return folder_name(chosen)
+
+
+def swept_keys(argv: list[str] | None = None) -> set[str]:
+    """The keys the current sweep varies: ``hydra.sweeper.params`` and the command line's sweep values
+    (``argv``, by default ``sys.argv`` or, in a job a launcher started, the sweep's ``multirun.yaml``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
     hydra_cfg = HydraConfig.get()
     params = hydra_cfg.sweeper.get("params") or {}
     swept = {str(key).lstrip("+~") for key in params}
@@ -118,8 +136,7 @@ def swept_overrides(argv: list[str] | None = None) -> str:
         key, sep, value = arg.partition("=")
         if sep and not arg.startswith("-") and is_sweep_value(value):
             swept.add(key.lstrip("+~"))
-    chosen = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") in swept]
-    return folder_name(chosen)
+    return swept
 
 
 #: characters a Hydra override value may hold unquoted (a path of ours: letters, digits, ``/ . _ - + @ : %``)

@@ -86,6 +86,19 @@ def stop_reported() -> bool:
     return bool(_reported)
 
 
+_requeued: list[str] = []  # the SLURM job this process requeued (StopOnSignal on SIGUSR1)
+
+
+def mark_requeued(job: str) -> None:
+    """Note that this process asked SLURM to requeue ``job``: it starts again, its end is not a failure."""
+    _requeued.append(job)
+
+
+def requeued_job() -> str | None:
+    """The SLURM job this process requeued, else None."""
+    return _requeued[-1] if _requeued else None
+
+
 def received_signal() -> int | None:
     """The first stop signal this process received while one of our handlers was installed, else None."""
     return _received[0] if _received else None

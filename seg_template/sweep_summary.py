@@ -12,7 +12,11 @@ Hydra's ``JobReturn``), and ``summary.csv`` is rewritten after every job: Hydra'
 failed job's error after its batch and never calls ``on_multirun_end``, and a job may end the process
 (``SystemExit``); an ``atexit`` hook then writes the final summary with that job marked as failed. Remote
 launchers (submitit) run the job hooks on the compute nodes and ``on_multirun_end`` locally; the files on the
-shared disk carry the state between them. Cheap to import: no torch, and matplotlib only for the PNG.
+shared disk carry the state between them. A SLURM job that is requeued (its time limit, a preemption) starts
+again in its folder: the status keeps its first start, so its wall time covers every attempt (``attempts``
+counts them), and an attempt that requeued itself leaves it "requeued", not failed. A job that ended without
+running its hooks at all (cancelled, crashed, its node lost) is recorded by the launcher that noticed
+(:func:`record_lost_job`). Cheap to import: no torch, and matplotlib only for the PNG.
 """
 
 from __future__ import annotations
@@ -104,13 +108,18 @@ class SweepSummary(Callback):
             return
         self._sweep_dir = Path(config.hydra.sweep.dir)
         self._register_exit_hook()
-        self._started = time.monotonic()
+        job = _relative(Path(config.hydra.runtime.output_dir), self._sweep_dir)
+        earlier = _earlier_attempt(self._sweep_dir / job / STATUS_FILE)
+        self._started = float(earlier.get("started_at", time.time())) if earlier else time.time()
         self._current = {
-            "job": _relative(Path(config.hydra.runtime.output_dir), self._sweep_dir),
+            "job": job,
             "num": int(config.hydra.job.get("num", -1)),
             "status": "running",
             "overrides": list(config.hydra.overrides.task),
-            "started": datetime.now().isoformat(timespec="seconds"),
+            "started": earlier.get("started") if earlier else datetime.now().isoformat(timespec="seconds"),
+            "started_at": self._started,
+            "attempts": int(earlier.get("attempts") or 1) + 1 if earlier else 1,
+            "slurm_job": _slurm_job_id(),
             "wall_s": None,
             "objective_name": config.get("optimized_metric"),
             "objective": None,
@@ -123,7 +132,7 @@ class SweepSummary(Callback):
 
         if not _is_multirun(config) or self._current is None:
             return
-        status, wall = dict(self._current), time.monotonic() - self._started
+        status, wall = dict(self._current), time.time() - self._started
         status["wall_s"] = round(wall, 1)
         if job_return.status == JobStatus.COMPLETED:
             # NaN stays NaN (JSON writes it as NaN): the job is ranked after every job with a number, never
@@ -158,9 +167,13 @@ class SweepSummary(Callback):
         the basic sweeper re-raised a failed job's error. Mark the job that was running and write the final
         summary (printing it where the sweep started)."""
         if self._current is not None:
-            wall = round(time.monotonic() - self._started, 1)
+            from seg_template.signals import requeued_job
+
+            wall = round(time.time() - self._started, 1)
             status = {**self._current, "status": "failed", "wall_s": wall,
                       "error": "the process exited during the job (see the job's log)"}
+            if requeued_job():
+                status.update(status="requeued", error=f"SLURM requeued job {requeued_job()}: it starts again")
             self._current = None
             self._write_status(status)
         if self._finished or self._sweep_dir is None or not self._sweep_dir.is_dir():
@@ -169,6 +182,62 @@ class SweepSummary(Callback):
         text = write_summary(self._sweep_dir, final=True)
         if self._main:
             print(text, flush=True)
+
+
+def _slurm_job_id() -> str | None:
+    """This process's SLURM job (``<array id>_<task>`` for a job array's task), None outside SLURM."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def _earlier_attempt(path: Path) -> dict[str, Any] | None:
+    """The status an earlier attempt of this same SLURM job left in its folder (a requeued job runs again
+    there), else None: the wall time then counts from that attempt's start."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if not restarts.isdigit() or int(restarts) == 0 or not path.is_file():
+        return None
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(earlier, dict) or earlier.get("slurm_job") != _slurm_job_id():
+        return None
+    return earlier
+
+
+def record_lost_job(config: DictConfig, sweep_dir: Path, num: int, overrides: list[str], reason: str) -> Any:
+    """A launcher's record of job ``num`` that ended without a result (no hook of its own ran to the end):
+    its status file says "failed" with ``reason`` (in the folder its start hook wrote, or the folder the job
+    would have had), and the returned failed ``JobReturn`` carries ``reason`` as its error."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    started = [p for p in sweep_dir.glob(f"*/{STATUS_FILE}") if _status_num(p) == num]
+    if started:
+        status = json.loads(started[0].read_text())
+    else:
+        from seg_template.paths import folder_name, swept_keys
+
+        keys = swept_keys()
+        name = folder_name([o for o in overrides if o.partition("=")[0].lstrip("+~") in keys])
+        status = {"job": f"{num}_{name}" if name else str(num), "num": num, "overrides": overrides,
+                  "started": None, "objective_name": config.get("optimized_metric"), "objective": None}
+    if status.get("started_at"):
+        status["wall_s"] = round(time.time() - float(status["started_at"]), 1)
+    status.update(status="failed", error=reason[:300])
+    job_dir = sweep_dir / status["job"]
+    job_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(job_dir / STATUS_FILE, json.dumps(status, indent=1))
+    write_summary(sweep_dir, final=False)
+    return JobReturn(overrides=overrides, status=JobStatus.FAILED, task_name=str(config.hydra.job.name),
+                     working_dir=str(job_dir), _return_value=RuntimeError(reason))
+
+
+def _status_num(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text()).get("num"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -246,7 +315,7 @@ def _at(found: Any, *keys: str) -> Any:
     return found
 
 
-_ORDER = {"completed": 0, "running": 1, "failed": 2}
+_ORDER = {"completed": 0, "running": 1, "requeued": 1, "failed": 2}
 
 
 def collect_jobs(sweep_dir: Path, final: bool) -> list[dict[str, Any]]:
@@ -258,7 +327,7 @@ def collect_jobs(sweep_dir: Path, final: bool) -> list[dict[str, Any]]:
         best = sweep_dir / job["job"] / "checkpoints" / "best.ckpt"
         job["checkpoint"] = str(best) if best.is_file() else ""
     for job in jobs:
-        if final and job["status"] == "running":
+        if final and job["status"] in ("running", "requeued"):
             job["status"], job["error"] = "failed", job.get("error") or "never ended (killed?)"
     name = next((j.get("objective_name") for j in jobs if j.get("objective_name")), None)
     sign = _direction(sweep_dir, name)

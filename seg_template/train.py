@@ -100,6 +100,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("train", True):
         say("Training; outputs in %s", trainer.default_root_dir)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if not trainer.interrupted:
+            remove_requeue_checkpoints(trainer)
     metrics: dict[str, Any] = dict(trainer.callback_metrics)
 
     if cfg.get("test", False) and cfg.data.get("test_set") is None:
@@ -135,6 +137,17 @@ def _stopped_during_the_test(ckpt_path: str | None) -> Iterator[None]:
             mark_reported()
             stop.reported = True
         raise
+
+
+def remove_requeue_checkpoints(trainer: pl.Trainer) -> None:
+    """Remove SLURM's ``hpc_ckpt_<n>.ckpt`` from the run folder once fit is complete: a requeued job resumed
+    from them; ``last.ckpt`` now holds the fit's end (and a job requeued later must not train again from one).
+    Rank 0 only (the folder is shared)."""
+    if not trainer.is_global_zero:
+        return
+    for path in sorted(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
+        path.unlink(missing_ok=True)
+        log.info("Removed %s: the fit is complete (last.ckpt holds its end)", path.name)
 
 
 def best_checkpoint(trainer: pl.Trainer, cfg: DictConfig) -> str | None:

@@ -1,10 +1,13 @@
 """SLURM through submitit, proven without a cluster: ``launcher=submitit_local`` runs a multirun through the
-same plugin; ``launcher=submitit_slurm``'s job script is what sbatch would get (a stand-in keeps it); and a
-task as srun starts it resumes after Lightning's SLURM auto-requeue (SIGUSR1, ``scontrol requeue``)."""
+same plugin; ``launcher=submitit_slurm``'s job script is what sbatch would get (a stand-in keeps it), with
+resources that follow the trainer; a task as srun starts it resumes after the time-limit signal (SIGUSR1,
+``scontrol requeue``); the launcher's wait ends for a job that left no result, and a requeued job's status
+keeps its first start. On a real SLURM cluster: ``tests/test_slurm_cluster.py``."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from seg_template import slurm
 from seg_template.paths import PROJECT_ROOT
+from seg_template.sweep_summary import STATUS_FILE, SweepSummary, record_lost_job
 from tests.helpers import TINY, run_script, skip_unless_importable
 
 
@@ -113,3 +118,110 @@ def test_slurm_requeue_resumes_from_the_saved_state(tmp_path: Path) -> None:
     assert f"Restoring states from the checkpoint path at {run / 'hpc_ckpt_1.ckpt'}" in second.stdout + second.stderr
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 * 32 // 4  # two epochs of 8 steps: the first was not trained again
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))  # the fit is complete: last.ckpt holds its end
+
+
+@pytest.mark.parametrize(("trainer", "expected"), [
+    ("cpu", (1, None, 1)), ("ddp_cpu", (2, None, 1)), ("default", (1, 1, 8)), ("gpu", (1, 1, 8)),
+    ("ddp", (4, 4, 8))])  # ddp's devices -1 ("all"): SLURM needs a number at submission
+def test_slurm_resources_follow_the_trainer(compose_cfg, trainer: str, expected: tuple) -> None:
+    """``trainer=cpu launcher=submitit_slurm`` is a valid CPU job (no GPU asked for: a CPU partition refuses
+    ``--gpus-per-node``), and the launcher no longer overrides the trainer's devices."""
+    from tests.conftest import _compose
+
+    cfg = _compose("train", ["launcher=submitit_slurm", f"trainer={trainer}"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.cpus_per_task) == expected
+    assert launcher.nodes == 1 and launcher.mem_gb is None
+    assert cfg.trainer.devices == _compose("train", [f"trainer={trainer}"]).trainer.devices
+    assert launcher._target_ == "hydra_plugins.seg_template_launchers.SlurmLauncher"
+    assert slurm.cpus_per_task("cpu", 4) == 5 and slurm.gpus_per_node("cuda", [0, 2]) == 2
+
+
+class _Paths:
+    def __init__(self, folder: Path, job_id: str) -> None:
+        self.result_pickle, self.stderr = folder / f"{job_id}_result.pkl", folder / f"{job_id}.err"
+
+
+class _Job:
+    """A submitit Job as JobWatch sees it: an id, a result file, results()."""
+
+    def __init__(self, folder: Path, job_id: str) -> None:
+        self.job_id, self.paths = job_id, _Paths(folder, job_id)
+
+    def results(self) -> list:
+        return [self.job_id + " done"]
+
+
+def test_the_slurm_wait_ends_for_jobs_that_left_no_result(tmp_path: Path) -> None:
+    """Without accounting submitit waits forever for a job that was cancelled or crashed; the watch ends once
+    squeue no longer runs it (after the grace for the result file) and says what SLURM last said."""
+    jobs = [_Job(tmp_path, i) for i in ("7_0", "7_1", "7_2", "7_3")]
+    jobs[0].paths.result_pickle.write_text("x")
+    answers = iter([{"7_1": "RUNNING", "7_2": "CANCELLED", "7_3": "PENDING"},
+                    {"7_1": "RUNNING", "7_2": "CANCELLED", "7_3": "REQUEUED"},
+                    {"7_1": "RUNNING", "7_3": "PENDING"}, {"7_3": "RUNNING"}, None, {}])
+
+    watch = JobWatchForTest(jobs, lambda ids: next(answers))
+    outcomes = watch.wait()
+    assert outcomes[0] == ("7_0 done", None)
+    assert outcomes[1] == ("7_1 done", None)  # its result appeared while it was listed RUNNING
+    assert outcomes[2][0] is None and "SLURM job 7_2 ended without a result (SLURM state CANCELLED)" in outcomes[2][1]
+    assert str(jobs[2].paths.stderr) in outcomes[2][1]
+    assert outcomes[3][0] is None and "no longer known to SLURM" in outcomes[3][1]  # purged, never a result
+
+
+class JobWatchForTest(slurm.JobWatch):
+    """No sleeping; job 7_1's result file appears at the third look."""
+
+    def __init__(self, jobs, states) -> None:
+        super().__init__(jobs, poll_s=0, grace_s=0, states=states)
+        self.looks = 0
+
+    def _ended(self, pending):
+        self.looks += 1
+        if self.looks == 3:
+            self.jobs[1].paths.result_pickle.write_text("x")
+        return super()._ended(pending)
+
+
+def test_a_requeued_job_keeps_its_first_start_and_a_lost_job_is_recorded(tmp_path: Path, monkeypatch) -> None:
+    """Attempt 2 of a requeued SLURM job (SLURM_RESTART_COUNT=1) starts in the same folder: its wall time counts
+    from attempt 1's start; a job that a launcher found gone without a result is a failed row."""
+    from omegaconf import OmegaConf
+
+    def config(num: int, job: str):
+        return OmegaConf.create({"optimized_metric": "val/mIoU", "hydra": {
+            "mode": "MULTIRUN", "sweep": {"dir": str(tmp_path)}, "runtime": {"output_dir": str(tmp_path / job)},
+            "job": {"num": num, "name": "train"}, "overrides": {"task": [f"loss={job[2:]}"]},
+            "sweeper": {"_target_": "BasicSweeper"}}})
+
+    monkeypatch.setattr("seg_template.sweep_summary._is_multirun", lambda cfg: True)
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "11")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    first = SweepSummary()
+    first.on_job_start(config(0, "0_ce"))
+    status = json.loads((tmp_path / "0_ce" / STATUS_FILE).read_text())
+    assert status["slurm_job"] == "11_0" and status["attempts"] == 1
+    status["started_at"] -= 100  # attempt 1 began 100 s ago
+    (tmp_path / "0_ce" / STATUS_FILE).write_text(json.dumps(status))
+    first._current = None  # attempt 1 ended (SLURM requeued it)
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    second = SweepSummary()
+    second.on_job_start(config(0, "0_ce"))
+    again = json.loads((tmp_path / "0_ce" / STATUS_FILE).read_text())
+    assert again["attempts"] == 2 and again["started"] == status["started"]
+    from hydra.core.utils import JobReturn, JobStatus
+
+    second.on_job_end(config(0, "0_ce"), JobReturn(status=JobStatus.COMPLETED, _return_value=0.5))
+    done = json.loads((tmp_path / "0_ce" / STATUS_FILE).read_text())
+    assert done["status"] == "completed" and done["wall_s"] >= 100
+
+    lost = record_lost_job(config(1, "1_ohem"), tmp_path, 1, ["loss=ohem"], "SLURM job 11_1 ended without a result")
+    assert lost.status == JobStatus.FAILED and "11_1" in str(lost._return_value)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        rows = {r["overrides"]: r for r in csv.DictReader(f)}
+    assert rows["loss=ohem"]["status"] == "failed" and "11_1" in rows["loss=ohem"]["error"]
+    second._current = None

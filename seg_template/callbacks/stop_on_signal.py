@@ -50,7 +50,7 @@ import torch
 
 from seg_template.jobs import global_rank
 from seg_template.paths import hydra_value
-from seg_template.signals import StoppedBySignal, install, mark_reported, signal_name
+from seg_template.signals import StoppedBySignal, install, mark_reported, mark_requeued, signal_name
 
 log = logging.getLogger("seg_template")
 
@@ -188,6 +188,7 @@ def requeue_slurm_job() -> str | None:
         log.warning("scontrol requeue %s failed (status %d: %s): the job ends here", job, done.returncode,
                     (done.stderr or done.stdout).strip()[:300])
         return None
+    mark_requeued(job)
     return job
 
 
