@@ -9,7 +9,9 @@
 - signals (``seg_template.signals``): SIGTERM / SIGINT end the process with status 143 / 130 and one line,
   never a traceback (during fit after a complete ``last.ckpt``: ``callbacks/stop_on_signal.py``).
 - several processes (DDP): a user error found by any rank prints once, with its rank; the other ranks'
-  consequent failures (a collective that lost its peer) print one short line pointing at it; all exit 1.
+  consequent failures (a collective that lost its peer) print one short line pointing at it; all exit 1 (in a
+  multirun the job fails with that error and the sweep goes on). The ranks a job started end with it
+  (``seg_template.launched_ranks``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from seg_template.jobs import (
     record_failure,
     was_distributed,
 )
+from seg_template.launched_ranks import ended_ranks
 from seg_template.paths import CONFIG_DIR, argv_values, export_project_root, hydra_value, register_resolvers
 from seg_template.signals import as_stop, exit_on_signals, mark_reported, signal_name, stop_reported
 
@@ -69,8 +72,9 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> Any:
 
         quiet_third_party()
         end_with_launcher()
-        # _signal_exits outermost: whatever a stopping process raises on its way out is part of the stop
-        with _signal_exits(), launch_scope(), _no_debris(), _user_errors():
+        # _signal_exits outermost: whatever a stopping process raises on its way out is part of the stop;
+        # ended_ranks outside _user_errors: the DDP ranks still running read the failure it records
+        with _signal_exits(), launch_scope(), _no_debris(), ended_ranks(), _user_errors():
             return task(cfg)
 
     with exit_on_signals():  # from here on a signal stops the run with 143 / 130, no traceback
@@ -162,10 +166,11 @@ def _user_errors() -> Iterator[None]:
             record_failure(f"{type(err).__name__}: {first_line(err)}")
             if not is_peer_failure(err):
                 raise
-            line = peer_failure_line(global_rank(), err, failures_of_other_ranks())
+            others = failures_of_other_ranks()
+            line = peer_failure_line(global_rank(), err, others)
             log.error(line)
-            if _in_multirun():
-                raise RuntimeError(line) from None
+            if _in_multirun():  # the sweeper records the job as failed, with the culprit's error if it was one
+                raise (user_error_of_other_ranks(others) or RuntimeError(line)) from None
             raise SystemExit(1) from None
         message = user_message(user_error)
         if several:
@@ -198,6 +203,18 @@ def peer_failure_line(rank: int, err: BaseException, others: dict[int, str]) -> 
                 f"collective operation lost that process: {here}")
     return (f"Rank {rank} stopped: another process of this DDP run ended first (its error is above or in its "
             f"log; killed or out of memory if none); here a collective operation lost it: {here}")
+
+
+def user_error_of_other_ranks(others: dict[int, str]) -> UserError | None:
+    """The user error that the lowest rank of ``others`` (``{rank: "DataError: message"}``, as
+    :func:`~seg_template.jobs.failures_of_other_ranks` gives them) recorded, naming that rank; None when none
+    recorded one. What a multirun job whose rank 0 only lost its peer fails with."""
+    for rank in sorted(others):
+        name, _, text = others[rank].partition(": ")
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, UserError):
+            return kind(f"{text} (found by DDP rank {rank})")
+    return None
 
 
 _TEXT_USER_ERROR = re.compile(r"^seg_template\.errors\.(\w+): ", re.M)

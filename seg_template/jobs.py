@@ -1,7 +1,7 @@
 """Process handling for multirun sweeps and DDP: what lets several jobs, and Lightning's re-launched ranks,
 share one Python process and one command line.
 
-Two problems, both specific to running Lightning's DDP inside Hydra:
+Three problems, all specific to running Lightning's DDP inside Hydra:
 
 - Lightning's DDP launcher starts ranks > 0 by re-running ``sys.argv`` (plus ``hydra.run.dir=<dir>``). In a
   multirun ``sys.argv`` holds ``-m`` and the whole sweep: each child would start the sweep again, elsewhere.
@@ -9,6 +9,8 @@ Two problems, both specific to running Lightning's DDP inside Hydra:
 - A DDP fit leaves ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_PORT``... in ``os.environ`` and an initialised
   process group. The next multirun job would believe its ranks were started externally and talk to the
   previous job's finished ranks. :func:`isolated_job` undoes that after each job.
+- Lightning kills its own process when a rank it started fails: in a multirun, the sweep. :func:`isolated_job`
+  has the ranks watched by ``seg_template/launched_ranks.py`` instead, which fails the job and ends its ranks.
 
 And one problem of DDP itself: an error found by one process (rank 1's shard of the data) ends the others
 inside a collective operation with an error about a lost connection. :func:`launch_scope`,
@@ -36,11 +38,15 @@ from pathlib import Path
 def isolated_job() -> Iterator[None]:
     """Run one job, then restore ``os.environ`` and ``sys.argv`` and destroy the process group the job created.
 
-    Variables set before the job (e.g. by torchrun or SLURM) are kept.
+    Variables set before the job (e.g. by torchrun or SLURM) are kept. The ranks Lightning starts during the job
+    are watched by ``launched_ranks.RankWatcher``: a failing rank fails the job, not this whole process.
     """
+    from seg_template.launched_ranks import watch_launched_ranks
+
     env_before, argv_before = dict(os.environ), list(sys.argv)
     try:
-        yield
+        with watch_launched_ranks():
+            yield
     finally:
         sys.argv[:] = argv_before  # prepare_ddp_relaunch narrowed it to this job
         import torch.distributed as dist
