@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg_template import resume
@@ -69,6 +70,11 @@ class SegmentationModule(pl.LightningModule):
         self.confmats = nn.ModuleDict({stage: MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index,
                                                                        validate_args=False)
                                        for stage in ("val", "test")})
+        # The evaluation loss, a mean over all images weighted by batch size, summed across processes by
+        # torchmetrics: Lightning's sync_dist mean is off under DDP when the split does not divide evenly over
+        # the processes (it rounds the per-process batch count down). nan_strategy="disable": a NaN loss stays
+        # NaN, and no device sync checks for one.
+        self.eval_losses = nn.ModuleDict({stage: MeanMetric(nan_strategy="disable") for stage in ("val", "test")})
         # the training recipe (seg_template/recipe.py), written into every checkpoint when set (train.py)
         self.recipe: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
@@ -126,8 +132,7 @@ class SegmentationModule(pl.LightningModule):
         # inference's own check (seg_template/inference): NaN logits argmax to class 0, a made-up score
         counts = self._logit_checks.setdefault(stage, [0, 0])
         counts[0], counts[1] = counts[0] + (~finite_flag(logits)).int(), counts[1] + 1
-        loss = self.loss(outputs, masks)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        self.eval_losses[stage].update(self.loss(outputs, masks).detach(), weight=images.shape[0])
         # upsample once to the label size; argmax of upsampled logits, as inference does
         self.confmats[stage].update(logits_at(logits, masks.shape[-2:], self.align_corners).argmax(1), masks)
 
@@ -143,6 +148,9 @@ class SegmentationModule(pl.LightningModule):
         confmat = self.confmats[stage]
         cm = confmat.compute()  # summed over processes by torchmetrics
         confmat.reset()
+        if self.eval_losses[stage].update_called:  # not with inference.bounded (class ids only, no loss)
+            self.log(f"{stage}/loss", self.eval_losses[stage].compute())  # global already, as the scores
+        self.eval_losses[stage].reset()
         self.last_confmat[stage] = cm.cpu()
         scores = segmentation_scores(cm)
         # already global: sync_dist would only add an all-reduce of identical numbers
