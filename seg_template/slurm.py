@@ -117,10 +117,12 @@ class JobWatch:
     all, for ``grace_s`` seconds (the result file of a job that just completed may take a moment to show on
     a shared file system). ``states`` is the squeue lookup (replaceable in tests)."""
 
-    def __init__(self, jobs: Sequence[Any], poll_s: float = 5.0, grace_s: float = 30.0,
+    def __init__(self, jobs: Sequence[Any], poll_s: float = 5.0, grace_s: float = 15.0,
                  states: Callable[[Sequence[str]], dict[str, str] | None] = squeue_states) -> None:
         self.jobs, self.poll_s, self.grace_s, self.states = list(jobs), poll_s, grace_s, states
         self._gone_since: dict[int, float] = {}
+        #: when each job that ended without a result was first seen ended (``time.time()``), by its index
+        self.ended_at: dict[int, float] = {}
         self._warned = False
 
     def wait(self) -> list[tuple[Any, str | None]]:
@@ -159,8 +161,10 @@ class JobWatch:
             state = states.get(str(job.job_id))
             if state is not None and state.split()[0] in ACTIVE_STATES:
                 self._gone_since.pop(i, None)
+                self.ended_at.pop(i, None)
                 continue
             since = self._gone_since.setdefault(i, now)
+            self.ended_at.setdefault(i, time.time())
             if now - since >= self.grace_s and not job.paths.result_pickle.exists():
                 said = f"SLURM state {state}" if state else "no longer known to SLURM"
                 ended[i] = f"SLURM job {job.job_id} ended without a result ({said}); its log: {job.paths.stderr}"

@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -161,6 +162,10 @@ class SweepSummary(Callback):
         if not self._exit_hook:
             self._exit_hook = True
             atexit.register(self._at_exit)
+            # what the final summary's picture needs, imported now: an import at exit may fail ("can't
+            # register atexit after shutdown") in a process that never imported torch (a remote launcher's)
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
 
     def _at_exit(self) -> None:
         """The process ends without ``on_multirun_end``: a job raised ``SystemExit``/``KeyboardInterrupt``, or
@@ -206,10 +211,17 @@ def _earlier_attempt(path: Path) -> dict[str, Any] | None:
     return earlier
 
 
-def record_lost_job(config: DictConfig, sweep_dir: Path, num: int, overrides: list[str], reason: str) -> Any:
+class LostJobError(CompactHydraException):
+    """A job that ended without a result (what the launcher saw, where its log is). Hydra prints it as its
+    message alone: there is no traceback of the job to show."""
+
+
+def record_lost_job(config: DictConfig, sweep_dir: Path, num: int, overrides: list[str], reason: str,
+                    ended_at: float | None = None) -> Any:
     """A launcher's record of job ``num`` that ended without a result (no hook of its own ran to the end):
     its status file says "failed" with ``reason`` (in the folder its start hook wrote, or the folder the job
-    would have had), and the returned failed ``JobReturn`` carries ``reason`` as its error."""
+    would have had), its wall time up to ``ended_at`` (``time.time()`` when it was seen ended; now when None),
+    and the returned failed ``JobReturn`` carries ``reason`` as its error."""
     from hydra.core.utils import JobReturn, JobStatus
 
     started = [p for p in sweep_dir.glob(f"*/{STATUS_FILE}") if _status_num(p) == num]
@@ -223,14 +235,14 @@ def record_lost_job(config: DictConfig, sweep_dir: Path, num: int, overrides: li
         status = {"job": f"{num}_{name}" if name else str(num), "num": num, "overrides": overrides,
                   "started": None, "objective_name": config.get("optimized_metric"), "objective": None}
     if status.get("started_at"):
-        status["wall_s"] = round(time.time() - float(status["started_at"]), 1)
+        status["wall_s"] = round((ended_at or time.time()) - float(status["started_at"]), 1)
     status.update(status="failed", error=reason[:300])
     job_dir = sweep_dir / status["job"]
     job_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(job_dir / STATUS_FILE, json.dumps(status, indent=1))
     write_summary(sweep_dir, final=False)
     return JobReturn(overrides=overrides, status=JobStatus.FAILED, task_name=str(config.hydra.job.name),
-                     working_dir=str(job_dir), _return_value=RuntimeError(reason))
+                     working_dir=str(job_dir), _return_value=LostJobError(reason))
 
 
 def _status_num(path: Path) -> int | None:
@@ -456,9 +468,9 @@ def write_summary(sweep_dir: Path, final: bool = True) -> str:
 
 def plot_sweep_curves(jobs: Sequence[dict[str, Any]], keys: Sequence[str], path: Path) -> None:
     """val/mIoU per epoch of every job on one plot; failed jobs dashed."""
-    from seg_template.callbacks.reports import new_figure
+    from matplotlib.figure import Figure  # Agg, without pyplot (as seg_template/callbacks/reports.py draws)
 
-    fig = new_figure(8.0, 5.0)
+    fig = Figure(figsize=(8.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
     for job in sorted(jobs, key=lambda j: j.get("num", 0)):
         if not job["curve"]:

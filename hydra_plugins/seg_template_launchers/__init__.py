@@ -7,9 +7,12 @@ wait works: ``seg_template/slurm.py``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("seg_template")
 
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _PluginSlurmLauncher
@@ -45,18 +48,21 @@ if _PluginSlurmLauncher is not None:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             numbers = [initial_job_idx + i for i in range(len(job_overrides))]
             for num, overrides in zip(numbers, job_overrides, strict=True):
-                print(f"[seg_template] SLURM job #{num}: {' '.join(filter_overrides(overrides))}", flush=True)
+                log.info("SLURM job #%d: %s", num, " ".join(filter_overrides(overrides)))
             state = Singleton.get_state()
             jobs = executor.map_array(self, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(numbers),
                                       numbers, [f"job_id_for_{n}" for n in numbers], [state] * len(numbers))
-            print(f"[seg_template] submitted {', '.join(str(j.job_id) for j in jobs)}; waiting (logs: "
-                  f"{sweep_dir / '.submitit'})", flush=True)
+            log.info("Submitted %s; waiting for them (logs: %s)", ", ".join(str(j.job_id) for j in jobs),
+                     sweep_dir / ".submitit")
+            watch = JobWatch(jobs)
             returns = []
-            for num, overrides, job, (result, lost) in zip(numbers, job_overrides, jobs, JobWatch(jobs).wait(),
-                                                           strict=True):
+            for i, (num, overrides, job, (result, lost)) in enumerate(zip(numbers, job_overrides, jobs, watch.wait(),
+                                                                          strict=True)):
                 if lost is None and not isinstance(result, BaseException):
                     returns.append(result)
                     continue
-                reason = lost or f"SLURM job {job.job_id} failed: {str(result).strip().splitlines()[-1:]}"
-                returns.append(record_lost_job(self.config, sweep_dir, num, list(overrides), reason))
+                last_line = (str(result).strip().splitlines() or [type(result).__name__])[-1]
+                reason = lost or f"SLURM job {job.job_id} failed outside the task: {last_line}"
+                returns.append(record_lost_job(self.config, sweep_dir, num, list(overrides), reason,
+                                               ended_at=watch.ended_at.get(i)))
             return returns
