@@ -9,10 +9,11 @@
 #
 # Environment:
 #   SLURM_LOCAL_DIR      state folder: config, controller state, spool, logs, PID files [/tmp/seg_template_slurm]
-#   SLURM_LOCAL_NODES    1: one node named after this host with all its CPUs;
-#                        2: two 1-CPU nodes node1, node2 (two slurmd on this machine, ports 6818 and 6819) [1]
+#   SLURM_LOCAL_NODES    2: two nodes node1, node2 (two slurmd on this machine, ports 6818 and 6819), each with
+#                        half the CPUs: multi-node jobs (trainer.num_nodes=2) run; 1: one node named after this
+#                        host with all the CPUs [2]
 #   SLURM_LOCAL_TIMEOUT  seconds start waits for the node(s) to report idle [30]
-#   SLURM_LOCAL_CPUS     CPUs the (one) node offers: more than the machine has lets the tests' small 1-CPU jobs run
+#   SLURM_LOCAL_CPUS     CPUs the cluster offers: more than the machine has lets the tests' small 1-CPU jobs run
 #                        side by side (their steps mostly wait) [the larger of 4 and nproc]
 #
 # The config is written to $SLURM_LOCAL_DIR/slurm.conf and copied to /etc/slurm/slurm.conf, the path the Debian
@@ -29,7 +30,7 @@ set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"   # the daemons, runuser and setsid live there
 
 readonly STATE_DIR="${SLURM_LOCAL_DIR:-/tmp/seg_template_slurm}"
-readonly NODES="${SLURM_LOCAL_NODES:-1}"
+readonly NODES="${SLURM_LOCAL_NODES:-2}"
 readonly TIMEOUT="${SLURM_LOCAL_TIMEOUT:-30}"
 readonly CONF="$STATE_DIR/slurm.conf"
 readonly SYSTEM_CONF=/etc/slurm/slurm.conf
@@ -169,8 +170,8 @@ write_config() {
     node_list=$host
   else
     # two slurmd processes on this machine, told apart by -N <name> and their ports
-    node_lines="NodeName=node1 NodeHostname=$host NodeAddr=127.0.0.1 Port=$SLURMD_PORT CPUs=1 RealMemory=$((mem_mb / 2)) State=UNKNOWN
-NodeName=node2 NodeHostname=$host NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + 1)) CPUs=1 RealMemory=$((mem_mb / 2)) State=UNKNOWN"
+    node_lines="NodeName=node1 NodeHostname=$host NodeAddr=127.0.0.1 Port=$SLURMD_PORT CPUs=$((cpus / 2)) RealMemory=$((mem_mb / 2)) State=UNKNOWN
+NodeName=node2 NodeHostname=$host NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + 1)) CPUs=$((cpus / 2)) RealMemory=$((mem_mb / 2)) State=UNKNOWN"
     node_list=node1,node2
   fi
 
@@ -294,6 +295,7 @@ do_start() {
   mkdir -p "$STATE_DIR"/{run,log,state,spool}
   chmod 0755 "$STATE_DIR"
   write_config
+  resolve_node_names
   start_munge
   # -c: no jobs recovered from an earlier run (a fresh cluster on every start)
   start_daemon slurmctld "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR/log/slurmctld.log" slurmctld -c -f "$CONF"
@@ -392,6 +394,30 @@ kill_leftover_steps() {
   kill -KILL "${tree[@]}" 2>/dev/null || true
 }
 
+# The node names must resolve, as on a real cluster: a multi-node job's processes meet at its first node's name
+# (Lightning's MASTER_ADDR under SLURM). Names that do not resolve get a line in /etc/hosts, removed by stop.
+readonly HOSTS_MARK="# seg_template slurm_local node names"
+
+resolve_node_names() {
+  local node missing=()
+  for node in $(node_names); do
+    getent hosts "$node" >/dev/null 2>&1 || missing+=("$node")
+  done
+  if ((${#missing[@]})); then
+    echo "127.0.0.1 ${missing[*]} $HOSTS_MARK" >>/etc/hosts
+    say "added ${missing[*]} -> 127.0.0.1 to /etc/hosts"
+  fi
+}
+
+forget_node_names() {
+  if grep -q "$HOSTS_MARK" /etc/hosts 2>/dev/null; then
+    # rewritten in place (in a container /etc/hosts is often a mount point that cannot be replaced)
+    local kept
+    kept=$(grep -v "$HOSTS_MARK" /etc/hosts)
+    printf '%s\n' "$kept" >/etc/hosts
+  fi
+}
+
 do_stop() {
   [[ -d $STATE_DIR ]] || { say "not running (no $STATE_DIR)"; return; }
   # cancel the jobs first: their slurmstepd processes outlive slurmd otherwise
@@ -410,6 +436,7 @@ do_stop() {
   fi
   stop_daemons
   kill_leftover_steps
+  forget_node_names
   say "stopped (state dir $STATE_DIR)"
 }
 

@@ -26,9 +26,15 @@ leave ``.hydra/`` describing only one of them. The rule:
   taken over with a notice.
 - Hydra never overwrites another run's record: a run continuing in a folder that has one writes its config
   to ``.hydra/resumed_<time>/``, as resume in place does.
-- Not claimed: DDP ranks > 0 (Lightning re-launches them into rank 0's folder), multirun jobs (each has its
-  own folder in the sweep; submitit / SLURM jobs and their requeues are multirun jobs) and a restart of the
-  same SLURM job (a requeue) while its previous start still holds the lock.
+- Not claimed: multirun jobs (each has its own folder in the sweep; submitit / SLURM jobs and their requeues
+  are multirun jobs), a restart of the same SLURM job (a requeue) while its previous start still holds the
+  lock, and DDP ranks > 0. Those write into rank 0's folder with no ``.hydra/`` record (rank 0's is the run's)
+  and a log of their own. Lightning re-launches its ranks so (``hydra.run.dir=<rank 0's folder>
+  hydra.job.name=train_ddp_process_<k> hydra.output_subdir=null``). A rank > 0 that torchrun or a multi-task
+  srun started, with the command rank 0 got, waits until rank 0 holds the folder, then logs to
+  ``<task>_rank<k>.log`` (:func:`join_rank_zero`). Without ``hydra.run.dir=`` each process resolves the time
+  stamp itself: rank 0 names the folder it took in ``<runs>/.rank0_folder_<launch>`` (removed when it ends),
+  and the others take that one.
 
 The lock itself (``flock``, released by the kernel however the process ends; a pid check where the
 filesystem has none) is ``seg_template/run_lock.py``.
@@ -46,17 +52,18 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from seg_template.errors import ConfigError
-from seg_template.run_lock import LOCK_FILE, RunFolderBusy, claim_lock, held_claim
+from seg_template.run_lock import LOCK_FILE, RunFolderBusy, claim_lock, held_claim, read_owner
 
 __all__ = ["LOCK_FILE", "RunFolderBusy", "RunFolderClaim", "check_name", "check_resume_in_place", "claim_run_folder",
-           "new_folder", "process_rank", "refuse_foreign_folder", "results_in"]
+           "external_launcher", "join_rank_zero", "new_folder", "process_rank", "refuse_foreign_folder", "results_in"]
 
 log = logging.getLogger("seg_template")
 
@@ -66,6 +73,12 @@ _MAX_SUFFIX = 1000
 #: a run name: one folder-name word that neither a shell nor Hydra's override grammar splits
 _NAME = re.compile(r"\w[\w.+-]*")
 _MAX_NAME = 100
+#: seconds a rank > 0 started by torchrun / srun waits for rank 0 to claim the run folder, and between looks
+RANK_WAIT_S = 300.0
+_RANK_POLL_S = 0.5
+#: what Lightning's DDP launcher adds to the command of a rank it starts (lightning_fabric/strategies/launchers/
+#: subprocess_script.py), beside hydra.run.dir=<rank 0's folder> and hydra.output_subdir=null
+_LIGHTNING_RANK = "hydra.job.name=train_ddp_process_"
 
 
 def process_rank() -> int:
@@ -76,6 +89,21 @@ def process_rank() -> int:
             with contextlib.suppress(ValueError):
                 return int(value)
     return 0
+
+
+def external_launcher(config: DictConfig) -> str | None:
+    """``"torchrun"`` or ``"srun"`` when that started this process as one of several (``WORLD_SIZE`` /
+    ``SLURM_NTASKS`` > 1), each running the entry point with the same command, its own Hydra included; None
+    otherwise, and for a rank Lightning's DDP launcher started: its command names rank 0's folder already."""
+    if any(str(o).startswith(_LIGHTNING_RANK) for o in config.hydra.overrides.hydra):
+        return None
+    env = os.environ  # TORCHELASTIC_RUN_ID: set by torchrun's agent for every process it starts
+    launcher, size = ("torchrun", env.get("WORLD_SIZE")) if "TORCHELASTIC_RUN_ID" in env else \
+        ("srun", env.get("SLURM_NTASKS"))
+    with contextlib.suppress(TypeError, ValueError):
+        if int(size) > 1:
+            return launcher
+    return None
 
 
 # ---------------------------------------------------------------- the folder
@@ -238,12 +266,23 @@ class RunFolderClaim(Callback):
     def __init__(self) -> None:
         self.notices: list[str] = []
         self.folder: Path | None = None
+        self.pointer: Path | None = None  # where rank 0 of a torchrun / srun launch names the folder it took
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if process_rank() > 0:  # DDP / SLURM ranks > 0 write into rank 0's folder
-            return
+        rank, launcher = process_rank(), external_launcher(config)
         folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
-        typed = [o for o in config.hydra.overrides.hydra if str(o).startswith("hydra.run.dir=")]
+        typed = _typed_run_dir(config)
+        if rank > 0:  # DDP / SLURM ranks > 0 write into rank 0's folder
+            if launcher is not None:  # Lightning's own ranks are started with rank 0's folder, no record
+                try:
+                    if not typed:  # each process computed a timestamped folder: rank 0 says which it took
+                        folder = _rank_zero_folder(folder, rank, launcher)
+                        with read_write(config.hydra.run):
+                            config.hydra.run.dir = str(folder)
+                    join_rank_zero(config, folder, rank, launcher)
+                except ConfigError as err:
+                    _refuse(err)
+            return
         try:
             check_name(OmegaConf.select(config, "name", default=None))  # before any folder is made
             if typed:  # a folder that may hold results: only a resume of its own checkpoint continues there
@@ -258,6 +297,9 @@ class RunFolderClaim(Callback):
         if claimed != folder:
             with read_write(config.hydra.run):
                 config.hydra.run.dir = str(claimed)
+        if launcher is not None and not typed:  # the ranks > 0 of this launch join the folder rank 0 took
+            self.pointer = _pointer(folder, launcher)
+            _atomic_text(self.pointer, str(claimed))
         subdir = config.hydra.get("output_subdir")
         if subdir and (claimed / str(subdir) / "config.yaml").is_file():
             # a typed hydra.run.dir= of an earlier run: keep its record, as resume in place does (seg_template/cli.py)
@@ -280,6 +322,75 @@ class RunFolderClaim(Callback):
         claim = held_claim(self.folder) if self.folder is not None else None
         if claim is not None:
             claim.release()
+        if self.pointer is not None:  # the other ranks read it when they started
+            self.pointer.unlink(missing_ok=True)
+
+
+def _typed_run_dir(config: DictConfig) -> list[str]:
+    return [o for o in config.hydra.overrides.hydra if str(o).startswith("hydra.run.dir=")]
+
+
+def join_rank_zero(config: DictConfig, folder: Path, rank: int, launcher: str) -> None:
+    """Rank ``rank`` > 0 of a run that ``launcher`` (torchrun, srun) started, all ranks with the same command
+    and ``hydra.run.dir=folder``: once rank 0 holds the folder, write into it as Lightning's own ranks do, with
+    no ``.hydra/`` record and a log of its own (``<task>_rank<k>.log``); before that nothing, not even the log,
+    may be written there (rank 0 would refuse the folder as another run's). ``ConfigError`` when rank 0 has not
+    claimed the folder within :data:`RANK_WAIT_S` seconds."""
+    check_name(OmegaConf.select(config, "name", default=None))  # refused by rank 0 too: not worth the wait
+    since = dt.datetime.now() - dt.timedelta(seconds=RANK_WAIT_S)  # an older lock record is an earlier run's
+    deadline = time.monotonic() + RANK_WAIT_S
+    while not _claimed_since(folder, since):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"rank {rank} (started by {launcher}) waited {RANK_WAIT_S:.0f} s for rank 0 to "
+                              f"claim hydra.run.dir={folder} (its lock {folder / LOCK_FILE}), in vain: rank 0 was "
+                              "refused or failed (see its output), or was given another hydra.run.dir=. Start "
+                              "every process of the run with the same command, hydra.run.dir= included.")
+        time.sleep(_RANK_POLL_S)
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.output_subdir = None
+        config.hydra.job.name = f"{config.hydra.job.name}_rank{rank}"
+
+
+def _pointer(folder: Path, launcher: str) -> Path:
+    """The file in which rank 0 of this torchrun / srun launch names the run folder it took, beside the folder
+    the processes' run.dir resolved to (the same parent for all: only the time stamp may differ)."""
+    env = os.environ
+    if launcher == "srun":  # one job step: every process of one srun
+        launch = f"slurm-{env.get('SLURM_JOB_ID', '')}.{env.get('SLURM_STEP_ID', '')}"
+    else:  # torchrun: one rendezvous
+        launch = f"torchrun-{env.get('TORCHELASTIC_RUN_ID', '')}-{env.get('MASTER_ADDR', '')}-{env.get('MASTER_PORT', '')}"
+    return folder.parent / f".rank0_folder_{re.sub(r'[^A-Za-z0-9_.-]', '_', launch)}"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _rank_zero_folder(folder: Path, rank: int, launcher: str) -> Path:
+    """The run folder rank 0 of this launch took (it writes its path once it holds it): processes started by
+    torchrun or srun each resolve ``hydra.run.dir``'s time stamp themselves, seconds apart. ``ConfigError``
+    when rank 0 says nothing within :data:`RANK_WAIT_S` seconds."""
+    pointer, deadline = _pointer(folder, launcher), time.monotonic() + RANK_WAIT_S
+    while not pointer.is_file():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"rank {rank} (started by {launcher}) waited {RANK_WAIT_S:.0f} s for rank 0 to name "
+                              f"its run folder in {pointer}, in vain: rank 0 was refused or failed (see its "
+                              "output). Start every process of the run with the same command (or give them all "
+                              "hydra.run.dir=<folder>).")
+        time.sleep(_RANK_POLL_S)
+    return Path(pointer.read_text().strip())
+
+
+def _claimed_since(folder: Path, since: dt.datetime) -> bool:
+    """Whether ``folder``'s lock file records a claim made at ``since`` or later."""
+    try:
+        owner = read_owner((folder / LOCK_FILE).read_text())
+        return owner is not None and dt.datetime.fromisoformat(owner.started) >= since
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _refuse(err: ConfigError) -> None:

@@ -5,7 +5,9 @@ that always mean what they say.
   the best one (its score kept), and the test after fit uses this folder's ``best.ckpt``.
 - One live run per folder (``seg_template/run_folder.py``): a fresh run whose folder exists gets ``_2``; a
   resume into a folder held by a live run is refused naming it; a lock left by a run that is gone is taken
-  over with a notice; DDP ranks > 0 and a requeued SLURM job are never refused.
+  over with a notice; DDP ranks > 0 and a requeued SLURM job are never refused. Ranks > 0 that torchrun or srun
+  started wait until rank 0 holds the folder, then write only their own log (``<task>_rank<k>.log``); without
+  ``hydra.run.dir=`` they join the timestamped folder rank 0 took.
 - Resume with changed optimisation options (``seg_template/resume.py``): applied from the resumed step with one
   notice line naming each ``key: old -> new``; another optimiser class is one short message naming both.
 - Nothing a run writes destroys what a folder holds: a fresh run, eval / predict / export or another folder's
@@ -290,17 +292,122 @@ def test_a_run_folder_that_cannot_be_created_is_named(tmp_path, capsys):
                                                 r"written \(File exists\).*paths\.log_dir=")
 
 
-def test_ddp_ranks_above_0_write_into_the_claimed_folder(tmp_path, monkeypatch):
+#: the variables of a process that torchrun / srun / Lightning's DDP launcher started as rank 1 of 2
+RANK_1 = {"torchrun": {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none"},
+          "srun": {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "77"},
+          "lightning": {"LOCAL_RANK": "1", "WORLD_SIZE": "2", "NODE_RANK": "0"}}
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "TORCHELASTIC_RUN_ID", "SLURM_PROCID",
+                  "SLURM_NTASKS", "SLURM_JOB_ID", "JSM_NAMESPACE_RANK")
+
+
+def as_rank(monkeypatch, launcher: str, **changes: str) -> None:
+    """This process's environment as that of rank 1 (``changes``: other values) started by ``launcher``."""
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**RANK_1[launcher], **changes}.items():
+        monkeypatch.setenv(name, value)
+
+
+def eval_config(tmp_path: Path, *hydra_overrides: str):
+    """eval's composed config, Hydra's node included and read-only (as Hydra hands it to the callback)."""
+    from tests.conftest import _compose
+
+    config = _compose("eval", [f"paths.log_dir={tmp_path / 'logs'}", *hydra_overrides], return_hydra_config=True)
+    OmegaConf.set_readonly(config.hydra, True)
+    return config
+
+
+@pytest.mark.parametrize("env", [{}, {"SLURM_NTASKS": "2", "SLURM_PROCID": "0"}], ids=["plain", "in_srun_task_0"])
+def test_ddp_ranks_lightning_starts_write_into_the_claimed_folder(tmp_path, monkeypatch, env):
+    """Lightning's DDP launcher re-launches rank k > 0 with rank 0's folder, no record and its own log: the claim
+    leaves it as it is and waits for nothing (rank 0 holds the folder since before it started the rank)."""
     folder = tmp_path / "run"
-    holder = hold(folder)  # rank 0
+    as_rank(monkeypatch, "lightning", **env)
+    config = eval_config(tmp_path, f'hydra.run.dir="{folder}"', "hydra.job.name=train_ddp_process_1",
+                         "hydra.output_subdir=null")  # lightning_fabric's _hydra_subprocess_cmd
+    RunFolderClaim().on_run_start(config)
+    assert (config.hydra.run.dir, config.hydra.job.name, config.hydra.output_subdir) == \
+        (str(folder), "train_ddp_process_1", None)
+    assert not folder.exists()  # nothing claimed, nothing made
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "srun"])
+def test_ranks_torchrun_or_srun_start_share_rank_0s_timestamped_folder(tmp_path, monkeypatch, launcher):
+    """Without hydra.run.dir= each process resolves the folder's time stamp itself (``srun python train.py``),
+    seconds apart: rank 0 names the folder it took, rank 1 waits for that and joins it; the note goes when rank
+    0's run ends."""
+    import threading
+
+    monkeypatch.setattr("seg_template.run_folder._RANK_POLL_S", 0.05)
+    as_rank(monkeypatch, launcher)
+    rank_1_config = eval_config(tmp_path, "hydra.run.dir=" + str(tmp_path / "logs" / "eval" / "runs" / "later"))
+    OmegaConf.set_readonly(rank_1_config.hydra, False)
+    rank_1_config.hydra.overrides.hydra = []  # not typed: the time stamp this process resolved
+    OmegaConf.set_readonly(rank_1_config.hydra, True)
+    rank_1 = threading.Thread(target=RunFolderClaim().on_run_start, args=(rank_1_config,), daemon=True)
+    rank_1.start()
+    time.sleep(0.3)
+    assert rank_1.is_alive() and not (tmp_path / "logs" / "eval" / "runs" / "later").exists()
+
+    as_rank(monkeypatch, launcher, **({"RANK": "0"} if launcher == "torchrun" else {"SLURM_PROCID": "0"}))
+    rank_0 = RunFolderClaim()
+    rank_0.on_run_start(rank_0_config := eval_config(tmp_path))
+    rank_1.join(timeout=30)
+    assert not rank_1.is_alive()
+    assert rank_1_config.hydra.run.dir == str(rank_0.folder) != str(tmp_path / "logs" / "eval" / "runs" / "later")
+    assert (rank_1_config.hydra.output_subdir, rank_1_config.hydra.job.name) == (None, "eval_rank1")
+    rank_0.on_run_end(rank_0_config)
+    assert not list(rank_0.folder.parent.glob(".rank0_folder_*"))
+
+
+def test_rank_0_of_srun_claims_a_timestamped_folder(tmp_path, monkeypatch):
+    """srun's variables are also those of a batch script's one process in a multi-task job: rank 0 runs."""
+    as_rank(monkeypatch, "srun", SLURM_PROCID="0")
+    claim = RunFolderClaim()
+    claim.on_run_start(config := eval_config(tmp_path))
+    claim.on_run_end(config)
+    assert claim.folder is not None and claim.folder.parent == tmp_path / "logs" / "eval" / "runs"
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "srun"])
+def test_a_rank_torchrun_or_srun_starts_waits_for_rank_0s_claim(tmp_path, monkeypatch, launcher):
+    """Rank 1 writes nothing into the folder until rank 0 holds it (anything there would make rank 0 refuse the
+    folder as another run's), then writes only its own log: no .hydra/ record, job name eval_rank1."""
+    import threading
+
+    folder = tmp_path / "run"
+    as_rank(monkeypatch, launcher)
+    monkeypatch.setattr("seg_template.run_folder._RANK_POLL_S", 0.05)
+    config = eval_config(tmp_path, f"hydra.run.dir={folder}")
+    rank_1 = threading.Thread(target=RunFolderClaim().on_run_start, args=(config,), daemon=True)
+    rank_1.start()
+    time.sleep(0.5)
+    assert rank_1.is_alive() and not folder.exists()  # waiting, nothing written
+    holder = hold(folder)  # rank 0 claims the folder
     try:
-        monkeypatch.setenv("LOCAL_RANK", "1")  # what Lightning's launcher sets for the rank it re-launches
-        config = hydra_config(folder, f"hydra.run.dir={folder}")
-        RunFolderClaim().on_run_start(config)
-        assert config.hydra.run.dir == str(folder)
+        rank_1.join(timeout=30)
+        assert not rank_1.is_alive()
+        assert (config.hydra.run.dir, config.hydra.output_subdir, config.hydra.job.name) == \
+            (str(folder), None, "eval_rank1")
+        assert f'"pid": {holder.pid}' in (folder / LOCK_FILE).read_text()  # rank 0's claim, untouched
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def test_a_rank_whose_rank_0_never_claims_the_folder_is_refused(tmp_path, monkeypatch, capsys):
+    """A lock record older than the wait is an earlier run's: it is not rank 0's claim."""
+    folder = tmp_path / "run"
+    (folder / LOCK_FILE).parent.mkdir(parents=True)
+    (folder / LOCK_FILE).write_text('{"pid": 1, "host": "x", "started": "2020-01-02 03:04:05", "command": "python"}')
+    as_rank(monkeypatch, "torchrun")
+    monkeypatch.setattr("seg_template.run_folder.RANK_WAIT_S", 1.0)
+    with pytest.raises(SystemExit) as exit_:
+        RunFolderClaim().on_run_start(eval_config(tmp_path, f"hydra.run.dir={folder}"))
+    assert exit_.value.code == 1
+    assert_short_named(capsys.readouterr().err, rf"ConfigError: rank 1 \(started by torchrun\) waited 1 s for rank 0 "
+                                                rf"to claim hydra\.run\.dir={re.escape(str(folder))} .*in vain")
+    assert sorted(os.listdir(folder)) == [".hydra"]
 
 
 # ---------------------------------------------------------------- nothing a run writes destroys what is there

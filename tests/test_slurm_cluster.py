@@ -250,3 +250,29 @@ def test_preempted_jobs_resume_to_the_metrics_of_an_uninterrupted_one(tmp_path: 
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert f"SLURM job {jobs[1]} requeued" in job_log(sweep.folder, jobs[1])
     assert status(sweep.job(1))["wall_s"] >= round_trip  # over both attempts, not the last one only
+
+
+def test_two_nodes_on_slurm_score_exactly_what_one_process_does(compose_cfg, tmp_path: Path) -> None:
+    """``trainer.num_nodes=2`` with one task per node: SLURM runs rank 0 on node1 and rank 1 on node2 (two node
+    entries on this machine), Lightning takes the ranks from SLURM, and the job trains and tests. Its test of
+    ``best.ckpt`` on a split of 5 images (3 + 2 over the ranks) gives, bit for bit, the confusion matrix of
+    eval's task in one process (this one) on that checkpoint, and the same scores."""
+    skip_unless_importable("hydra_plugins.hydra_submitit_launcher")
+    from seg_template.eval import evaluate as evaluate_task
+    from tests.test_scale_out import ODD, SAVE_CONFMAT, assert_same_scores, scores
+
+    sweep = Sweep(tmp_path, "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", "trainer.max_epochs=1",
+                  "test=true", *ODD, SAVE_CONFMAT)
+    assert sweep.finish() == 0, sweep.text[-4000:]
+    print(f"\n2-node training and test on SLURM: {sweep.elapsed()} s")
+    job = sweep.job(0)
+    (script,) = sweep.folder.glob(".submitit/*/*_submission.sh")
+    assert "#SBATCH --nodes=2\n" in script.read_text() and "#SBATCH --ntasks-per-node=1\n" in script.read_text()
+    text = job_log(sweep.folder, status(job)["slurm_job"])
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in text and "GLOBAL_RANK: 1, MEMBER: 2/2" in text, text[-3000:]
+    one = tmp_path / "one_process"
+    evaluate_task(compose_cfg("eval", ["trainer=cpu", f"ckpt_path={job / 'checkpoints' / 'best.ckpt'}", "split=test",
+                                       *ODD, SAVE_CONFMAT], output_dir=one))
+    expected = torch.load(one / "confmat_test.pt", weights_only=True)
+    assert torch.equal(torch.load(job / "confmat_test.pt", weights_only=True), expected)
+    assert_same_scores(scores(job, "test"), scores(one, "test"))
