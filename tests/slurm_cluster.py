@@ -86,6 +86,23 @@ class _Session:
     started_here = False
 
 
+def slurm_running() -> bool:
+    """Whether the local cluster is up now (``scripts/slurm_local.sh status``); starts nothing."""
+    if not sys.platform.startswith("linux") or not SLURM_SCRIPT.is_file():
+        return False
+    try:
+        return _run_script("status", timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def skip_where_a_cluster_runs(covered_by: str) -> None:
+    """Skip a test of the SLURM path without SLURM (stand-in commands, SLURM's variables) where the real
+    cluster runs: ``covered_by`` (a test of tests/test_slurm_cluster.py) proves the same there."""
+    if slurm_running():
+        pytest.skip(f"a local SLURM cluster runs here: tests/test_slurm_cluster.py::{covered_by} covers this")
+
+
 def slurm_available() -> str | None:
     """None when the local cluster is up, starting it (``scripts/slurm_local.sh start``) if it is not; else
     why it cannot be used: not Linux, not root, or the script's failure (its last output line).

@@ -22,6 +22,7 @@ from seg_template import slurm
 from seg_template.paths import PROJECT_ROOT
 from seg_template.sweep_summary import STATUS_FILE, SweepSummary, record_lost_job
 from tests.helpers import TINY, run_script, skip_unless_importable
+from tests.slurm_cluster import skip_where_a_cluster_runs
 
 
 def skip_without_submitit() -> None:
@@ -87,6 +88,7 @@ def test_slurm_requeue_resumes_from_the_saved_state(tmp_path: Path) -> None:
     environment is active; SIGUSR1, which launcher=submitit_slurm asks SLURM to send before the time limit,
     makes it save ``hpc_ckpt_1.ckpt`` and run ``scontrol requeue <job id>``; SLURM then stops the task (here:
     SIGKILL) and starts it again with the same command and folder, and it resumes from that checkpoint."""
+    skip_where_a_cluster_runs("test_preempted_jobs_resume_to_the_metrics_of_an_uninterrupted_one")
     calls = tmp_path / "scontrol.txt"
     env = {**fake_slurm_commands(tmp_path / "bin"), "SCONTROL_CALLS": str(calls), "SLURM_NTASKS": "1",
            "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
