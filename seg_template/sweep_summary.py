@@ -65,9 +65,13 @@ def _float(value: Any) -> float | None:
 
 
 def _is_multirun(config: DictConfig) -> bool:
+    """A multirun job, as its rank 0 runs it: the other tasks of a multi-task SLURM job (``trainer.num_nodes``,
+    several tasks per node) run the same job hooks, and only rank 0 keeps the job's status."""
     from hydra.types import RunMode
 
-    return config.hydra.get("mode") == RunMode.MULTIRUN
+    from seg_template.run_folder import process_rank
+
+    return config.hydra.get("mode") == RunMode.MULTIRUN and process_rank() == 0
 
 
 def refuse_a_used_sweep_folder(sweep_dir: Path, sweeper: str) -> None:
