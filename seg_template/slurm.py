@@ -31,6 +31,13 @@ GPUS_WHEN_ALL = 4
 #: CPUs per task of a GPU job at least (its loader workers and the main process)
 GPU_JOB_MIN_CPUS = 8
 
+#: why a pending job waits (squeue's reason) when no wait ends it: it asks for more than the partition, the
+#: account or the QOS allows
+NEVER_STARTS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidQOS",
+                "InvalidAccount"}
+#: seconds such a reason must stand before the job is cancelled as one that can never start
+NEVER_STARTS_AFTER_S = 60.0
+
 #: job states after which a job may still produce its result (squeue's long names)
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                  "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "STOPPED", "PREEMPTED", "RESV_DEL_HOLD"}
@@ -38,13 +45,19 @@ ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", 
 
 def _uses_gpus(accelerator: Any) -> bool:
     """Whether ``trainer.accelerator`` trains on GPUs: ``gpu``/``cuda``, and ``auto`` (which takes the GPUs
-    a job was given); ``cpu`` does not."""
-    return str(accelerator).lower() not in ("cpu",)
+    a job was given); ``cpu`` (and accelerators SLURM has no GPUs for: mps, tpu...) do not."""
+    return str(accelerator).lower() in ("gpu", "cuda", "auto")
 
 
 def _device_count(devices: Any, default: int) -> int:
-    """``trainer.devices`` as a count: a number, a list of device ids, or ``default`` for -1 / "auto"."""
-    if isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+    """``trainer.devices`` as a count: a number, a list of device ids (also Lightning's string forms "0,1" and
+    "[0, 1]"), or ``default`` for -1 / "auto"."""
+    if isinstance(devices, str):
+        text = devices.strip().strip("[]").strip()
+        if "," in text or devices.strip().startswith("["):
+            return max(1, len([d for d in text.split(",") if d.strip()]))
+        devices = text
+    elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__"):
         return max(1, len(devices))
     try:
         count = int(str(devices).strip())
@@ -86,14 +99,14 @@ def register_resolvers() -> None:
 
 # ---------------------------------------------------------------------------------------- waiting for jobs
 def squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """``{job id: state}`` of the jobs SLURM still knows (``squeue``, one line per array task); None when
-    squeue cannot answer (not installed, the controller unreachable)."""
+    """``{job id: "STATE reason"}`` of the jobs SLURM still knows (``squeue``, one line per array task); None
+    when squeue cannot answer (not installed, the controller unreachable)."""
     if not job_ids:
         return {}
     if shutil.which("squeue") is None:
         return None
     try:
-        done = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i %T",
+        done = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i %T %r",
                                f"--jobs={','.join(job_ids)}"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -106,6 +119,14 @@ def squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
         if job:
             states[job] = state.strip()
     return states
+
+
+def cancel(job_id: str) -> None:
+    """``scancel`` a job, quietly (it may have ended meanwhile)."""
+    try:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        log.warning("scancel %s failed: cancel it by hand", job_id)
 
 
 class JobWatch:
@@ -121,6 +142,7 @@ class JobWatch:
                  states: Callable[[Sequence[str]], dict[str, str] | None] = squeue_states) -> None:
         self.jobs, self.poll_s, self.grace_s, self.states = list(jobs), poll_s, grace_s, states
         self._gone_since: dict[int, float] = {}
+        self._stuck_since: dict[int, float] = {}
         #: when each job that ended without a result was first seen ended (``time.time()``), by its index
         self.ended_at: dict[int, float] = {}
         self._warned = False
@@ -159,7 +181,16 @@ class JobWatch:
         ended, now = {}, time.monotonic()
         for i, job in pending:
             state = states.get(str(job.job_id))
-            if state is not None and state.split()[0] in ACTIVE_STATES:
+            words = (state or "").split()
+            if words[:1] == ["PENDING"] and words[1:2] and words[1] in NEVER_STARTS:
+                if now - self._stuck_since.setdefault(i, now) >= NEVER_STARTS_AFTER_S:
+                    cancel(str(job.job_id))
+                    ended[i] = (f"SLURM job {job.job_id} can never start (pending: {words[1]}, it asks for more "
+                                "than the partition, account or QOS allows: hydra.launcher.partition / "
+                                "cpus_per_task / gpus_per_node / mem_gb / timeout_min); cancelled")
+                continue
+            self._stuck_since.pop(i, None)
+            if state is not None and words[0] in ACTIVE_STATES:
                 self._gone_since.pop(i, None)
                 self.ended_at.pop(i, None)
                 continue

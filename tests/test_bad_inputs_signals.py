@@ -518,7 +518,7 @@ def test_sigterm_under_slurm_ends_resumable_by_the_requeued_job(tmp_path: Path) 
     wait_mid_epoch(run, tmp_path)
     run.proc.send_signal(signal.SIGTERM)
     assert run.finish() == 143, run.text[-3000:]
-    assert "SLURM's requeued job resumes from hpc_ckpt_1.ckpt" in run.text
+    assert "should SLURM requeue the job, it resumes from hpc_ckpt_1.ckpt" in run.text
     assert checkpoint_state(tmp_path / "run" / "hpc_ckpt_1.ckpt") == checkpoint_state(
         tmp_path / "run" / "checkpoints" / "last.ckpt")  # the same step, mid-epoch
     again = Run(args, tmp_path / "second.log", env)  # what SLURM runs when it requeues the job

@@ -138,6 +138,9 @@ def test_slurm_resources_follow_the_trainer(compose_cfg, trainer: str, expected:
     assert cfg.trainer.devices == _compose("train", [f"trainer={trainer}"]).trainer.devices
     assert launcher._target_ == "hydra_plugins.seg_template_launchers.SlurmLauncher"
     assert slurm.cpus_per_task("cpu", 4) == 5 and slurm.gpus_per_node("cuda", [0, 2]) == 2
+    # Lightning's string forms count their devices; accelerators SLURM has no GPUs for ask for none
+    assert [slurm.gpus_per_node("gpu", d) for d in ("0,1", "[0, 1]", "[0]", "3", -1, "auto")] == [2, 2, 1, 3, 4, 4]
+    assert slurm.gpus_per_node("mps", 1) is None and slurm.gpus_per_node("tpu", 8) is None
 
 
 class _Paths:
@@ -227,3 +230,37 @@ def test_a_requeued_job_keeps_its_first_start_and_a_lost_job_is_recorded(tmp_pat
         rows = {r["overrides"]: r for r in csv.DictReader(f)}
     assert rows["loss=ohem"]["status"] == "failed" and "11_1" in rows["loss=ohem"]["error"]
     second._current = None
+
+
+def test_a_job_that_can_never_start_is_cancelled_and_failed(tmp_path: Path, monkeypatch) -> None:
+    """A request beyond what the partition offers (``cpus_per_task=99``) stays PENDING for good, with a reason
+    no wait clears: the watch cancels it once that reason has stood NEVER_STARTS_AFTER_S and fails the job."""
+    cancelled = []
+    monkeypatch.setattr(slurm, "cancel", cancelled.append)
+    monkeypatch.setattr(slurm, "NEVER_STARTS_AFTER_S", 0.0)
+    jobs = [_Job(tmp_path, "9_0"), _Job(tmp_path, "9_1")]
+    jobs[1].paths.result_pickle.write_text("x")
+    answers = iter([{"9_0": "PENDING Resources"}, {"9_0": "PENDING PartitionConfig"}])
+    outcomes = JobWatchForTest(jobs, lambda ids: next(answers)).wait()
+    assert outcomes[1] == ("9_1 done", None) and cancelled == ["9_0"]
+    assert outcomes[0][0] is None and "can never start (pending: PartitionConfig" in outcomes[0][1]
+
+
+def test_the_time_limit_signal_after_the_fit_requeues_nothing(caplog) -> None:
+    """SIGUSR1 once the fit has run its course (during its last validation, say): the job is not requeued (its
+    next attempt would train nothing and return no objective) and the run goes on; another signal stops it."""
+    from types import SimpleNamespace
+
+    from seg_template.callbacks.stop_on_signal import StopOnSignal
+    from seg_template.signals import StoppedBySignal
+
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True)
+    callback = StopOnSignal()
+    callback._pending = signal.SIGUSR1
+    callback.on_train_end(trainer, None)  # no stop
+    assert callback._pending is None and "nothing to requeue" in caplog.text
+    callback._pending = signal.SIGUSR1
+    callback.teardown(trainer, None, "fit")
+    callback._pending = signal.SIGTERM
+    with pytest.raises(StoppedBySignal):
+        callback.teardown(trainer, None, "fit")

@@ -50,13 +50,21 @@ class Fate(pl.Callback):
     def __init__(self, fate: str) -> None:
         self.fate = fate
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.fate == "hang_in_setup":  # before fit's own signal handling: the entry point's must stop it
+            (Path(trainer.default_root_dir) / "hanging").write_text(slurm_job_id())
+            time.sleep(600)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if self.fate == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if self.fate == "hang":
-            job = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-            (Path(trainer.default_root_dir) / "hanging").write_text(job)
+            (Path(trainer.default_root_dir) / "hanging").write_text(slurm_job_id())
             time.sleep(600)
+
+
+def slurm_job_id() -> str:
+    return f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
 
 
 class SlowSteps(pl.Callback):
@@ -77,6 +85,7 @@ class Sweep:
     ``<tmp>/logs``."""
 
     def __init__(self, tmp_path: Path, *overrides: str) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.logs, self.log = tmp_path / "logs", tmp_path / "sweep.log"
         self.started = time.monotonic()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -172,20 +181,45 @@ def test_crashed_and_cancelled_jobs_are_listed_failed_and_the_sweep_ends(tmp_pat
     """Without accounting submitit would wait forever for these two; the sweep ends, lists them as failed with
     what SLURM said, and the third job finishes."""
     skip_unless_importable("hydra_plugins.hydra_submitit_launcher")
-    sweep = Sweep(tmp_path, f"+callbacks.fate._target_={HERE}.Fate", "+callbacks.fate.fate=finish,crash,hang",
-                  "trainer.max_epochs=1")
+    sweep = Sweep(tmp_path, f"+callbacks.fate._target_={HERE}.Fate",
+                  "+callbacks.fate.fate=finish,crash,hang,hang_in_setup", "trainer.max_epochs=1")
     sweep.wait_for(lambda: (sweep.job(2) / "hanging").is_file(), "job 2 hanging")
-    hanging = (sweep.job(2) / "hanging").read_text()
-    subprocess.run(["scancel", hanging], check=True, timeout=60)
+    subprocess.run(["scancel", (sweep.job(2) / "hanging").read_text()], check=True, timeout=60)
+    # SIGTERM before fit (submitit alone ignores it there): the job stops at once, exit status 143
+    sweep.wait_for(lambda: (sweep.job(3) / "hanging").is_file(), "job 3 hanging in its setup")
+    subprocess.run(["scancel", "--signal=TERM", (sweep.job(3) / "hanging").read_text()], check=True, timeout=60)
     assert sweep.finish() != 0  # Hydra's basic sweeper reports failed jobs at the end
-    print(f"\nsweep with a crashed and a cancelled job: {sweep.elapsed()} s")
+    print(f"\nsweep with a crashed, a cancelled and a stopped job: {sweep.elapsed()} s")
     rows = summary(sweep.folder)
     assert {k.rpartition("=")[2]: r["status"] for k, r in rows.items()} == {
-        "finish": "completed", "crash": "failed", "hang": "failed"}
+        "finish": "completed", "crash": "failed", "hang": "failed", "hang_in_setup": "failed"}
     crash, hang = rows["+callbacks.fate.fate=crash"]["error"], rows["+callbacks.fate.fate=hang"]["error"]
     assert "ended without a result (SLURM state FAILED" in crash or "no longer known" in crash, crash
     assert "ended without a result (SLURM state CANCELLED" in hang, hang
-    assert "2 failed" in sweep.text
+    assert "3 failed" in sweep.text and "Traceback" not in sweep.text
+    assert "Stopped by SIGTERM (exit status 143)" in job_log(sweep.folder, (sweep.job(3) / "hanging").read_text())
+
+
+def test_a_refused_submission_and_a_stopped_sweep(tmp_path: Path) -> None:
+    """sbatch's refusal (a partition the cluster lacks) is one block naming it, not submitit's traceback; a
+    sweep stopped while its jobs run (SIGTERM, Ctrl-C) cancels them: nobody would collect their results."""
+    skip_unless_importable("hydra_plugins.hydra_submitit_launcher")
+    refused = Sweep(tmp_path / "refused", "hydra.launcher.partition=nosuch")
+    assert refused.finish() == 1
+    assert "SLURM refused the sweep's jobs" in refused.text and "nosuch" in refused.text, refused.text[-3000:]
+    assert "Traceback" not in refused.text
+
+    sweep = Sweep(tmp_path / "stopped", f"+callbacks.fate._target_={HERE}.Fate", "+callbacks.fate.fate=hang,hang")
+    sweep.wait_for(lambda: all((sweep.job(n) / "hanging").is_file() for n in (0, 1)), "both jobs hanging")
+    jobs = [(sweep.job(n) / "hanging").read_text() for n in (0, 1)]
+    sweep.proc.send_signal(signal.SIGTERM)
+    assert sweep.finish() == 143
+    assert f"cancelled its SLURM jobs {', '.join(jobs)}" in sweep.text, sweep.text[-3000:]
+    deadline = time.monotonic() + 60
+    while subprocess.run(["squeue", "--noheader", "--array", f"--jobs={','.join(jobs)}"], capture_output=True,
+                         text=True, timeout=60).stdout.strip():
+        assert time.monotonic() < deadline, "the stopped sweep's jobs still run"
+        time.sleep(1)
 
 
 def test_preempted_jobs_resume_to_the_metrics_of_an_uninterrupted_one(tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ class StopOnSignal(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self._pending is not None:  # arrived after the last safe point: fit is over
             signum, self._pending = self._pending, None
-            raise StoppedBySignal(signum)
+            if not _time_limit_after_fit(signum, trainer):
+                raise StoppedBySignal(signum)
 
     # ------------------------------------------------------------ the safe points
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -103,6 +104,9 @@ class StopOnSignal(pl.Callback):
         self._stop_if_signalled(trainer, write=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if _time_limit_after_fit(self._agreed_signal(trainer), trainer):
+            self._pending = None
+            return
         self._stop_if_signalled(trainer, write=False)
 
     def _stop_if_signalled(self, trainer: pl.Trainer, write: bool) -> None:
@@ -129,6 +133,18 @@ class StopOnSignal(pl.Callback):
             return local
         agreed = trainer.strategy.reduce(torch.tensor(local, device=trainer.strategy.root_device), reduce_op="max")
         return int(agreed)
+
+
+def _time_limit_after_fit(signum: int, trainer: pl.Trainer) -> bool:
+    """SIGUSR1, SLURM's time-limit signal, once the fit has run its course (its last epoch's validation
+    included): nothing is left to resume, so the job is not requeued (the next attempt would train nothing and
+    return no objective); the test goes on, which the time limit may still cut."""
+    if signum != signal.SIGUSR1:
+        return False
+    if trainer.is_global_zero:
+        log.warning("SIGUSR1 (SLURM's time-limit signal) after the fit's last step: the fit is complete, nothing "
+                    "to requeue; the run goes on")
+    return True
 
 
 def _wait_for_launched_ranks(trainer: pl.Trainer, timeout_s: float = 60.0) -> None:
@@ -210,7 +226,7 @@ def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: 
     if requeued:
         text += f"; SLURM job {requeued} requeued: it starts again and resumes from {os.path.basename(requeue or '')}"
     elif requeue:
-        text += f" (SLURM's requeued job resumes from {os.path.basename(requeue)})"
+        text += f" (should SLURM requeue the job, it resumes from {os.path.basename(requeue)})"
     return text
 
 
