@@ -282,7 +282,7 @@ def test_preempted_jobs_resume_to_the_metrics_of_an_uninterrupted_one(tmp_path: 
         weights = [torch.load(sweep.job(n) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
                    for n in (0, num)]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert f"SLURM job {jobs[1]} requeued" in job_log(sweep.folder, jobs[1])
+    assert f"requeuing SLURM job {jobs[1]}" in job_log(sweep.folder, jobs[1])
     assert status(sweep.job(1))["wall_s"] >= round_trip  # over both attempts, not the last one only
 
 

@@ -116,12 +116,15 @@ class StopOnSignal(pl.Callback):
         self._pending = signum  # a second signal from here on stops at once
         last = _write_last(trainer) if write else _current_last(trainer)
         requeue = _write_slurm_requeue_checkpoint(trainer)
-        requeued = None
-        if requeue and signum == signal.SIGUSR1 and trainer.is_global_zero:
-            requeued = requeue_slurm_job()
+        job = slurm_job_to_requeue() if requeue and signum == signal.SIGUSR1 and trainer.is_global_zero else None
         if trainer.is_global_zero:
             log.warning(stop_line(signum, trainer.current_epoch, trainer.max_epochs, trainer.global_step, last,
-                                  requeue, mid_epoch=write, requeued=requeued))
+                                  requeue, mid_epoch=write, requeued=job))
+        if job is not None:
+            # SLURM ends the job's processes as soon as it is requeued: what this attempt logged is written first
+            for logger in trainer.loggers:
+                logger.save()
+            requeue_slurm_job(job)
         mark_reported()
         self._pending = None
         raise StoppedBySignal(signum, reported=True)
@@ -186,26 +189,35 @@ def _write_slurm_requeue_checkpoint(trainer: pl.Trainer) -> str | None:
     return str(path)
 
 
-def requeue_slurm_job() -> str | None:
-    """``scontrol requeue`` this SLURM job (a job array's task: ``<array id>_<task>``); its id, or None when
-    there is no job id or scontrol failed (logged: the job then ends, resumable by hand)."""
+def slurm_job_to_requeue() -> str | None:
+    """This SLURM job's id for ``scontrol requeue`` (a job array's task: ``<array id>_<task>``); None, logged,
+    without one."""
     job = os.environ.get("SLURM_JOB_ID", "")
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     if not re.fullmatch(r"\d+(_\d+)?", job):
         log.warning("SIGUSR1 in a SLURM job without a job id (SLURM_JOB_ID=%r): not requeued", job)
         return None
+    return job
+
+
+def requeue_slurm_job(job: str) -> bool:
+    """``scontrol requeue <job>``; whether SLURM took it (a failure is logged: the job then ends, resumable by
+    hand). SLURM then stops this attempt (SIGTERM, SIGKILL after its KillWait): SIGTERM is ignored from here
+    on, so the way out (teardown, the sweep's status) completes."""
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         log.warning("scontrol requeue %s failed (%s): the job ends here", job, err)
-        return None
+        return False
     if done.returncode != 0:
         log.warning("scontrol requeue %s failed (status %d: %s): the job ends here", job, done.returncode,
                     (done.stderr or done.stdout).strip()[:300])
-        return None
+        return False
     mark_requeued(job)
-    return job
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return True
 
 
 def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: str | None,
@@ -224,7 +236,7 @@ def stop_line(signum: int, epoch: int, max_epochs: int | None, step: int, last: 
         return f"{text}; no last.ckpt to resume from ({why})"
     text += f"; {os.path.basename(last)} holds that state: resume with {resume_command(last)}"
     if requeued:
-        text += f"; SLURM job {requeued} requeued: it starts again and resumes from {os.path.basename(requeue or '')}"
+        text += f"; requeuing SLURM job {requeued}: it starts again and resumes from {os.path.basename(requeue or '')}"
     elif requeue:
         text += f" (should SLURM requeue the job, it resumes from {os.path.basename(requeue)})"
     return text
