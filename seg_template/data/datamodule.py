@@ -287,9 +287,10 @@ class SegDataModule(pl.LightningDataModule):
         """How many batches of the current epoch the training loop took before this point (its restored
         progress: non-zero only when a fit resumed from a mid-epoch checkpoint starts that epoch)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.training:
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        if loop is None or not getattr(trainer, "training", False):  # a loader used outside Lightning's fit
             return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        return int(loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
