@@ -53,6 +53,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -338,14 +339,10 @@ def join_rank_zero(config: DictConfig, folder: Path, rank: int, launcher: str) -
     claimed the folder within :data:`RANK_WAIT_S` seconds."""
     check_name(OmegaConf.select(config, "name", default=None))  # refused by rank 0 too: not worth the wait
     since = dt.datetime.now() - dt.timedelta(seconds=RANK_WAIT_S)  # an older lock record is an earlier run's
-    deadline = time.monotonic() + RANK_WAIT_S
-    while not _claimed_since(folder, since):
-        if time.monotonic() > deadline:
-            raise ConfigError(f"rank {rank} (started by {launcher}) waited {RANK_WAIT_S:.0f} s for rank 0 to "
-                              f"claim hydra.run.dir={folder} (its lock {folder / LOCK_FILE}), in vain: rank 0 was "
-                              "refused or failed (see its output), or was given another hydra.run.dir=. Start "
-                              "every process of the run with the same command, hydra.run.dir= included.")
-        time.sleep(_RANK_POLL_S)
+    _wait_for_rank_zero(lambda: _claimed_since(folder, since), rank, launcher,
+                        f"claim hydra.run.dir={folder} (its lock {folder / LOCK_FILE})",
+                        ", or was given another hydra.run.dir=. Start every process of the run with the same command, "
+                        "hydra.run.dir= included")
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.output_subdir = None
         config.hydra.job.name = f"{config.hydra.job.name}_rank{rank}"
@@ -373,15 +370,29 @@ def _rank_zero_folder(folder: Path, rank: int, launcher: str) -> Path:
     """The run folder rank 0 of this launch took (it writes its path once it holds it): processes started by
     torchrun or srun each resolve ``hydra.run.dir``'s time stamp themselves, seconds apart. ``ConfigError``
     when rank 0 says nothing within :data:`RANK_WAIT_S` seconds."""
-    pointer, deadline = _pointer(folder, launcher), time.monotonic() + RANK_WAIT_S
-    while not pointer.is_file():
-        if time.monotonic() > deadline:
-            raise ConfigError(f"rank {rank} (started by {launcher}) waited {RANK_WAIT_S:.0f} s for rank 0 to name "
-                              f"its run folder in {pointer}, in vain: rank 0 was refused or failed (see its "
-                              "output). Start every process of the run with the same command (or give them all "
-                              "hydra.run.dir=<folder>).")
-        time.sleep(_RANK_POLL_S)
+    pointer = _pointer(folder, launcher)
+    since = time.time() - RANK_WAIT_S  # an older note is an earlier launch's (same torchrun address, a crash)
+
+    def named() -> bool:
+        with contextlib.suppress(OSError):
+            return pointer.stat().st_mtime >= since
+        return False
+
+    _wait_for_rank_zero(named, rank, launcher, f"name its run folder in {pointer}",
+                        ". Start every process of the run with the same command (or give them all "
+                        "hydra.run.dir=<folder>)")
     return Path(pointer.read_text().strip())
+
+
+def _wait_for_rank_zero(ready: Callable[[], bool], rank: int, launcher: str, what: str, fix: str) -> None:
+    """Poll ``ready()`` until it holds; ``ConfigError`` saying that rank 0 did not ``what`` (then ``fix``) when
+    it does not within :data:`RANK_WAIT_S` seconds."""
+    deadline = time.monotonic() + RANK_WAIT_S
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"rank {rank} (started by {launcher}) waited {RANK_WAIT_S:.0f} s for rank 0 to {what}, "
+                              f"in vain: rank 0 was refused or failed (see its output){fix}.")
+        time.sleep(_RANK_POLL_S)
 
 
 def _claimed_since(folder: Path, since: dt.datetime) -> bool:
