@@ -17,6 +17,7 @@ Nothing here imports torch or submitit at module level: the resolvers run when a
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -41,6 +42,14 @@ NEVER_STARTS_AFTER_S = 60.0
 #: job states after which a job may still produce its result (squeue's long names)
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                  "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "STOPPED", "PREEMPTED", "RESV_DEL_HOLD"}
+
+
+def job_id() -> str | None:
+    """This process's SLURM job as ``scontrol`` and ``squeue`` name it (``<array id>_<task>`` for a job
+    array's task, as launcher=submitit_slurm submits); None outside SLURM."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID") or None
 
 
 def _uses_gpus(accelerator: Any) -> bool:

@@ -37,6 +37,8 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from seg_template import slurm
+
 STATUS_FILE = "job_status.json"
 SUMMARY_CSV = "summary.csv"
 CURVES_PNG = "summary_val_mIoU.png"
@@ -124,7 +126,7 @@ class SweepSummary(Callback):
             "started": earlier.get("started") if earlier else datetime.now().isoformat(timespec="seconds"),
             "started_at": self._started,
             "attempts": int(earlier.get("attempts") or 1) + 1 if earlier else 1,
-            "slurm_job": _slurm_job_id(),
+            "slurm_job": slurm.job_id(),
             "wall_s": None,
             "objective_name": config.get("optimized_metric"),
             "objective": None,
@@ -193,13 +195,6 @@ class SweepSummary(Callback):
             print(text, flush=True)
 
 
-def _slurm_job_id() -> str | None:
-    """This process's SLURM job (``<array id>_<task>`` for a job array's task), None outside SLURM."""
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID") or None
-
-
 def _earlier_attempt(path: Path) -> dict[str, Any] | None:
     """The status an earlier attempt of this same SLURM job left in its folder (a requeued job runs again
     there), else None: the wall time then counts from that attempt's start."""
@@ -210,7 +205,7 @@ def _earlier_attempt(path: Path) -> dict[str, Any] | None:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(earlier, dict) or earlier.get("slurm_job") != _slurm_job_id():
+    if not isinstance(earlier, dict) or earlier.get("slurm_job") != slurm.job_id():
         return None
     return earlier
 

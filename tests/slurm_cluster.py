@@ -5,11 +5,8 @@ when this session started it.
     # tests/conftest.py
     from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
-    # a test
-    @pytest.mark.slow
-    def test_runs_on_slurm(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-        job = sbatch("--wrap", "echo hi", "-o", str(tmp_path / "out.txt"), cwd=tmp_path)
-        assert wait_for_job_state(job, "COMPLETED", timeout=60) == "COMPLETED"
+    # a test module
+    pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 The client commands (sbatch, srun, squeue, scontrol, scancel) find the cluster from any process: the script
 writes its config to /etc/slurm/slurm.conf too. There is no accounting (no sacct): a finished job stays visible
@@ -23,8 +20,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +28,6 @@ import pytest
 
 #: the script that installs, starts and stops the cluster
 SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm_local.sh"
-
-#: job states that do not change any more (a requeued job goes through REQUEUED / PENDING instead)
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL",
-                          "DEADLINE"})
 
 #: seconds ``scripts/slurm_local.sh start`` may take: apt-get install on a fresh machine, then the daemons
 START_TIMEOUT = 900
@@ -155,16 +147,6 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         stop_if_started_here()
 
 
-def sbatch(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None) -> str:
-    """``sbatch --parsable <args>``: the new job's id. Raises ``RuntimeError`` with sbatch's message when it
-    refuses the job."""
-    result = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=60)
-    if result.returncode != 0:
-        raise RuntimeError(f"sbatch {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout.strip().split(";")[0]   # "<id>" or "<id>;<cluster>"
-
-
 # "Key=value" fields of `scontrol show job -o`; a value runs to the next " Key=" (values may hold spaces)
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w/:]*)=(.*?)(?=\s[A-Za-z][\w/:]*=|$)")
 
@@ -181,34 +163,3 @@ def job_info(job_id: str | int) -> dict[str, str] | None:
         raise RuntimeError(f"scontrol show job {job_id} failed: {result.stderr.strip()}")
     line = result.stdout.strip().splitlines()[0]
     return {key: value for key, value in _FIELD.findall(line)}
-
-
-def job_state(job_id: str | int) -> str | None:
-    """The job's state (``PENDING``, ``RUNNING``, ``REQUEUED``, ``COMPLETED``, ...), None when unknown."""
-    info = job_info(job_id)
-    return None if info is None else info.get("JobState")
-
-
-def wait_for_job_state(job_id: str | int, states: str | Iterable[str], timeout: float = 60.0,
-                       poll: float = 0.5) -> str:
-    """Poll the job (``scontrol show job``) every ``poll`` seconds until it is in one of ``states``; returns
-    the state reached. Raises ``TimeoutError`` after ``timeout`` seconds, and ``RuntimeError`` at once when the
-    job ended in a final state not asked for (COMPLETED while RUNNING was wanted, FAILED, CANCELLED, TIMEOUT,
-    ...) or slurmctld does not know it; the messages carry the job's last state, reason and exit code."""
-    wanted = {states} if isinstance(states, str) else set(states)
-    deadline = time.monotonic() + timeout
-    while True:
-        info = job_info(job_id)
-        if info is None:
-            raise RuntimeError(f"job {job_id} unknown to slurmctld while waiting for {sorted(wanted)} "
-                               "(never submitted, or purged MinJobAge after it ended)")
-        state = info.get("JobState", "")
-        if state in wanted:
-            return state
-        if state in FINAL_STATES:
-            raise RuntimeError(f"job {job_id} ended {state} (Reason={info.get('Reason')}, "
-                               f"ExitCode={info.get('ExitCode')}) while waiting for {sorted(wanted)}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"job {job_id} still {state} (Reason={info.get('Reason')}) after {timeout} s "
-                               f"waiting for {sorted(wanted)}")
-        time.sleep(poll)

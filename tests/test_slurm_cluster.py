@@ -31,9 +31,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from seg_template import slurm
 from seg_template.paths import PROJECT_ROOT
 from tests.helpers import TINY, skip_unless_importable
-from tests.slurm_cluster import slurm_cluster  # noqa: F401 - the fixture
+from tests.slurm_cluster import job_info, slurm_cluster  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -52,19 +53,16 @@ class Fate(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.fate == "hang_in_setup":  # before fit's own signal handling: the entry point's must stop it
-            (Path(trainer.default_root_dir) / "hanging").write_text(slurm_job_id())
+            (Path(trainer.default_root_dir) / "hanging").write_text(str(slurm.job_id()))
             time.sleep(600)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if self.fate == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if self.fate == "hang":
-            (Path(trainer.default_root_dir) / "hanging").write_text(slurm_job_id())
+            (Path(trainer.default_root_dir) / "hanging").write_text(str(slurm.job_id()))
             time.sleep(600)
 
-
-def slurm_job_id() -> str:
-    return f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
 
 
 class SlowSteps(pl.Callback):
@@ -153,8 +151,8 @@ def scontrol(*args: str) -> str:
 
 
 def run_time_s(job: str) -> int:
-    """How long the job has been running, from ``scontrol show job`` (``RunTime=H:MM:SS``)."""
-    found = re.search(r"RunTime=(?:(\d+)-)?(\d+):(\d+):(\d+)", scontrol("show", "job", job))
+    """How long the job has been running, from ``scontrol show job`` (``RunTime=[D-]H:MM:SS``)."""
+    found = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+):(\d+)", (job_info(job) or {}).get("RunTime", ""))
     assert found, job
     days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds

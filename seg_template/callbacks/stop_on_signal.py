@@ -192,9 +192,9 @@ def _write_slurm_requeue_checkpoint(trainer: pl.Trainer) -> str | None:
 def slurm_job_to_requeue() -> str | None:
     """This SLURM job's id for ``scontrol requeue`` (a job array's task: ``<array id>_<task>``); None, logged,
     without one."""
-    job = os.environ.get("SLURM_JOB_ID", "")
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    from seg_template.slurm import job_id
+
+    job = job_id() or ""
     if not re.fullmatch(r"\d+(_\d+)?", job):
         log.warning("SIGUSR1 in a SLURM job without a job id (SLURM_JOB_ID=%r): not requeued", job)
         return None
