@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from seg_template.callbacks.checkpoint import AtomicCheckpointIO
+from seg_template.callbacks.checkpoint_io import logging_step
 from seg_template.callbacks.stop_on_signal import stop_line
 from seg_template.cli import peer_failure_line, user_error_in_text
 from seg_template.errors import DataError
@@ -267,6 +268,57 @@ def test_a_resumed_csv_logger_drops_the_stale_rows_before_appending(tmp_path: Pa
         ("49", "0.5", ""), ("99", "0.6", ""), ("100", "", "0.3")]
 
 
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=2)
+
+
+class _SaveAt(pl.Callback):
+    """Saves ``batch_end.ckpt`` in on_train_batch_end of step 5 (as a signal's stop does) and ``epoch_end.ckpt``
+    at the end of epoch 0; records the step the fit logs first."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.first_logged_step = folder, None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if self.first_logged_step is None:
+            self.first_logged_step = trainer.fit_loop.epoch_loop._batches_that_stepped
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == 6 and not (self.folder / "batch_end.ckpt").exists():
+            trainer.save_checkpoint(self.folder / "batch_end.ckpt")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.current_epoch == 0:
+            trainer.save_checkpoint(self.folder / "epoch_end.ckpt")
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+@pytest.mark.parametrize("saved", ["batch_end", "epoch_end"])
+def test_the_logging_step_of_a_checkpoint_is_where_lightning_resumes_logging(tmp_path: Path, saved: str) -> None:
+    """A checkpoint written in on_train_batch_end (a signal's stop) resumes logging at the step after the saved
+    one: the resumed fit drops rows from there, so the saved step's own row stays (a CI run lost it)."""
+    def fit(callback: _SaveAt, ckpt_path: Path | None = None) -> None:
+        pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=[callback]).fit(_Tiny(), ckpt_path=ckpt_path)
+
+    fit(_SaveAt(tmp_path))
+    path = tmp_path / f"{saved}.ckpt"
+    resumed = _SaveAt(tmp_path)
+    fit(resumed, path)
+    assert logging_step(torch.load(path, weights_only=True)) == resumed.first_logged_step == (6 if saved == "batch_end" else 4)
+
+
 @pytest.mark.parametrize("slurm", [False, True])
 def test_a_signal_stops_with_143_or_130_and_no_traceback(monkeypatch, slurm: bool) -> None:
     # SIGUSR1 too, in a SLURM job as well (its time-limit signal: the default action would end the process
@@ -436,12 +488,13 @@ def test_a_stopped_run_resumes_to_the_same_metrics(tmp_path: Path, workers: int,
     sig = [*SIG, f"data.num_workers={workers}"]
     whole = Run(["train.py", *sig, f"paths.log_dir={tmp_path / 'whole'}"], tmp_path / "whole.log")
     assert whole.finish() == 0, whole.text[-3000:]
-    stop = during_save(0, signal.SIGTERM) if where == "epoch end" else send_at(signal.SIGTERM, STEPS_PER_EPOCH + 20)
+    # mid-epoch: a logging step (rows every 10 steps), whose row Lightning logs only after the batch-end hooks
+    stop = during_save(0, signal.SIGTERM) if where == "epoch end" else send_at(signal.SIGTERM, STEPS_PER_EPOCH + 29)
     run = Run(["train.py", *sig, *stop, f"paths.log_dir={tmp_path / 'cut'}"], tmp_path / "cut.log")
     assert run.finish() == 143, run.text[-3000:]
     assert_no_traceback(run.text)
     last = run_folder(tmp_path / "cut") / "checkpoints" / "last.ckpt"
-    assert checkpoint_state(last) == ((0, STEPS_PER_EPOCH) if where == "epoch end" else (1, STEPS_PER_EPOCH + 21))
+    assert checkpoint_state(last) == ((0, STEPS_PER_EPOCH) if where == "epoch end" else (1, STEPS_PER_EPOCH + 30))
     resumed = Run(["train.py", *sig, f"paths.log_dir={tmp_path / 'cut'}", f"ckpt_path={last}"],
                   tmp_path / "resumed.log")
     assert resumed.finish() == 0, resumed.text[-3000:]

@@ -167,10 +167,20 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 def logging_step(checkpoint: dict[str, Any]) -> int:
     """The step Lightning's loggers continue from when ``checkpoint`` is resumed: its count of batches that
-    stepped (the logged ``step`` column), which is ``global_step`` unless several optimisers step per batch."""
+    stepped (the logged ``step`` column), which is ``global_step`` unless several optimisers step per batch.
+
+    A checkpoint written in ``on_train_batch_end`` (a signal's stop, ``every_n_train_steps``) holds the count
+    from before that step's increment, and its batch as processed but not completed; Lightning's restored loop
+    adds the one step, so the resumed fit logs from the next step, and the saved step's own row stays."""
+    try:
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        stepped = int(fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"])
+    except (KeyError, TypeError, ValueError):
+        return int(checkpoint.get("global_step", 0))
     with contextlib.suppress(KeyError, TypeError, ValueError):
-        return int(checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
-    return int(checkpoint.get("global_step", 0))
+        total = fit_loop["epoch_loop.batch_progress"]["total"]
+        stepped += int(int(total["completed"]) == int(total["processed"]) - 1)
+    return stepped
 
 
 #: what a checkpoint written by ``Trainer.fit`` holds and resuming needs

@@ -114,6 +114,8 @@ class StopOnSignal(pl.Callback):
         if not signum:
             return
         self._pending = signum  # a second signal from here on stops at once
+        if write:
+            _log_this_step(trainer)
         last = _write_last(trainer) if write else _current_last(trainer)
         requeue = _write_slurm_requeue_checkpoint(trainer)
         job = slurm_job_to_requeue() if requeue and signum == signal.SIGUSR1 and trainer.is_global_zero else None
@@ -158,6 +160,14 @@ def _wait_for_launched_ranks(trainer: pl.Trainer, timeout_s: float = 60.0) -> No
     for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _log_this_step(trainer: pl.Trainer) -> None:
+    """Log the step that just ended, as Lightning does after ``on_train_batch_end`` (at a logging step): the run
+    stops before that, and the resumed fit continues at the next step, so the step's row would be lost."""
+    connector = trainer._logger_connector
+    connector.on_batch_end()
+    connector.update_train_step_metrics()
 
 
 def _write_last(trainer: pl.Trainer) -> str | None:
