@@ -328,3 +328,32 @@ def test_ohem_says_once_when_min_kept_covers_the_batch(memory_efficient, caplog)
     message = record.getMessage()
     assert f"min_kept={n_valid - 1} reaches the {n_valid} valid pixels" in message
     assert "plain cross-entropy" in message and "loss.main.min_kept" in message
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("loss_class", [CrossEntropy, OhemCrossEntropy])
+def test_deferred_label_checks_leave_bad_pixels_out_then_raise(loss_class, memory_efficient: bool) -> None:
+    """Inside deferred_label_checks (the training step) a label out of range is recorded on the device and its
+    pixels left out of the loss (no index out of range); LabelRange.check raises naming it."""
+    from seg_template.errors import DataError
+    from seg_template.losses.rules import LabelRange, deferred_label_checks
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 10))
+    bad = target.clone()
+    bad[0, :2] = 7
+    bad[1, 0, 0] = -3
+    ignored = target.clone()
+    ignored[bad != target] = 255
+    kwargs = {"thresh": 0.7, "min_kept": 20} if loss_class is OhemCrossEntropy else {}
+    loss = loss_class(memory_efficient=memory_efficient, **kwargs)
+    with pytest.raises(DataError, match=r"labels \[-3, 7\] outside \[0, 3\)"):
+        loss(logits, bad)
+    labels = LabelRange()
+    with deferred_label_checks(labels):
+        got = loss(logits, bad)
+    torch.testing.assert_close(got, loss(logits, ignored))
+    with pytest.raises(DataError, match=r"outside \[0, 3\).*e\.g\. -3, 7"):
+        labels.check()
+    labels.check()  # forgotten once read

@@ -50,7 +50,7 @@ class FocalLoss(PixelCrossEntropy):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = self.check(logits, target)
-        return report_nonfinite(self._loss(logits, target, checked), checked.finite)
+        return report_nonfinite(self._loss(logits, checked.target, checked), checked.finite)
 
     def _loss(self, logits: Tensor, target: Tensor, checked: CheckedTarget) -> Tensor:
         if self.uses_kernels(logits):

@@ -100,13 +100,15 @@ class LovaszSoftmax(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = check_target(logits, target, self.ignore_index, self.weight)
-        if self.memory_efficient and logits.dim() == 4 and checked.n_valid > 0:
+        target = checked.target
+        n_valid = int(checked.n_valid)  # Lovász sorts each set's errors: it reads the count on the host
+        if self.memory_efficient and logits.dim() == 4 and n_valid > 0:
             loss = _LeanLovasz.apply(logits, target, checked.valid, self.weight, self.align_corners, self.per_image,
                                      GROUP_BYTES)
             return report_nonfinite(loss, checked.finite)
         with no_autocast(logits.device):
             x = logits.to(compute_dtype(logits))
-            if checked.n_valid == 0:  # (x * 0).sum(): finite even when x.sum() would overflow
+            if n_valid == 0:  # (x * 0).sum(): finite even when x.sum() would overflow
                 return report_nonfinite((x * 0).sum(), checked.finite)
             if x.dim() == 4 and x.shape[-2:] != target.shape[-2:]:
                 x = F.interpolate(x, size=target.shape[-2:], mode="bilinear", align_corners=self.align_corners)

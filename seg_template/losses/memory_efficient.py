@@ -58,11 +58,18 @@ class _GradientFromForward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        # For a plain loss.backward() (grad_output == 1, one sync) the saved gradient itself is returned: once
-        # autograd frees the graph it holds the only reference, so AccumulateGrad adopts it instead of
-        # copying (with retain_graph it copies; nothing is modified).
-        scaled = grad if bool(grad_output == 1) else grad * grad_output.to(grad.dtype)
+        # Scaled in place and handed out: once autograd frees the graph the returned tensor holds the only
+        # reference, so AccumulateGrad adopts it instead of copying; no host read of grad_output (a GPU sync).
+        # A graph kept for another backward (retain_graph) still needs the saved gradient: it gets a copy.
+        scale = grad_output.to(grad.dtype)
+        scaled = grad * scale if _graph_is_kept() else grad.mul_(scale)
         return (scaled, *(None,) * (len(ctx.needs_input_grad) - 1))
+
+
+def _graph_is_kept() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``); True when torch cannot say."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep_graph is None else bool(keep_graph())
 
 
 class _ReducedCrossEntropy(_GradientFromForward):

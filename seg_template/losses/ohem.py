@@ -49,8 +49,10 @@ class OhemCrossEntropy(PixelCrossEntropy):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         checked = self.check(logits, target)
+        # OHEM selects by rank among the valid pixels: it needs their count on the host (one read per call)
+        checked = checked._replace(n_valid=int(checked.n_valid))
         self._note_plain_ce(checked.n_valid)
-        return report_nonfinite(self._loss(logits, target, checked), checked.finite)
+        return report_nonfinite(self._loss(logits, checked.target, checked), checked.finite)
 
     def _note_plain_ce(self, n_valid: int) -> None:
         """Log once when min_kept reaches the batch's valid pixels: p_k is then the largest probability, so

@@ -8,6 +8,9 @@ The eager losses (``cross_entropy.py``, ``ohem.py``) and the memory-efficient ke
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import torch
@@ -17,12 +20,59 @@ from seg_template.errors import ConfigError, DataError
 
 
 class CheckedTarget(NamedTuple):
-    """What ``check_target`` learnt, from one host sync."""
+    """What ``check_target`` learnt; the count and the finiteness stay on the logits' device."""
 
     safe: Tensor  # int64 like target, ignored pixels set to class 0: safe to gather or index with
     valid: Tensor  # bool like target: not ignore_index
-    n_valid: int  # number of valid pixels
-    finite: bool  # every logit is finite
+    n_valid: Tensor | int  # number of valid pixels: a 0-dim int64 tensor, an int once a loss read it on the host
+    finite: Tensor  # 0-dim bool: every logit is finite
+    target: Tensor  # the target to compute with: out-of-range labels made ignore_index when checks are deferred
+
+
+class LabelRange:
+    """The lowest and highest label the losses met while their label check was deferred
+    (:func:`deferred_label_checks`), kept on the device: ``update`` never waits for it, :meth:`check` reads it
+    once and raises ``DataError`` naming the out-of-range labels."""
+
+    def __init__(self) -> None:
+        self.low: Tensor | None = None  # 0-dim int64
+        self.high: Tensor | None = None
+        self.limits: tuple[int, int] = (0, 0)  # (num_classes, ignore_index) of the last update
+
+    def update(self, low: Tensor, high: Tensor, num_classes: int, ignore_index: int) -> None:
+        self.low = low if self.low is None else torch.minimum(self.low, low)
+        self.high = high if self.high is None else torch.maximum(self.high, high)
+        self.limits = (num_classes, ignore_index)
+
+    def check(self, where: str = "in the training steps since the last check") -> None:
+        """One host read of what was met since the last check (then forgotten); ``DataError`` when a label was
+        outside ``[0, num_classes)`` and not the ignore index."""
+        if self.low is None or self.high is None:
+            return
+        low, high = torch.stack((self.low, self.high)).tolist()
+        self.low = self.high = None
+        num_classes, ignore_index = self.limits
+        if low < 0 or high >= num_classes:
+            shown = ", ".join(str(v) for v in (low, high) if v < 0 or v >= num_classes)
+            raise DataError(f"target had labels outside [0, {num_classes}) that are not ignore_index={ignore_index} "
+                            f"{where} (e.g. {shown}); those pixels were left out of the loss. Fix the masks or "
+                            "data.ignore_index / data.num_classes")
+
+
+_DEFERRED: ContextVar[LabelRange | None] = ContextVar("deferred_label_checks", default=None)
+
+
+@contextmanager
+def deferred_label_checks(labels: LabelRange) -> Iterator[LabelRange]:
+    """Within the block, losses do not read their labels' range on the host (a GPU sync per loss call): they
+    record it in ``labels`` and leave out-of-range pixels out of the loss (never an index out of range), and
+    whoever opened the block calls ``labels.check()`` at its own intervals (the training step: at logging
+    steps and before any checkpoint)."""
+    token = _DEFERRED.set(labels)
+    try:
+        yield labels
+    finally:
+        _DEFERRED.reset(token)
 
 
 def check_target(logits: Tensor, target: Tensor, ignore_index: int,
@@ -30,7 +80,9 @@ def check_target(logits: Tensor, target: Tensor, ignore_index: int,
     """Validate shapes, weight length and labels before anything indexes with them; note non-finite logits.
 
     ``logits [N, C, ...]``, ``target [N, ...]`` integer. Labels outside ``[0, C)`` that are not
-    ``ignore_index`` raise ``DataError`` here, so a GPU run reports them instead of a device-side assert.
+    ``ignore_index`` raise ``DataError`` here (one host read), so a GPU run reports them instead of a
+    device-side assert; within :func:`deferred_label_checks` they are recorded instead and left out of the loss,
+    with no host read at all.
     """
     if target.is_floating_point() or target.is_complex():
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
@@ -48,25 +100,34 @@ def check_target(logits: Tensor, target: Tensor, ignore_index: int,
     safe = target.long() * valid  # cheaper than torch.where; ignored -> class 0
     # NaN propagates through min/max and an infinity shows in one of them: one pass, no [N, C, ...] mask
     finite = torch.isfinite(torch.stack(torch.aminmax(logits.detach()))).all()
-    # one host sync for the range check, the count and finiteness; few, cheap full passes (they add up on a
-    # busy CPU)
-    low, high, n_valid, all_finite = torch.stack(
-        (*torch.aminmax(safe), torch.count_nonzero(valid), finite.long())).tolist()
-    if low < 0 or high >= num_classes:
-        values = torch.unique(target[valid & ((target < 0) | (target >= num_classes))]).tolist()
-        raise DataError(f"target has labels {values[:20]} outside [0, {num_classes}) that are not "
-                        f"ignore_index={ignore_index}; fix the masks or data.ignore_index / data.num_classes")
-    return CheckedTarget(safe, valid, n_valid, bool(all_finite))
+    low, high = torch.aminmax(safe)
+    deferred = _DEFERRED.get()
+    if deferred is not None:
+        deferred.update(low, high, num_classes, ignore_index)
+        inside = (safe >= 0) & (safe < num_classes)  # out-of-range pixels: left out until the check raises
+        valid = valid & inside
+        safe = safe * inside
+        target = target.masked_fill(~inside, ignore_index)
+    else:
+        low, high = torch.stack((low, high)).tolist()
+        if low < 0 or high >= num_classes:
+            values = torch.unique(target[valid & ((target < 0) | (target >= num_classes))]).tolist()
+            raise DataError(f"target has labels {values[:20]} outside [0, {num_classes}) that are not "
+                            f"ignore_index={ignore_index}; fix the masks or data.ignore_index / data.num_classes")
+    return CheckedTarget(safe, valid, torch.count_nonzero(valid), finite, target)
 
 
-def report_nonfinite(loss: Tensor, finite: bool) -> Tensor:
-    """The loss, made NaN when any logit was NaN or infinite.
+def report_nonfinite(loss: Tensor, finite: Tensor | bool) -> Tensor:
+    """The loss, made NaN when any logit was NaN or infinite (``finite``: a 0-dim bool tensor, read on the
+    device, or a bool).
 
     Masks, thresholds and the "nothing kept -> 0" rule can otherwise turn garbage logits into a finite (or
     0.0) loss while the gradient is NaN. Adding a NaN constant changes the value only: the gradient is
     whatever the computation gave.
     """
-    return loss if finite else loss + math.nan
+    if isinstance(finite, bool):
+        return loss if finite else loss + math.nan
+    return loss + torch.zeros_like(loss).masked_fill(~finite, math.nan)
 
 
 def mean_or_zero(total: Tensor, count: Tensor | int) -> Tensor:
@@ -97,7 +158,7 @@ def below_thresh(nll: Tensor, thresh: float) -> Tensor:
     return nll > -math.log(thresh)
 
 
-def select_hard_pixels(nll: Tensor, n_valid: int, thresh: float,
+def select_hard_pixels(nll: Tensor, n_valid: Tensor | int, thresh: float,
                        min_kept: int) -> tuple[Tensor, Tensor, Tensor | int]:
     """OHEM's selection (HRNet): keep the pixels with ``p < max(p_k, thresh)``.
 
@@ -111,6 +172,7 @@ def select_hard_pixels(nll: Tensor, n_valid: int, thresh: float,
     ranks over all pixels are the ranks among the valid ones and no masked copy is needed.
     """
     below = below_thresh(nll, thresh)
+    n_valid = int(n_valid)  # the rank of p_k is needed on the host: OHEM's selection reads its counts (syncs)
     if n_valid == 0:
         return below, below, 0
     k = min(min_kept, n_valid - 1)  # 0-based rank of p_k among the valid pixels
