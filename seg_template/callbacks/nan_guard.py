@@ -1,8 +1,9 @@
 """Stop a diverged training run early, with one message, before it saves or tests non-finite weights.
 
-:class:`NaNGuard` watches every training step: a non-finite loss, or (in full precision) non-finite
-gradients behind a finite loss, makes the step *bad*. The optimiser update of a bad step is skipped, so a
-stray bad batch cannot poison the weights; after ``patience`` bad steps in a row training stops by raising
+:class:`NaNGuard` watches every training step without waiting for the device: a non-finite loss, or (in full
+precision) non-finite gradients behind a finite loss, makes the step *bad*. The gradients of a bad step are
+dropped on the device, so a stray bad batch cannot poison the weights; the verdicts are read at logging steps,
+epoch ends and before every checkpoint, and after ``patience`` bad steps in a row training stops by raising
 :class:`~seg_template.errors.TrainingDiverged`, naming the epoch and step and what to change. Raising (rather
 than setting ``trainer.should_stop``) is deliberate: the run then exits non-zero, and the test phase does not
 run on diverged weights.
@@ -93,24 +94,34 @@ def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
     return [name for name, ok in zip(tensors, finite, strict=True) if not ok]
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
-    """Whether every element of ``tensors`` is finite, with one device sync. The max-abs norm cannot overflow
-    and is NaN / inf exactly when some element is (``get_total_norm``, torch >= 2.6, does it with foreach
-    kernels)."""
+def _finite(tensors: list[Tensor]) -> Tensor:
+    """A 0-dim bool tensor on their device: whether every element of ``tensors`` is finite (no host read). The
+    max-abs norm cannot overflow and is NaN / inf exactly when some element is (``get_total_norm``, torch >= 2.6,
+    does it with foreach kernels)."""
     total_norm = getattr(torch.nn.utils, "get_total_norm", None)
     if total_norm is not None:
         peak = total_norm(tensors, norm_type=float("inf"))
     else:  # pragma: no cover - older torch
         peak = torch.stack([t.detach().abs().amax() for t in tensors if t.numel()]).amax()
-    return bool(torch.isfinite(peak))
+    return torch.isfinite(peak)
 
 
 class NaNGuard(pl.Callback):
-    """Skip updates of steps with a non-finite loss or gradients; raise after ``patience`` in a row.
+    """Drop the gradients of steps that are non-finite; raise after ``patience`` bad steps in a row.
 
-    ``check_gradients``: also inspect the gradients (one host-device sync per step), which catches a finite
-    loss with NaN gradients. Under 16-bit mixed precision the gradient scaler already skips steps with
-    non-finite gradients (a few are normal while it calibrates), so there only the loss is watched.
+    A step is *bad* when its loss is NaN / inf or (``check_gradients``, full precision) its gradients are. The
+    guard never reads a device tensor during a step (each host read waits for the GPU): it notes each step's
+    verdict on the device and reads them all at once at logging steps (``trainer.log_every_n_steps``), at each
+    epoch's end, before validation and before any checkpoint is written, then warns about bad steps or raises
+    :class:`~seg_template.errors.TrainingDiverged` (a streak may thus be reported a few steps after it began).
+
+    Non-finite gradients are zeroed on the device before the optimiser step, so a stray bad batch cannot poison
+    the weights. That is not a skipped step: the optimiser still applies its momentum and weight decay with a
+    zero gradient. A step whose loss is NaN but whose gradients are finite (masked pixels) keeps its update and
+    counts as bad. Under 16-bit mixed precision the gradient scaler already skips steps with non-finite
+    gradients (a few are normal while it calibrates), so there only the loss is watched. Under DDP the
+    gradients are the same on every rank after their all-reduce, so each rank drops the same ones; the
+    verdicts of all ranks are reduced (one collective per check) so that all of them stop together.
     """
 
     def __init__(self, patience: int = 3, check_gradients: bool = True) -> None:
@@ -118,55 +129,93 @@ class NaNGuard(pl.Callback):
         require("callbacks.nan_guard.patience", patience)
         require("callbacks.nan_guard.check_gradients", check_gradients)  # bool("false ") would be True
         self.patience, self.check_gradients = int(patience), bool(check_gradients)
-        self.streak = 0  # bad steps in a row
+        self.streak = 0  # bad steps in a row, as of the last check
         self.first_bad = ""  # where the current streak began
         self.first_bad_step = 0
-        self._bad_gradients = False
+        self._grads_ok: Tensor | None = None  # this step's gradient verdict, on the device
+        # steps since the last check: ([loss bad, gradients bad, loss value] on the device, (epoch, step, batch))
+        self._pending: list[tuple[Tensor, tuple[int, int, int]]] = []
+        self._trainer: pl.Trainer | None = None
 
     @staticmethod
     def _scaled(trainer: pl.Trainer) -> bool:
         return getattr(trainer.precision_plugin, "scaler", None) is not None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer, self._pending, self._grads_ok = trainer, [], None
+
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Optimizer) -> None:
         if not self.check_gradients or self._scaled(trainer) or not pl_module.automatic_optimization:
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
             return
-        if not _all_finite([p.grad for p in params]):
-            self._bad_gradients = True
-            for p in params:  # optimisers skip parameters without a gradient: the update does not happen
-                p.grad = None
+        ok = _finite(grads)
+        drop = ~ok
+        for grad in grads:  # all of a bad step's gradients become 0, on the device: no host decision
+            grad.masked_fill_(drop, 0)
+        self._grads_ok = ok if self._grads_ok is None else self._grads_ok & ok
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        bad_loss = isinstance(loss, Tensor) and not bool(torch.isfinite(loss.detach()).all())
-        bad_gradients, self._bad_gradients = self._bad_gradients, False
-        # DDP: every rank must take the same decision, or the others wait forever for the one that stopped
-        if not trainer.strategy.reduce_boolean_decision(bad_loss or bad_gradients, all=False):
-            self.streak = 0
-            return
-        self.streak += 1
-        if bad_loss:
-            what = f"loss {loss.detach().float().mean().item()}"
+        grads_ok, self._grads_ok = self._grads_ok, None
+        if isinstance(loss, Tensor):
+            value = loss.detach().float().mean()
+            loss_bad = ~torch.isfinite(value)
+        elif grads_ok is not None:
+            value = loss_bad = torch.zeros((), device=grads_ok.device)
         else:
-            what = "non-finite gradients (finite loss)" if bad_gradients else "on another process"
-        where = f"epoch {trainer.current_epoch}, step {trainer.global_step} (batch {batch_idx})"
-        if self.streak == 1:
-            self.first_bad, self.first_bad_step = where, trainer.global_step
-        if self.streak < self.patience:
-            if trainer.is_global_zero:  # every rank took the same decision: one line, not one per process
-                log.warning("Non-finite training step at %s: %s; its update was skipped (%d of %d in a row "
-                            "stops training)", where, what, self.streak, self.patience)
             return
-        raise TrainingDiverged(
-            f"{self.patience} training steps in a row had a non-finite loss or gradients, from {self.first_bad} "
-            f"to {where} ({what}). Their updates were skipped and no checkpoint holds non-finite weights. "
-            f"Try: {divergence_advice(trainer, self.first_bad_step)}.")
+        grads_bad = torch.zeros_like(loss_bad) if grads_ok is None else ~grads_ok
+        verdict = torch.stack((loss_bad.float(), grads_bad.float(), value))
+        self._pending.append((verdict, (trainer.current_epoch, trainer.global_step, batch_idx)))
+        if trainer._logger_connector.should_update_logs:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)  # a streak is reported before its weights are validated
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Read the verdicts of the steps since the last check (one host read; under DDP, one collective first):
+        warn about each bad step, raise ``TrainingDiverged`` at the ``patience``-th in a row."""
+        if not self._pending:
+            return
+        verdicts = torch.stack([v for v, _ in self._pending])  # [steps, 3]
+        places = [p for _, p in self._pending]
+        self._pending = []
+        if trainer.world_size > 1:  # every rank must take the same decision, or the others wait forever
+            verdicts = trainer.strategy.reduce(verdicts, reduce_op="max")
+        for (loss_bad, grads_bad, value), (epoch, step, batch_idx) in zip(verdicts.tolist(), places, strict=True):
+            if not (loss_bad or grads_bad):
+                self.streak = 0
+                continue
+            self.streak += 1
+            what = f"loss {value}" if loss_bad else "non-finite gradients (finite loss)"
+            where = f"epoch {epoch}, step {step} (batch {batch_idx})"
+            if self.streak == 1:
+                self.first_bad, self.first_bad_step = where, step
+            if self.streak < self.patience:
+                if trainer.is_global_zero:  # every rank took the same decision: one line, not one per process
+                    log.warning("Non-finite training step at %s: %s; its gradients were dropped (%d of %d in a "
+                                "row stops training)", where, what, self.streak, self.patience)
+                continue
+            raise TrainingDiverged(
+                f"{self.patience} training steps in a row had a non-finite loss or gradients, from "
+                f"{self.first_bad} to {where} ({what}). Their gradients were dropped and no checkpoint holds "
+                f"non-finite weights. Try: {divergence_advice(trainer, self.first_bad_step)}.")
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"streak": ...}``, checked first: a checkpoint is written only after the steps it holds were read."""
+        if self._trainer is not None:
+            self.check(self._trainer)
         return {"streak": self.streak}
 
     @staticmethod
