@@ -6,8 +6,9 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from seg_template.callbacks.progress import EpochLog, PlainProgressBar
+from seg_template.callbacks.progress import EpochLog, PlainProgressBar, RichBar
 
 
 @pytest.mark.parametrize("resumed_mid_epoch", [False, True])
@@ -32,13 +33,34 @@ def test_plain_lines_rate_after_a_mid_epoch_resume(caplog, monkeypatch) -> None:
     monkeypatch.setattr("seg_template.callbacks.progress.time.monotonic", lambda: next(clock))
     bar = PlainProgressBar(every_s=30)
     trainer = SimpleNamespace(global_rank=0, progress_bar_metrics={}, max_epochs=4, current_epoch=2,
-                              num_training_batches=100)
+                              num_training_batches=100, _logger_connector=SimpleNamespace(should_update_logs=False))
     monkeypatch.setattr(PlainProgressBar, "total_train_batches", property(lambda self: 100))
     bar.on_fit_start(trainer, None)
     with caplog.at_level(logging.INFO, logger="seg_template"):
         bar.on_train_batch_end(trainer, None, None, None, batch_idx=61)
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("epoch 2/3: batch 62/100, 2.0 it/s"), line
+
+
+def test_the_bars_read_the_loss_at_logging_steps_only(caplog, monkeypatch) -> None:
+    """A host read of the loss waits for the GPU: the bars take it from the step's output at logging steps and
+    show that value until the next one."""
+    clock = iter([100.0, 101.0, 140.0])
+    monkeypatch.setattr("seg_template.callbacks.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr(PlainProgressBar, "total_train_batches", property(lambda self: 100))
+    connector = SimpleNamespace(should_update_logs=True)
+    trainer = SimpleNamespace(global_rank=0, max_epochs=4, current_epoch=0, _logger_connector=connector)
+    bar = PlainProgressBar(every_s=30)
+    bar.on_fit_start(trainer, None)
+    with caplog.at_level(logging.INFO, logger="seg_template"):
+        bar.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.25)}, None, batch_idx=9)  # a logging step
+        connector.should_update_logs = False
+        bar.on_train_batch_end(trainer, None, {"loss": torch.tensor(7.0)}, None, batch_idx=10)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.endswith("loss 0.2500"), line
+    rich = RichBar()
+    rich._loss = 0.25
+    assert rich.get_metrics(SimpleNamespace(loggers=[], progress_bar_metrics={}), None)["train/loss"] == 0.25
 
 
 def test_the_epoch_line_gives_val_miou_only_for_epochs_that_validated(caplog) -> None:

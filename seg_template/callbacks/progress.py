@@ -11,20 +11,53 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
+from torch import Tensor
 
 log = logging.getLogger("seg_template")
 
 
 def progress_bar(plain_every_s: float = 30.0) -> ProgressBar:
-    """A ``RichProgressBar`` when stdout is a terminal, else a :class:`PlainProgressBar` that logs a line
-    every ``plain_every_s`` seconds of training."""
+    """A :class:`RichBar` when stdout is a terminal, else a :class:`PlainProgressBar` that logs a line every
+    ``plain_every_s`` seconds of training."""
     if sys.stdout.isatty():
-        return RichProgressBar()
+        return RichBar()
     return PlainProgressBar(every_s=plain_every_s)
+
+
+def loss_at_logging_step(trainer: pl.Trainer, outputs: Any) -> float | None:
+    """The training step's loss (``outputs`` of ``on_train_batch_end``) at a logging step
+    (``trainer.log_every_n_steps``), else None. Reading a GPU tensor on the host waits for the device, so the
+    bars show the loss of the latest logging step instead of reading it every step (the module logs
+    ``train/loss`` without ``prog_bar`` for the same reason)."""
+    if not trainer._logger_connector.should_update_logs:
+        return None
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    return float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None
+
+
+class RichBar(RichProgressBar):
+    """Lightning's rich bar, showing ``train/loss`` as of the latest logging step (:func:`loss_at_logging_step`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loss: float | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = loss_at_logging_step(trainer, outputs)
+        self._loss = self._loss if loss is None else loss
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        if self._loss is not None:
+            items["train/loss"] = self._loss
+        return items
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -40,13 +73,14 @@ def _scalar(metrics: dict[str, Any], key: str) -> float | None:
 
 class PlainProgressBar(ProgressBar):
     """A progress bar for logs: a line every ``every_s`` seconds within a training epoch (batch i/n, rate,
-    the running loss). Lines go through the ``seg_template`` logger, so they also land in the run's log."""
+    the loss of the latest logging step). Lines go through the ``seg_template`` logger, so they also land in the run's log."""
 
     def __init__(self, every_s: float = 30.0) -> None:
         super().__init__()
         self.every_s = float(every_s)
         self._enabled = True
         self._epoch_start = self._last_line = 0.0
+        self._loss: float | None = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -64,14 +98,17 @@ class PlainProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.monotonic()
-        if not self._enabled or now - self._last_line < self.every_s or trainer.global_rank != 0:
+        if trainer.global_rank != 0:
+            return
+        loss = loss_at_logging_step(trainer, outputs)
+        self._loss = self._loss if loss is None else loss
+        if not self._enabled or now - self._last_line < self.every_s:
             return
         self._last_line = now
         done, total = batch_idx + 1, self.total_train_batches
         rate = done / max(now - self._epoch_start, 1e-9)
         of = f"/{int(total)}" if isinstance(total, int) or math.isfinite(total) else ""
-        loss = _scalar(trainer.progress_bar_metrics, "train/loss_step")
-        loss_text = f", loss {loss:.4f}" if loss is not None else ""
+        loss_text = f", loss {self._loss:.4f}" if self._loss is not None else ""
         log.info("%s: batch %d%s, %.1f it/s%s", epoch_label(trainer), done, of, rate, loss_text)
 
 
