@@ -258,6 +258,12 @@ RULES: dict[str, Rule] = {
     "callbacks.val_images.alpha": real_rule(0, 1),
     "callbacks.rich_progress_bar.plain_every_s": real_rule(0, open_low=True),
     "callbacks.early_stopping.patience": int_rule(0),
+    # decay 1 never moves the average on from the first step's weights; update_every_n_steps=0 never updates it
+    "callbacks.ema.decay": real_rule(0, 1, open_high=True), "callbacks.ema.use_buffers": Rule(("bool",)),
+    "callbacks.ema.update_every_n_steps": count_rule(1, STEPS, f"{STEPS} steps: more than any run takes"),
+    "callbacks.ema.update_starting_at_step": count_rule(0, STEPS, f"{STEPS} steps: more than any run takes",
+                                                        null=True),
+    "callbacks.ema.device": Rule(("str",), null=True),
     "export.atol": real_rule(0), "export.rtol": real_rule(0), "export.min_agreement": real_rule(0, 1),
     "export.threads": count_rule(0, WORKERS, f"{WORKERS} threads: more than any machine runs at once"),
     # 7: the oldest opset torch exports to; the newest is the installed torch's (read when a number is checked)

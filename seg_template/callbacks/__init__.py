@@ -8,4 +8,6 @@
 - ``progress.py``: a live bar on a terminal, plain log lines elsewhere, one line per epoch.
 - ``visuals.py``: image | ground truth | prediction grids of fixed validation images after each validation.
 - ``reports.py``: confusion matrix (PNG + CSV), per-class IoU chart and training curves after fit / test.
+- ``ema.py``: an exponential moving average of the weights (``callbacks=[default,ema]``), validated, saved
+  and evaluated in their place; Lightning's ``EMAWeightAveraging`` fitted to the checkpoints and resumes.
 """

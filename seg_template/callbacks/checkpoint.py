@@ -6,7 +6,8 @@
   has just written a top-k checkpoint (``ModelCheckpoint.on_validation_end`` calls
   ``_save_last_checkpoint`` only if ``_last_global_step_saved == global_step``), so after a few epochs
   without improvement a resume from ``last.ckpt`` silently went back in time. It also refuses to write
-  non-finite weights (:class:`~seg_template.errors.TrainingDiverged`), keeping the previous files, checks
+  non-finite weights (:class:`~seg_template.errors.TrainingDiverged`; with ``callbacks.ema`` the average's
+  too, which ``state_dict`` then holds: ``callbacks/ema.py``), keeping the previous files, checks
   when fit starts that its folder can take files (a read-only ``checkpoints/`` failed after a whole epoch),
   and tells the CSV logger whether this fit resumes a checkpoint (``seg_template/loggers.py``: only a resumed
   fit drops the rows an earlier attempt logged after that checkpoint).
@@ -49,6 +50,7 @@ from seg_template.callbacks.checkpoint_io import (
     remove_partial_files,
     write_problem,
 )
+from seg_template.callbacks.ema import averaged_module
 from seg_template.callbacks.nan_guard import divergence_advice, nonfinite_tensors
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.options import require
@@ -206,6 +208,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     # ------------------------------------------------------------ every write
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         bad = nonfinite_tensors(trainer.lightning_module)
+        average = averaged_module(trainer)  # callbacks.ema: the weights state_dict will hold
+        if average is not None:
+            bad += [f"{name} (average)" for name in nonfinite_tensors(average)]
         if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
             shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise TrainingDiverged(

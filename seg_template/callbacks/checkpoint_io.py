@@ -38,6 +38,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 
+from seg_template.callbacks.ema import RAW_KEY, STATE_KEYS, EMAWeights
 from seg_template.callbacks.nan_guard import NaNGuard
 from seg_template.errors import CheckpointError
 from seg_template.models.finite import odd_kind
@@ -211,15 +212,21 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
             f"keys: {', '.join(map(str, list(ckpt)[:8]))}). Resuming needs a .ckpt written by training, e.g. "
             f"<run>/checkpoints/last.ckpt; to start a new run from these weights, pass model.pretrained={path} "
             f"instead of ckpt_path.")
+    # callbacks.ema: state_dict holds the average, current_model_state the raw weights training continues from
+    weights = {key: ckpt[key] for key in ("state_dict", RAW_KEY) if key in ckpt}
+    for key, state in weights.items():
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"ckpt_path: '{source}' holds a {type(state).__name__} under {key!r}, not the "
+                                  "tensors of a model: the file was damaged or edited; resume from another checkpoint")
     if module is not None:
-        state = {str(k): v for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
-        exact_fit(state, module, source, "ckpt_path", ckpt)
+        for state in weights.values():
+            exact_fit({str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, module, source,
+                      "ckpt_path", ckpt)
         # another optimiser class than the one that wrote the state: refused before any folder fills up
         check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
     from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
 
-    refuse_nonfinite({"state_dict": ckpt["state_dict"], "optimizer_states": ckpt["optimizer_states"]}, source,
-                     "ckpt_path")
+    refuse_nonfinite({**weights, "optimizer_states": ckpt["optimizer_states"]}, source, "ckpt_path")
     check_callback_states(ckpt, source)  # a NaN best score, a NaN streak: before the run folder changes
     return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"])}
 
@@ -241,7 +248,8 @@ def check_callback_states(checkpoint: Mapping[str, Any], source: str, option: st
     the old ``best.ckpt`` for ever while the log called later epochs best. Checked: ``ModelCheckpoint`` and its
     subclasses (any state with a ``best_model_score``: the scores, one real number each, not NaN and not the
     infinity no later score can beat, the paths strings), ``EarlyStopping`` (its counters whole numbers >= 0,
-    its best score as above, its stopping reason one it knows) and ``NaNGuard`` (:meth:`NaNGuard.state_problem`).
+    its best score as above, its stopping reason one it knows), ``NaNGuard`` (:meth:`NaNGuard.state_problem`)
+    and the weight averaging of ``callbacks.ema`` (:meth:`EMAWeights.state_problem`).
     The infinity a callback starts from (``-inf`` when maximising) is the worst score, and fine. States of
     other callbacks are theirs to read. Raises a ``CheckpointError`` naming ``option``, the file, the key and
     the way out.
@@ -351,5 +359,12 @@ def _nan_guard_problem(state: Mapping[str, Any], mode: str | None) -> tuple[str,
     return None if problem is None else (problem[0], state.get(problem[0]), problem[1])
 
 
+def _ema_problem(state: Mapping[str, Any], mode: str | None) -> tuple[str, Any, str] | None:
+    """The first bad entry of a weight-averaging state (:meth:`EMAWeights.state_problem`), or None."""
+    problem = EMAWeights.state_problem(state)
+    return None if problem is None else (problem[0], state.get(problem[0]), problem[1])
+
+
 #: the callbacks (by class name) whose states are checked besides ``ModelCheckpoint``'s
-_STATE_CHECKS: dict[str, StateCheck] = {"EarlyStopping": _early_stopping_problem, "NaNGuard": _nan_guard_problem}
+_STATE_CHECKS: dict[str, StateCheck] = {"EarlyStopping": _early_stopping_problem, "NaNGuard": _nan_guard_problem,
+                                        **dict.fromkeys(STATE_KEYS, _ema_problem)}
