@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seg_template.errors import ConfigError
 from seg_template.options import require
@@ -57,6 +57,7 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = No
         ignore_index=ignore_index,
         class_names=class_names,
         align_corners=align_corners,
+        channels_last=bool(cfg.model.get("channels_last", False)),
     )
 
 
@@ -77,10 +78,25 @@ def check_loss_settings(loss: Any, align_corners: bool, ignore_index: int) -> No
 
 def build_net(model_cfg: DictConfig) -> tuple[Any, bool]:
     """``(net, align_corners)`` from a model config. ``align_corners`` is the model's upsampling convention
-    (HRNet-OCR: true): the loss, the metrics and inference all read it from here, never from each other."""
+    (HRNet-OCR: true): the loss, the metrics and inference all read it from here, never from each other.
+
+    ``model.channels_last: true`` (every model config has the key; the builders never see it) stores the
+    net's 4-D weights channels-last (NHWC), which tensor cores and cuDNN prefer; the module feeds it
+    channels-last images (``SegmentationModule.channels_last``). Parameter names and values are unchanged, so
+    checkpoints load either way."""
+    import torch
     from hydra.utils import instantiate
 
-    return instantiate(model_cfg), bool(model_cfg.get("align_corners", False))
+    channels_last = model_cfg.get("channels_last", False)
+    if channels_last not in (True, False):
+        raise ConfigError(f"model.channels_last={channels_last!r}: true or false")
+    builder_cfg = model_cfg.copy()
+    with open_dict(builder_cfg):
+        builder_cfg.pop("channels_last", None)
+    net = instantiate(builder_cfg)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net, bool(model_cfg.get("align_corners", False))
 
 
 def require_ckpt_path(cfg: DictConfig, script: str) -> str:
@@ -149,20 +165,70 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
 
 
 def log_hyperparameters(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer) -> None:
-    """Send the resolved recipe and the parameter counts to every logger (hparams.yaml for CSV); rank 0."""
+    """Send the resolved recipe, the options chosen (``choices``: ``{"loss": "ohem", ...}``, in a Hydra run) and
+    the parameter counts to every logger (hparams.yaml for CSV, MLflow params, W&B config); TensorBoard also
+    gets :func:`comparable_hparams` for its HParams tab. Rank 0."""
     if not trainer.loggers or trainer.global_rank != 0:
         return
+    from seg_template.tracking_loggers import TensorBoardLogger
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hparams: dict[str, Any] = {
         key: resolved.get(key)
         for key in ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks",
                     "task_name", "seed", "ckpt_path")
     }
+    choices = hydra_choices()
+    if choices:
+        hparams["choices"] = choices
     params = list(module.parameters())
     hparams["model/params/total"] = sum(p.numel() for p in params)
     hparams["model/params/trainable"] = sum(p.numel() for p in params if p.requires_grad)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hparams_view(comparable_hparams(cfg))
+
+
+#: keys every run's HParams row shows (a sweep's own keys are added: :func:`comparable_hparams`)
+COMPARED_KEYS = ("optimizer.lr", "optimizer.weight_decay", "data.batch_size", "trainer.max_epochs", "seed")
+#: config groups that pick no part of the recipe
+_NOT_RECIPE_GROUPS = ("paths", "callbacks", "logger", "launcher", "hparams_search", "debug")
+
+
+def hydra_choices() -> dict[str, str]:
+    """The option of each config group of this Hydra run (``{"loss": "ohem", "model": "small", ...}``; groups
+    left unset, Hydra's own and those that do not shape the recipe left out); empty outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {str(k): str(v) for k, v in HydraConfig.get().runtime.choices.items()
+            if v is not None and not str(k).startswith("hydra") and k not in _NOT_RECIPE_GROUPS}
+
+
+def comparable_hparams(cfg: DictConfig) -> dict[str, int | float | str | bool]:
+    """Flat scalars to compare runs by (TensorBoard's HParams tab takes nothing else): the options chosen
+    (:func:`hydra_choices`), :data:`COMPARED_KEYS`, and each ``key=value`` of this job's command line (a
+    sweep's swept keys: ``optimizer.lr``, ``loss.main.thresh``) with its resolved value; a list or a mapping as
+    its text. Keys whose value is null are left out."""
+    from hydra.core.hydra_config import HydraConfig
+
+    found: dict[str, int | float | str | bool] = dict(hydra_choices())
+    keys = list(COMPARED_KEYS)
+    if HydraConfig.initialized():
+        groups = HydraConfig.get().runtime.choices  # `loss=ohem` picks a file: its choice is in already
+        for override in HydraConfig.get().overrides.task:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if "=" in override and key not in groups and not key.startswith(("hydra.", "paths.", "logger.")):
+                keys.append(key)
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if OmegaConf.is_config(value):
+            value = str(OmegaConf.to_container(value, resolve=True))
+        if value is not None:
+            found[key] = value if isinstance(value, int | float | str | bool) else str(value)
+    return found
 
 
 def metric_value(metrics: dict[str, Any], name: str | None, required: bool = False) -> float | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -23,8 +24,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg_template import resume
+from seg_template.callbacks.ema import resume_raw_weights
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.inference.whole import finite_flag
+from seg_template.losses.rules import LabelRange, deferred_label_checks
 from seg_template.metrics import format_table, segmentation_scores
 from seg_template.models.outputs import canonical_outputs, logits_at, main_logits
 from seg_template.optim import param_groups
@@ -50,7 +53,7 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., Optimizer] | None = None,
                  scheduler: Callable[..., Any] | None = None, num_classes: int = 0, ignore_index: int = 255,
-                 class_names: Sequence[str] = (), align_corners: bool = False) -> None:
+                 class_names: Sequence[str] = (), align_corners: bool = False, channels_last: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"SegmentationModule needs num_classes >= 1 (data.num_classes), got {num_classes}")
@@ -64,6 +67,8 @@ class SegmentationModule(pl.LightningModule):
         self.class_names = tuple(class_names) or tuple(str(i) for i in range(num_classes))
         # the model's upsampling convention (model.align_corners), the same one the loss and inference use
         self.align_corners = bool(align_corners)
+        # model.channels_last: the net's weights are NHWC (build_net); its images are made so too
+        self.channels_last = bool(channels_last)
         # One confusion matrix per evaluation stage; every score is derived from it (metrics.py), so a new
         # metric is one line in segmentation_scores. validate_args=False: the loss range-checked the labels,
         # and torchmetrics' check costs a device sync.
@@ -90,6 +95,7 @@ class SegmentationModule(pl.LightningModule):
         self.resumed_from: tuple[str, int, tuple[str, ...]] | None = None
         # per stage: [batches whose logits held NaN/inf (a device tensor: no wait per batch), batches seen]
         self._logit_checks: dict[str, list[Any]] = {}
+        self._labels = LabelRange()  # the training steps' label range, on the device (check_labels)
 
     # ----------------------------------------------------------------- setup and checks
     def setup(self, stage: str) -> None:
@@ -107,26 +113,46 @@ class SegmentationModule(pl.LightningModule):
             self._checked_output = True
 
     def forward(self, images: Tensor) -> Any:
-        return self.net(images)
+        return self.net(self._laid_out(images))
+
+    def _laid_out(self, images: Tensor) -> Tensor:
+        """``images [N, 3, H, W]`` in the net's memory format (a copy only with ``model.channels_last``)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     # ----------------------------------------------------------------- steps
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         images, masks = batch["image"], batch["mask"]
-        outputs = canonical_outputs(self.net(images))
+        outputs = canonical_outputs(self.net(self._laid_out(images)))
         self._check_output(main_logits(outputs))
-        parts = self.loss.parts(outputs, masks) if hasattr(self.loss, "parts") else {"loss": self.loss(outputs, masks)}
+        # no host read of a device tensor here (each one waits for the GPU): the loss records its labels' range
+        # on the device, read at logging steps and before checkpoints (check_labels); train/loss is not a
+        # prog_bar metric (Lightning would read it every step), the bars show it as of the last logging step
+        with deferred_label_checks(self._labels):
+            parts = self.loss.parts(outputs, masks) if hasattr(self.loss, "parts") else {"loss": self.loss(outputs, masks)}
         for name, value in parts.items():
             # sync_dist: the epoch value is the mean over all processes' batches, not rank 0's alone
-            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "loss",
-                     batch_size=images.shape[0], sync_dist=True)
+            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, batch_size=images.shape[0],
+                     sync_dist=True)
         return parts["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer._logger_connector.should_update_logs:
+            self.check_labels()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_labels()
+
+    def check_labels(self) -> None:
+        """Raise ``DataError`` when a training step since the last check met a label outside ``[0, C)`` that is
+        not the ignore index (one host read: rules.LabelRange)."""
+        self._labels.check(f"in the training steps up to epoch {self.current_epoch}, step {self.global_step}")
 
     def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
         images, masks = batch["image"], batch["mask"]
         if not getattr(self.net, "returns_logits", True):  # eval.py with inference.bounded=true: class ids only
             self.confmats[stage].update(self.net.predict_labels(images), masks)
             return
-        outputs = canonical_outputs(self.net(images))
+        outputs = canonical_outputs(self.net(self._laid_out(images)))
         logits = main_logits(outputs)
         self._check_output(logits)
         # inference's own check (seg_template/inference): NaN logits argmax to class 0, a made-up score
@@ -224,6 +250,7 @@ class SegmentationModule(pl.LightningModule):
         print_table(summary + "\n" + format_table(self.class_names, columns, title="validation IoU %"))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_labels()  # no checkpoint of steps that met labels out of range
         # eval / predict / export rebuild the data and the model from it with only ckpt_path given
         if self.recipe is not None:
             checkpoint["recipe"] = self.recipe
@@ -235,6 +262,7 @@ class SegmentationModule(pl.LightningModule):
             return
         # before the optimiser exists: another optimiser class is refused here, changed values applied later
         resume.check_optimizer(checkpoint, self.optimizer_factory, str(self.trainer.ckpt_path))
+        resume_raw_weights(self.trainer, checkpoint)  # written with callbacks.ema, resumed without: the raw weights
         self._resumed = {"record": checkpoint.get(resume.RECORD_KEY),
                          "had_scheduler": bool(checkpoint.get("lr_schedulers"))}
 

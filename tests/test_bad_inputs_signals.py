@@ -555,7 +555,8 @@ def test_sigterm_under_ddp_cpu_stops_every_rank(rank: int, how: str, tmp_path: P
     assert_no_traceback(run.text)
     assert run.text.count("Stopped by SIGTERM") == 1
     epoch, step = checkpoint_state(run_folder(tmp_path) / "checkpoints" / "last.ckpt")
-    assert step == int(STOP.search(run.text).group(4)) and (not rank or step == 31)
+    # the ranks agree at logging steps (every 10): rank 1's signal at step 30 stops them all after step 39
+    assert step == int(STOP.search(run.text).group(4)) and (not rank or step == 40)
 
 
 @pytest.mark.slow

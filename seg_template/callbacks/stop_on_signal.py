@@ -4,9 +4,11 @@ The signals are seg_template.signals' (SIGTERM, SIGINT, SIGHUP, SIGUSR1).
 :class:`StopOnSignal` (``configs/callbacks/stop_on_signal.yaml``) turns them into a flag while
 ``fit`` runs, and acts on it at the next safe point:
 
-- the end of a training step (the optimiser step is done): every DDP rank learns of the signal there (one
-  all-reduce of a number per step, only with several processes), ``last.ckpt`` is written atomically for
-  that step (mid-epoch) by :class:`~seg_template.callbacks.checkpoint.BestAndLastCheckpoint`;
+- the end of a training step (the optimiser step is done), where ``last.ckpt`` is written atomically for
+  that step (mid-epoch) by :class:`~seg_template.callbacks.checkpoint.BestAndLastCheckpoint`. Under DDP the
+  ranks learn of a signal any of them received through an all-reduce and a host read, which would stall a
+  GPU every step: they ask at logging steps only (``trainer.log_every_n_steps``, 10 by default), so all of
+  them stop after the same step, at most that many steps after the signal;
 - a signal that arrives during validation or the epoch-end save is acted upon when the next epoch starts
   (or when training ends): the ``last.ckpt`` written at that epoch's end is the current state.
 
@@ -69,8 +71,8 @@ class StopOnSignal(pl.Callback):
             raise StoppedBySignal(signum)
         self._pending = signum
         say = log.warning if global_rank() == 0 else log.debug  # Ctrl-C reaches every rank of a terminal
-        say("%s received: the run stops after the current training step and writes last.ckpt (send it again to "
-            "stop at once)", signal_name(signum))
+        say("%s received: the run stops after the current training step (with several processes: the next "
+            "logging step) and writes last.ckpt (send it again to stop at once)", signal_name(signum))
 
     # ------------------------------------------------------------ fit starts and ends
     # Installed only after Lightning's register_signal_handlers() (it runs right before the sanity check),
@@ -110,7 +112,7 @@ class StopOnSignal(pl.Callback):
         self._stop_if_signalled(trainer, write=False)
 
     def _stop_if_signalled(self, trainer: pl.Trainer, write: bool) -> None:
-        signum = self._agreed_signal(trainer)
+        signum = self._agreed_signal(trainer, every_step=write)
         if not signum:
             return
         self._pending = signum  # a second signal from here on stops at once
@@ -131,11 +133,16 @@ class StopOnSignal(pl.Callback):
         self._pending = None
         raise StoppedBySignal(signum, reported=True)
 
-    def _agreed_signal(self, trainer: pl.Trainer) -> int:
-        """The signal any rank received (the highest number: SIGTERM over SIGINT), 0 when none."""
+    def _agreed_signal(self, trainer: pl.Trainer, every_step: bool = False) -> int:
+        """The signal any rank received (the highest number: SIGTERM over SIGINT), 0 when none. Under DDP the
+        ranks agree through a collective and a host read (a GPU sync), so during the epoch (``every_step``) they
+        ask only at logging steps (``trainer.log_every_n_steps``): all ranks stop at the same step, at most that
+        many steps after the signal."""
         local = self._pending or 0
         if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return local
+        if every_step and not trainer._logger_connector.should_update_logs:
+            return 0
         agreed = trainer.strategy.reduce(torch.tensor(local, device=trainer.strategy.root_device), reduce_op="max")
         return int(agreed)
 
