@@ -24,6 +24,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
@@ -41,6 +42,24 @@ def _where() -> str:
                 "pytorch_lightning/" + frame.filename.split("/pytorch_lightning/", 1)[-1]
             return f"{path}:{frame.lineno}"
     return "elsewhere"
+
+
+class DevicePlaced(TorchFunctionMode):
+    """Marks what a factory call places on a device taken from a tensor or a module
+    (``torch.tensor(0, device=p.device)``, as torch's ``AveragedModel`` counts its updates): on a GPU run that
+    is a device tensor. The string ``"cpu"`` is a host tensor by intent (torch's optimisers keep their step
+    counts so), and stays unmarked."""
+
+    def __init__(self, marks: DeviceTensors) -> None:
+        super().__init__()
+        self.marks = marks
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        device = (kwargs or {}).get("device")
+        if device is not None and device != "cpu":
+            self.marks.mark(out)
+        return out
 
 
 class DeviceTensors(TorchDispatchMode):
@@ -98,7 +117,7 @@ def counting() -> Iterator[list[str]]:
         for name, original in originals.items():
             setattr(torch.Tensor, name, _wrap(name, original))
         torch.cuda.synchronize = lambda *a, **k: _record("torch.cuda.synchronize")  # type: ignore[assignment]
-        with _state.device:
+        with _state.device, DevicePlaced(_state.device):
             yield calls
     finally:
         _state.device = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -26,11 +27,12 @@ def syncs_per_step(compose_cfg, *overrides: str) -> dict[int, list[str]]:
     return counter.steps
 
 
-def test_the_default_training_step_reads_nothing_from_the_device(compose_cfg) -> None:
-    """20 steps of the default run (model, loss, callbacks, logger of train.py): no host read outside the
-    logging steps 9 and 19. There, Lightning converts the logged values, the NaN guard and the label check
-    read their verdicts and the progress bar its loss, a few reads in all."""
-    steps = syncs_per_step(compose_cfg)
+@pytest.mark.parametrize("callbacks", ["default", "[default,ema]"])
+def test_the_default_training_step_reads_nothing_from_the_device(compose_cfg, callbacks: str) -> None:
+    """20 steps of the default run (model, loss, callbacks, logger of train.py), and with the EMA of the
+    weights: no host read outside the logging steps 9 and 19. There, Lightning converts the logged values,
+    the NaN guard and the label check read their verdicts and the progress bar its loss, a few reads in all."""
+    steps = syncs_per_step(compose_cfg, f"callbacks={callbacks}")
     logging_steps = {9, 19}
     for step, calls in steps.items():
         if step in logging_steps:

@@ -47,6 +47,7 @@ supported by Lightning's callback.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -57,6 +58,7 @@ import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from seg_template.options import require
 
@@ -98,6 +100,8 @@ class EMAWeights(EMAWeightAveraging):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._swapped = False
+            if self._average_model is not None:
+                self._average_model._updates_on_host = 0  # a new average (update_average)
 
     # ------------------------------------------------------------ updates
     def _catch_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -105,7 +109,7 @@ class EMAWeights(EMAWeightAveraging):
         step = trainer.global_step
         if (self._average_model is not None and trainer.state.fn == TrainerFn.FITTING
                 and step > self._latest_update_step and self.should_update(step_idx=step - 1)):
-            self._average_model.update_parameters(pl_module)
+            update_average(self._average_model, pl_module, self._use_buffers)
             self._latest_update_step = step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -167,6 +171,8 @@ class EMAWeights(EMAWeightAveraging):
                 self._average_model.module.load_state_dict(checkpoint["state_dict"], strict=False)
             return
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        if self._average_model is not None:
+            self._average_model._updates_on_host = None  # the restored count: read once, at the next update
 
     @staticmethod
     def state_problem(state: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -192,6 +198,32 @@ def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Any], None
             torch._foreach_copy_(averages, currents)
 
     return update
+
+
+def update_average(average: AveragedModel, model: torch.nn.Module, use_buffers: bool) -> None:
+    """``AveragedModel.update_parameters`` without a host read: torch's asks ``n_averaged == 0`` and
+    ``n_averaged > 0`` of a tensor on the model's device, which waits for the GPU at every update. The first
+    update of this process reads the count once (0 for a new average, more for a resumed one) and keeps it
+    on the host from then on; ``n_averaged`` itself is still counted on the device (checkpoints hold it)."""
+    count = getattr(average, "_updates_on_host", None)
+    if count is None:
+        count = int(average.n_averaged)
+    pairs = [(a.detach(), m.detach().to(a.device)) for a, m in zip(
+        itertools.chain(average.module.parameters(), average.module.buffers() if use_buffers else ()),
+        itertools.chain(model.parameters(), model.buffers() if use_buffers else ()), strict=True)]
+    if count == 0:
+        torch._foreach_copy_([a for a, _ in pairs], [m for _, m in pairs])
+    else:
+        groups: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor]]] = {}
+        for a, m in pairs:
+            groups.setdefault((a.device, a.dtype), []).append((a, m))
+        for group in groups.values():
+            average.multi_avg_fn([a for a, _ in group], [m for _, m in group], average.n_averaged)
+    if not use_buffers:  # torch's rule: the buffers follow the model's
+        for a, m in zip(average.module.buffers(), model.buffers(), strict=True):
+            a.detach().copy_(m.detach().to(a.device))
+    average.n_averaged += 1
+    average._updates_on_host = count + 1
 
 
 def averaged_module(trainer: pl.Trainer) -> torch.nn.Module | None:
