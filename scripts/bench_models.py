@@ -3,9 +3,12 @@
     python scripts/bench_models.py                       # all configs/model/*.yaml at 512x512, markdown table
     python scripts/bench_models.py --models hrnet_w18 lraspp_mobilenet_v3 --size 256 --reps 5
     python scripts/bench_models.py --models small lraspp_mobilenet_v3 --onnx   # + onnxruntime latency
+    python scripts/bench_models.py --models smp_unet smp_unet:resnet18 --onnx   # <config>:<encoder> (smp configs)
 
-Each model is built from its config (``num_classes`` from ``--num-classes``) and run on random input:
-``--warmup`` untimed steps, then the median of ``--reps`` timed ones.
+Each model is built from its config (``num_classes`` from ``--num-classes``; ``<config>:<encoder>`` sets the
+encoder of a config that has one) and run on random input: ``--warmup`` untimed steps, then the median of
+``--reps`` timed ones. Without ``--models``, a config whose optional package is missing (the smp ones without
+``pip install -e ".[smp]"``) is skipped with a line saying so.
 
 - fwd+bwd: train mode, batch ``--batch`` (2 by default: DeepLabV3's image-pooling BatchNorm cannot train on a
   single image; the loss is a plain mean of the logits, so only the model is timed); seconds per image.
@@ -31,17 +34,26 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from seg_template.errors import ConfigError  # noqa: E402
 from seg_template.models.outputs import split_outputs  # noqa: E402
 from seg_template.options import non_negative_int, positive_int  # noqa: E402
 
 MODEL_DIR = ROOT / "configs" / "model"
 
 
-def build(name: str, num_classes: int) -> torch.nn.Module:
+def build(spec: str, num_classes: int) -> torch.nn.Module:
+    """The model of ``configs/model/<name>.yaml`` for ``spec`` = ``<name>`` or ``<name>:<encoder>`` (a config
+    with an ``encoder`` key, the smp ones: ``smp_unet:resnet18``), without pretrained weights."""
+    name, _, encoder = spec.partition(":")
     path = MODEL_DIR / f"{name}.yaml"
     if not path.is_file():
         raise SystemExit(f"--models: no config {path} (have: {sorted(p.stem for p in MODEL_DIR.glob('*.yaml'))})")
-    cfg = OmegaConf.merge({"data": {"num_classes": num_classes}}, {"model": OmegaConf.load(path)})
+    model = OmegaConf.load(path)
+    if encoder:
+        if "encoder" not in model:
+            raise SystemExit(f"--models {spec}: configs/model/{name}.yaml has no encoder to set")
+        model.encoder = encoder
+    cfg = OmegaConf.merge({"data": {"num_classes": num_classes}}, {"model": model})
     return instantiate(cfg.model)
 
 
@@ -163,7 +175,16 @@ def main(argv: list[str] | None = None) -> str:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
-        rows.append(bench(name, args.size, args.batch, args.reps, args.warmup, args.num_classes, args.onnx))
+        try:
+            rows.append(bench(name, args.size, args.batch, args.reps, args.warmup, args.num_classes, args.onnx))
+        except Exception as err:  # Hydra wraps the builder's ConfigError (a missing optional package: smp)
+            cause = err if isinstance(err, ConfigError) else err.__cause__
+            if not isinstance(cause, ConfigError):
+                raise
+            if args.models is not all_models:  # asked for by name: say why it cannot be built
+                raise SystemExit(f"--models {name}: {cause}") from None
+            print(f"{name}: skipped ({cause})", file=sys.stderr, flush=True)
+            continue
         print(f"{name}: {rows[-1]['seconds']:.2f} s/image fwd+bwd, {rows[-1]['gflops']:.1f} GFLOPs",
               file=sys.stderr, flush=True)
     table = markdown(rows, args.size, args.batch)

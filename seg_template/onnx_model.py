@@ -81,10 +81,15 @@ def export_onnx(net: nn.Module, path: str | Path, sample: Tensor, align_corners:
     height and width; ``sample`` (``float[N, 3, H, W]``) is the example input the exporter traces with.
 
     ``dynamo``: torch's current exporter (``torch.export``; slow for big graphs: ~25 s for LR-ASPP on one
-    core); False: the older TorchScript exporter, which torch deprecates but which exports in seconds.
+    core); False: the older TorchScript exporter, which torch deprecates but which exports in seconds. The
+    dynamo exporter traces a batch of one as two images: with a batch of 1 it wrote a reshape of SegFormer's
+    (smp's MiT) attention that fails on any other batch (torch 2.14).
     """
     import onnx
     from torch.export import Dim
+
+    if dynamo and sample.shape[0] == 1:
+        sample = sample.expand(2, -1, -1, -1)
 
     model = ImageSizeLogits(net, align_corners).eval().cpu()
     # the exporter's optimiser logs every pass at INFO ("Removed 89 unused nodes"): not for users' consoles

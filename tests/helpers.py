@@ -45,6 +45,23 @@ def skip_unless_importable(*names: str) -> None:
         pytest.skip(f"needs the optional package {' or '.join(names)}")
 
 
+#: the optional packages a model builder needs (the module of a configs/model/*.yaml `_target_` -> alternatives)
+MODEL_PACKAGES = {"seg_template.models.smp": ("segmentation_models_pytorch",)}  # the `.[smp]` extra
+
+
+def skip_unless_builder_importable(target: str) -> None:
+    """Skip the calling test unless the model builder ``target`` (a ``_target_``) has its optional package."""
+    skip_unless_importable(*MODEL_PACKAGES.get(str(target).rpartition(".")[0], ()))
+
+
+def skip_unless_model_importable(name: str) -> None:
+    """Skip the calling test unless ``model=<name>``'s builder has its optional package (the smp models need
+    `pip install -e ".[smp]"`)."""
+    from omegaconf import OmegaConf
+
+    skip_unless_builder_importable(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml").get("_target_", ""))
+
+
 #: what export.py and predict.py model_file= need (the `.[onnx]` extra): all of them
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 

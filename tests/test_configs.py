@@ -26,7 +26,7 @@ from seg_template.optim import param_groups
 from seg_template.option_schema import self_before_base
 from seg_template.options import missing_values, problems
 from seg_template.paths import CONFIG_DIR, PROJECT_ROOT
-from tests.helpers import options, skip_unless_importable
+from tests.helpers import options, skip_unless_builder_importable, skip_unless_importable
 
 #: option -> modules of which one must be importable for it to build (optional extras)
 OPTIONAL_PACKAGES = {
@@ -43,6 +43,7 @@ def composed(compose_cfg, tmp_path: Path, group: str, option: str, *overrides: s
     interpolation resolved. Every shipped option passes the typed-option check (seg_template/options.py)."""
     skip_unless_importable(*OPTIONAL_PACKAGES.get(group, {}).get(option, ()))
     cfg = compose_cfg(overrides=[f"{group}={option}", *overrides], output_dir=tmp_path)
+    skip_unless_builder_importable(cfg.model._target_)  # a model (or experiment) over smp: the `.[smp]` extra
     # values its user must give ('???', e.g. a dataset's root): named by the option check, then stood in for
     required = [key for key in missing_values(cfg) if key not in ("ckpt_path", "input")]
     assert all("a required value ('???'" in text for text in problems(cfg)[:len(required)])

@@ -18,6 +18,7 @@ from torch import nn
 
 from seg_template.build import build_net
 from seg_template.models.outputs import main_logits, split_outputs
+from tests.helpers import skip_unless_model_importable
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 MODELS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -43,7 +44,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def model_cfg(name: str, **overrides):
-    """The model node of configs/model/<name>.yaml, with a stand-in data node for the interpolations."""
+    """The model node of configs/model/<name>.yaml, with a stand-in data node for the interpolations (the
+    calling test skips when the model's optional package is missing: the smp models)."""
+    skip_unless_model_importable(name)
     cfg = OmegaConf.merge({"data": {"num_classes": NUM_CLASSES}},
                           {"model": OmegaConf.load(CONFIG_DIR / f"{name}.yaml")}, {"model": overrides})
     return cfg.model
@@ -202,6 +205,7 @@ def test_compiled_model_matches_eager():
 def test_model_composes_with_the_real_configs(name, compose_cfg, tmp_path):
     """`python train.py model=<name> data=cityscapes`: num_classes comes from the data config (ImageNet
     weights, which Cityscapes asks for, are left out: tests stay offline)."""
+    skip_unless_model_importable(name)
     cfg = compose_cfg(overrides=[f"model={name}", "data=cityscapes", "model.pretrained=null"], output_dir=tmp_path)
     try:
         with torch.device("meta"):

@@ -1,4 +1,5 @@
-"""Library weights (torchvision, timm) from their download caches: fetched once, then read offline.
+"""Library weights (torchvision, timm, smp's Hugging Face hub files) from their download caches: fetched once,
+then read offline.
 
 ``model.pretrained=true`` (what the configs of real datasets ask for, through ``data.imagenet_pretrained``)
 is best effort: with no cached copy and no network, one warning says how to pass a local file and the
@@ -61,6 +62,17 @@ def timm_source(model_name: str) -> tuple[str, bool]:
         cached = any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str) for f in files)
         return f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{files[0]}", cached
     return cfg.url, torchvision_cached(cfg.url)
+
+
+def hub_source(repo_id: str, revision: str, files: tuple[str, ...] = ("config.json", "model.safetensors")) -> tuple[
+        str, bool]:
+    """Where the Hugging Face hub serves ``files`` of ``repo_id`` at ``revision`` (the URL of the last one, the
+    weights), and whether all of them are in the hub's download cache already (segmentation_models_pytorch's
+    encoder weights: ``smp-hub/<encoder>.<weights>``, a config and a safetensors file)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = all(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str) for f in files)
+    return f"https://huggingface.co/{repo_id}/resolve/{revision}/{files[-1]}", cached
 
 
 def fetch_weights(fetch: Callable[[], T], what: str, url: str, cached: bool, best_effort: bool) -> T | None:

@@ -13,7 +13,8 @@ Two ways to put the weights into a model:
   a dict holding one under ``"state_dict"`` (Lightning), ``"model"`` (torchvision references),
   ``"model_state_dict"`` or ``"net"``, and ``.safetensors``. Keys are matched after dropping wrapper
   prefixes (``net.`` / ``model.`` of a LightningModule, ``module.`` of DDP, ``_orig_mod.`` of
-  ``torch.compile``); a backbone-only file (an ImageNet ResNet, a timm HRNet) is matched under ``backbone.``.
+  ``torch.compile``); a backbone-only file (an ImageNet ResNet, a timm HRNet) is matched under ``backbone.``
+  (smp models: ``encoder.``).
   Tensors of another shape (a head for another class count) are skipped and logged; if too little of the
   backbone is covered, the file is for another architecture and we raise instead of training from scratch.
 
@@ -46,8 +47,12 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
 #: leading components added by wrappers (LightningModule attribute, DDP, EMA) that are never part of a model
 WRAPPER_PREFIXES = ("net.", "model.", "module.")
-#: (strip, add) rewrites tried on every key; the one that matches most model keys wins
-KEY_REWRITES = (("", ""), ("", "backbone."), ("features.", "backbone."))
+#: (strip, add) rewrites tried on every key; the one that matches most model keys wins. A backbone-only file
+#: (an ImageNet ResNet's ``conv1.weight``) lands under ``backbone.`` (torchvision, HRNet) or ``encoder.`` (smp;
+#: ``encoder.model.`` for its ``tu-`` timm encoders)
+KEY_REWRITES = (("", ""), ("", "backbone."), ("features.", "backbone."), ("", "encoder."), ("", "encoder.model."))
+#: where a model keeps its pretrained part: the coverage check of load_state_into counts these tensors
+CORE_PREFIXES = ("backbone.", "encoder.")
 
 
 @dataclass
@@ -293,15 +298,16 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], source: str =
                     min_coverage: float = 0.5) -> LoadReport:
     """Copy matching tensors of ``state`` into ``model``; skip shape mismatches; raise on a foreign file.
 
-    ``min_coverage``: the fraction of the model's backbone tensors (all tensors if it has no ``backbone``)
+    ``min_coverage``: the fraction of the model's backbone tensors (``CORE_PREFIXES``: ``backbone.*``, smp's
+    ``encoder.*``; all tensors if it has neither)
     that must load, else the file is taken to be for another architecture and a ``CheckpointError`` lists
     what did not match.
     """
     target = model.state_dict()
     mapping = match_keys(state, set(target))
     report, to_load = compare_state(state, target, source, mapping)
-    core = [k for k in target if k.startswith("backbone.")]
-    scope = "backbone tensors" if core else "tensors"
+    core = [k for k in target if k.startswith(CORE_PREFIXES)]
+    scope = f"{core[0].split('.')[0]} tensors" if core else "tensors"
     core = core or list(target)
     covered = sum(k in to_load for k in core) / len(core)
     if covered < min_coverage:
