@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from seg_template.build import build_net  # noqa: E402
 from seg_template.errors import ConfigError  # noqa: E402
 from seg_template.models.outputs import split_outputs  # noqa: E402
 from seg_template.options import non_negative_int, positive_int  # noqa: E402
@@ -54,7 +54,7 @@ def build(spec: str, num_classes: int) -> torch.nn.Module:
             raise SystemExit(f"--models {spec}: configs/model/{name}.yaml has no encoder to set")
         model.encoder = encoder
     cfg = OmegaConf.merge({"data": {"num_classes": num_classes}}, {"model": model})
-    return instantiate(cfg.model)
+    return build_net(cfg.model)[0]
 
 
 def bench(name: str, size: int, batch: int, reps: int, warmup: int, num_classes: int,

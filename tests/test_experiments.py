@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
+from seg_template.build import build_net
 from tests.fixtures import make_ade20k, make_cityscapes, make_voc
 from tests.helpers import skip_unless_builder_importable
 
@@ -73,7 +73,7 @@ def test_recipe_model_builds_for_its_dataset(name, compose_cfg, tmp_path):
     cfg = compose_cfg(overrides=[f"experiment={name}", "model.pretrained=null"], output_dir=tmp_path)
     skip_unless_builder_importable(cfg.model._target_)  # smp's SegFormer: the `.[smp]` extra
     with torch.device("meta"):
-        outputs = instantiate(cfg.model).train()(torch.empty(2, 3, 64, 64))
+        outputs = build_net(cfg.model)[0].train()(torch.empty(2, 3, 64, 64))
     out = outputs["out"] if isinstance(outputs, dict) else outputs
     assert out.shape[1] == cfg.data.num_classes
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -53,7 +52,7 @@ def model_cfg(name: str, **overrides):
 
 
 def build(name: str, **overrides) -> nn.Module:
-    return instantiate(model_cfg(name, **overrides))
+    return build_net(model_cfg(name, **overrides))[0]
 
 
 def raw_config(name: str) -> dict:
@@ -214,3 +213,26 @@ def test_model_composes_with_the_real_configs(name, compose_cfg, tmp_path):
         with torch.no_grad():
             out = main_logits(build_net(cfg.model)[0].eval()(torch.zeros(1, 3, 64, 64)))
     assert out.shape[1] == 19
+
+
+def test_channels_last_stores_nhwc_weights_and_computes_the_same(compose_cfg) -> None:
+    """model.channels_last=true: 4-D weights NHWC, the module feeds NHWC images; the same logits, loss and
+    parameter names (a checkpoint of one loads into the other)."""
+    from seg_template.build import build_module
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 40, 56)
+    modules = {}
+    for flag in (False, True):
+        torch.manual_seed(1)
+        modules[flag] = build_module(compose_cfg("train", [f"model.channels_last={str(flag).lower()}"]))
+    nhwc = modules[True]
+    conv = next(m for m in nhwc.net.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert nhwc.state_dict().keys() == modules[False].state_dict().keys()
+    nhwc.load_state_dict(modules[False].state_dict())
+    torch.testing.assert_close(main_logits(nhwc(images)), main_logits(modules[False](images)), rtol=1e-4, atol=1e-5)
+    from seg_template.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.channels_last='yes'"):
+        build_net(model_cfg("small", channels_last="yes"))
