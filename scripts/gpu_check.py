@@ -8,6 +8,13 @@ Prints one table (check, status ok/FAIL/skip, key figure, seconds) and exits 1 i
   subprocess (trainer=gpu; trainer.precision=16-mixed / bf16-mixed; model.compile=true; trainer=ddp with
   trainer.devices=1, i.e. NCCL and SyncBatchNorm with one process);
 - eval-slide-flip: ``eval.py`` on fit-gpu's checkpoint with sliding windows and flips;
+- fit-ema: ``train.py callbacks=[default,ema]`` on the GPU: the average on the GPU and finite, its memory, and
+  the time of one EMA update against a training step (its cost);
+- syncs: ``train.py callbacks=[default,ema]`` with ``torch.cuda.set_sync_debug_mode("warn")`` during the training
+  steps that are not logging steps: no synchronising CUDA call there (tests/test_host_syncs.py counts the same
+  on the CPU);
+- fit-smp-amp: ``model=smp_segformer`` (segmentation_models_pytorch) in bf16 (else 16-bit) mixed precision,
+  channels-last; skipped without the smp extra;
 - loss-a / loss-b: the memory-efficient CE against interpolate-then-CE on CUDA at 2x19x128x256 -> 512x1024
   and 8x150x128x128 -> 512x512: value and gradient parity, time ratio, peak-memory ratio
   (``torch.cuda.max_memory_allocated``), with scripts/bench_losses.py's functions;
@@ -34,17 +41,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from pytorch_lightning import Callback, LightningModule, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from gpu_probes import ema_figure, sync_figure  # noqa: E402
 
 BUDGET_S = 470  # the whole run stays under 8 minutes: a check that would start later is not run
 TINY = ["data.train_set.length=16", "data.val_set.length=4", "data.test_set.length=4",
         "data.train_set.image_size=[64,64]", "data.batch_size=4", "trainer.max_epochs=1",
         "callbacks.rich_progress_bar=null"]
 CHECKS = ["imports", "fit-gpu", "fit-16-mixed", "fit-bf16-mixed", "loss-a", "loss-b", "compile", "ddp-syncbn",
-          "eval-slide-flip", "hrnet_w48"]
+          "eval-slide-flip", "fit-ema", "syncs", "fit-smp-amp", "hrnet_w48"]
 
 
 class Skip(Exception):
@@ -64,15 +71,6 @@ def compose(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=list(overrides))
-
-
-class SyncBNProbe(Callback):
-    """``+callbacks.probe._target_=gpu_check.SyncBNProbe``: prints how many SyncBatchNorm layers the network
-    has once Lightning has set up the strategy (trainer=ddp converts BatchNorm layers then)."""
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        layers = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules())
-        print(f"GPU_CHECK_SYNCBN_LAYERS={layers}", flush=True)
 
 
 def run_entry(out: Path, name: str, script: str, overrides: list[str], timeout: float) -> tuple[Path, str]:
@@ -120,10 +118,13 @@ def check_imports() -> str:
     import importlib
 
     for module in ("pytorch_lightning", "hydra", "seg_template.train", "seg_template.eval", "seg_template.predict",
-                   "seg_template.losses", "seg_template.models.hrnet", "seg_template.inference", "bench_losses"):
+                   "seg_template.losses", "seg_template.models.hrnet", "seg_template.inference", "bench_losses",
+                   "gpu_probes"):
         importlib.import_module(module)
     for overrides in (["trainer=gpu", "trainer.precision=bf16-mixed", "model.compile=true"],
-                      ["trainer=ddp", "trainer.devices=1"], ["model=hrnet_w48", "data=cityscapes"]):
+                      ["trainer=ddp", "trainer.devices=1"], ["model=hrnet_w48", "data=cityscapes"],
+                      ["trainer=gpu", "callbacks=[default,ema]", "+callbacks.probe._target_=gpu_probes.EMAProbe"],
+                      ["trainer=gpu", "+callbacks.probe._target_=gpu_probes.SyncProbe"]):
         compose(*overrides)
     if not torch.cuda.is_available():
         return f"torch {torch.__version__}, no CUDA device"
@@ -218,11 +219,31 @@ def gpu_checks(out: Path, deadline: float) -> dict[str, Callable[[], str]]:
 
     def ddp() -> str:  # NCCL with one process, SyncBatchNorm swapped in by the strategy
         run, text = run_entry(out, "ddp-syncbn", "train.py", ["trainer=ddp", "trainer.devices=1", *TINY,
-                              "+callbacks.probe._target_=gpu_check.SyncBNProbe"], left(150))
+                              "+callbacks.probe._target_=gpu_probes.SyncBNProbe"], left(150))
         layers = [ln.split("=")[1] for ln in text.splitlines() if ln.startswith("GPU_CHECK_SYNCBN_LAYERS=")]
         if "nccl" not in text or not layers or int(layers[-1]) == 0:
             raise RuntimeError(f"expected the nccl backend and SyncBatchNorm layers (log: {out}/ddp-syncbn.log)")
         return f"nccl, {layers[-1]} SyncBatchNorm layers, val/mIoU {last_metric(run, 'val/mIoU'):.3f}"
+
+    def ema() -> str:  # the average on the GPU, finite, and what an update costs against a training step
+        run, text = run_entry(out, "fit-ema", "train.py", ["trainer=gpu", *TINY, "callbacks=[default,ema]",
+                              "+callbacks.probe._target_=gpu_probes.EMAProbe"], left(150))
+        return f"{ema_figure(text)}; val/mIoU {last_metric(run, 'val/mIoU'):.3f}"
+
+    def syncs() -> str:  # the default training step never waits for the GPU outside logging steps
+        _, text = run_entry(out, "syncs", "train.py", ["trainer=gpu", *TINY, "data.train_set.length=96",
+                            "callbacks=[default,ema]", "+callbacks.probe._target_=gpu_probes.SyncProbe"], left(150))
+        return sync_figure(text)
+
+    def smp_amp() -> str:  # an smp model (SegFormer, MiT-B0) in mixed precision, channels-last
+        try:
+            import segmentation_models_pytorch  # noqa: F401
+        except ImportError as err:
+            raise Skip('segmentation_models_pytorch is not installed (pip install -e ".[smp]")') from err
+        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        figure = fit(out, "fit-smp-amp", left(180), "model=smp_segformer", "model.pretrained=null",
+                     "model.channels_last=true", f"trainer.precision={precision}")[0]
+        return f"{precision}, channels_last: {figure}"
 
     def evaluate() -> str:
         if not ckpt or not ckpt[0].is_file():
@@ -240,6 +261,9 @@ def gpu_checks(out: Path, deadline: float) -> dict[str, Callable[[], str]]:
         "compile": lambda: fit(out, "compile", left(240), "model.compile=true")[0],
         "ddp-syncbn": ddp,
         "eval-slide-flip": evaluate,
+        "fit-ema": ema,
+        "syncs": syncs,
+        "fit-smp-amp": smp_amp,
         "hrnet_w48": check_hrnet_throughput,
     }
 

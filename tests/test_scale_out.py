@@ -173,3 +173,16 @@ def test_gpu_check_entry_point_checks_on_cpu(gpu_check, tmp_path: Path) -> None:
     assert figure.startswith("val/mIoU ") and "48x48 windows" in figure
     with pytest.raises(RuntimeError, match="log: "):  # a failing entry point names its log
         gpu_check.fit(tmp_path, "fit-bad", 300, "loss=nope", trainer="cpu")
+
+
+def test_gpu_check_sync_row_reads_its_probe_line(gpu_check) -> None:
+    """The syncs row's verdict from SyncProbe's line: 0 synchronising calls passes, any other count fails
+    naming where the first came from."""
+    from gpu_probes import sync_figure
+
+    assert sync_figure("x\nGPU_CHECK_SYNCS steps=20 syncs=0 first=-\n") == \
+        "0 synchronising CUDA calls in 20 non-logging training steps"
+    with pytest.raises(RuntimeError, match=r"2 synchronising CUDA call\(s\) in 20 .*first at nan_guard.py:9"):
+        sync_figure("GPU_CHECK_SYNCS steps=20 syncs=2 first=nan_guard.py:9")
+    with pytest.raises(RuntimeError, match="no GPU_CHECK_SYNCS line"):
+        sync_figure("nothing")
