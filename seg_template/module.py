@@ -122,7 +122,15 @@ class SegmentationModule(pl.LightningModule):
     # ----------------------------------------------------------------- steps
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         images, masks = batch["image"], batch["mask"]
-        outputs = canonical_outputs(self.net(self._laid_out(images)))
+        try:
+            outputs = canonical_outputs(self.net(self._laid_out(images)))
+        except ValueError as err:  # torch's BatchNorm on a [1, C, 1, 1] input (a global pooling branch)
+            if "Expected more than 1 value per channel" not in str(err):
+                raise
+            raise ConfigError(f"a training batch of {images.shape[0]} image(s) per process: this model normalises a "
+                              "globally pooled branch with BatchNorm (DeepLabV3's / DeepLabV3+'s image pooling, "
+                              "PSPNet's 1x1 pyramid level), which needs at least 2 images; set data.batch_size >= 2 "
+                              "(per process)") from err
         self._check_output(main_logits(outputs))
         # no host read of a device tensor here (each one waits for the GPU): the loss records its labels' range
         # on the device, read at logging steps and before checkpoints (check_labels); train/loss is not a

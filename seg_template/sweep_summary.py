@@ -263,11 +263,12 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     """A job's status file plus what its ``metrics.csv`` says: best val/mIoU (and epoch), last test/mIoU
     and the val/mIoU curve ``[(epoch, value)]``."""
     job = json.loads((job_dir / STATUS_FILE).read_text())
-    job.update({"best_val": None, "best_epoch": None, "test": None, "curve": []})
+    job.update({"best_val": None, "best_epoch": None, "test": None, "curve": [], "metrics_csv": False})
     metrics = job_dir / "metrics.csv"
     if not metrics.is_file():
         metrics = next(iter(sorted(job_dir.rglob("metrics.csv"))), metrics)
     if metrics.is_file():
+        job["metrics_csv"] = True
         with open(metrics, newline="") as file:
             for row in csv.DictReader(file):
                 val, test = _float(row.get("val/mIoU")), _float(row.get("test/mIoU"))
@@ -460,6 +461,10 @@ def write_summary(sweep_dir: Path, final: bool = True) -> str:
         if any(job["curve"] for job in jobs):
             plot_sweep_curves(jobs, varying_overrides(jobs), sweep_dir / CURVES_PNG)
             notes.append(f"val/mIoU curves: {sweep_dir / CURVES_PNG}")
+        elif jobs and not any(job.get("metrics_csv") for job in jobs):
+            notes.append("no job wrote a metrics.csv (a logger choice without csv, such as logger=tensorboard), so the "
+                         "score columns are empty and there is no curves picture: keep the CSV logger beside the "
+                         "others (logger=[csv,tensorboard])")
         else:
             notes.append("no job logged val/mIoU to metrics.csv: no curves picture")
     return text + "\n".join(notes)

@@ -132,6 +132,13 @@ class MLFlowLogger(LightningMLFlowLogger):
             except OSError as err:
                 raise ConfigError(f"logger.mlflow.tracking_uri={uri}: cannot create the folder of its database "
                                   f"({type(err).__name__}: {err}); pick a writable place") from err
+        if uri.startswith(("http://", "https://")):
+            from seg_template.models.download import host_reachable
+
+            if not host_reachable(uri, timeout=5.0):  # MLflow itself retries for minutes before failing
+                raise ConfigError(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there; start one "
+                                  "(`mlflow server --host <host> --port <port>`) or leave the option out to log to "
+                                  "the SQLite database under logs/mlflow/")
         if artifact_location and (local := _local_path(str(artifact_location))) is not None:
             artifact_location = str(local.absolute())
         self._uri_option = uri

@@ -185,3 +185,17 @@ def test_predict_and_export_load_the_average(ema_run, compose_cfg, tmp_path, mon
     assert run_export(compose_cfg("export", overrides, output_dir=tmp_path / "x"), overrides=overrides).is_file()
     assert_same(loaded[-1], average)  # and onnxruntime reproduced that network (the export's parity check)
 
+
+
+def test_an_average_the_fit_never_updates_is_refused(compose_cfg) -> None:
+    """update_starting_at_step at or past the fit's last optimiser step: the average would stay the starting
+    weights, scored and saved as if trained (a stranger's run did so silently)."""
+    from seg_template.errors import ConfigError
+    from seg_template.train import train
+    from tests.bad_input_files import raised_user_error
+
+    cfg = compose_cfg("train", ["callbacks=[default,ema]", "callbacks.ema.update_starting_at_step=100",
+                                "data.train_set.length=16", "data.batch_size=4", "trainer.max_epochs=1", "test=false",
+                                "data.val_set.length=4"])
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, ConfigError) and "update_starting_at_step=100 but this fit makes 4 optimiser steps" in str(err)

@@ -261,3 +261,18 @@ def test_the_readme_opens_the_database_the_config_writes(compose_cfg) -> None:
     for text in (readme, (CONFIG_DIR / "logger" / "mlflow.yaml").read_text()):
         assert re.findall(r"mlflow ui --backend-store-uri (\S+)", text) == [expected]
     assert f"{artifacts}/" in readme
+
+
+def test_an_mlflow_server_that_does_not_answer_is_named_at_once() -> None:
+    """An http tracking URI nobody answers: MLflow retried for over four minutes, then advised about databases;
+    now a few seconds and one message saying to start a server."""
+    pytest.importorskip("mlflow")
+    import time
+
+    from seg_template.errors import ConfigError
+    from seg_template.tracking_loggers import MLFlowLogger
+
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"tracking_uri=http://127\.0\.0\.1:9: no MLflow server answers there"):
+        MLFlowLogger(tracking_uri="http://127.0.0.1:9", experiment_name="x")
+    assert time.monotonic() - start < 10

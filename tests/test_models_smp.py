@@ -220,3 +220,24 @@ def test_bench_row_with_an_encoder_override() -> None:
     assert float(row[0]) == pytest.approx(14.3, abs=0.1) and row[1:3] == [" 1 ", " no "]  # full-size logits
     with pytest.raises(SystemExit, match="no encoder to set"):
         bench.main(["--models", "small:resnet18", "--size", "64"])
+
+
+def test_pan_takes_images_smaller_than_its_pyramid() -> None:
+    """PAN pools its stride-16 features three times: under 128 px a side torch failed deep inside max_pool2d
+    (a stranger's 64x64 run); the input is padded up to 128 and the logits cropped back."""
+    model = smp_model("pan", "resnet18", num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 40)).shape == (1, 3, 64, 40)
+
+
+def test_a_batch_of_one_through_a_pooled_batchnorm_names_the_batch_size(compose_cfg) -> None:
+    """DeepLabV3+'s image pooling normalises a [1, C, 1, 1] tensor with BatchNorm: a training batch of one image
+    was torch's ValueError from deep inside; now one message naming data.batch_size."""
+    from seg_template.train import train
+    from tests.bad_input_files import raised_user_error
+
+    cfg = compose_cfg("train", ["model=smp_deeplabv3plus", "model.encoder=resnet18", "data.batch_size=1",
+                                "data.train_set.length=2", "data.val_set.length=2", "data.train_set.image_size=[32,32]",
+                                "trainer.max_epochs=1", "test=false", "model.pretrained=null"])
+    err = raised_user_error(lambda: train(cfg))
+    assert isinstance(err, ConfigError) and "set data.batch_size >= 2" in str(err), err

@@ -60,6 +60,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from seg_template.errors import ConfigError
 from seg_template.options import require
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,16 @@ class EMAWeights(EMAWeightAveraging):
             self._swapped = False
             if self._average_model is not None:
                 self._average_model._updates_on_host = 0  # a new average (update_average)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse an average that this fit would never update: validation, ``best.ckpt`` and the test would score
+        the starting weights without a word."""
+        start, total = self.update_starting_at_step, trainer.estimated_stepping_batches
+        if start is not None and isinstance(total, (int, float)) and start >= total:
+            raise ConfigError(f"callbacks.ema.update_starting_at_step={start} but this fit makes {int(total)} "
+                              "optimiser steps (0-based: the last is step "
+                              f"{int(total) - 1}): the average would never be updated, and validation, best.ckpt "
+                              "and the test would score the starting weights; lower it, or leave it null")
 
     # ------------------------------------------------------------ updates
     def _catch_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -94,6 +94,8 @@ def fetch_weights(fetch: Callable[[], T], what: str, url: str, cached: bool, bes
     if not best_effort:
         raise CheckpointError(f"model.pretrained: {what} {failure}. To use them, {advice} "
                               f"(or model.pretrained=null to train from scratch).")
-    log.warning("model.pretrained=true: %s %s: training from scratch. To start from them, %s.", what, failure,
+    # true, default and imagenet all ask for the library's default ImageNet weights, at best effort
+    log.warning("model.pretrained=true (or default / imagenet): %s %s: training from scratch. To start from them, "
+                "%s.", what, failure,
                 advice)
     return None

@@ -27,7 +27,8 @@ What smp 0.6 refuses (``RESTRICTIONS``, said with its own message as a ``ConfigE
 and ``model.encoder``): ``dpt`` takes only ``tu-`` timm ViT encoders; ``linknet`` and ``unetplusplus`` no
 ``mit_b*``; ``deeplabv3``, ``deeplabv3plus`` and ``pan`` dilate their encoder, which ``vgg*`` cannot do
 (SegFormer and UPerNet take any encoder). ``pan`` needs
-at least 128 px a side (its pyramid pools the stride-16 features three times); a ViT encoder of ``dpt`` takes
+at least 128 px a side (its pyramid pools the stride-16 features three times): smaller inputs are padded up to
+it; a ViT encoder of ``dpt`` takes
 only its pretraining size unless ``+model.dynamic_img_size=true`` (passed on to timm).
 """
 
@@ -51,6 +52,9 @@ OWN_ARGUMENTS = {"encoder_name": "model.encoder", "encoder_weights": "model.pret
 #: the multiple an architecture's decoder needs the sides to be beyond smp's own check: DPT resamples its
 #: stride-16 ViT features to stride 32 and adds them back (a 33 px side padded to 48, enough for smp, fails)
 DECODER_DIVISORS = {"DPT": 32}
+#: the smallest side an architecture's decoder takes: PAN pools its stride-16 features three times (a side under
+#: 128 px reaches 0 px), so smaller inputs are padded up to it (and the logits cropped back)
+MIN_SIDES = {"PAN": 128}
 #: which encoders an architecture takes, where smp 0.6 restricts them (said with its refusal)
 RESTRICTIONS = {"dpt": "only tu- timm ViT encoders (e.g. tu-vit_base_patch16_224.augreg_in21k)",
                 "linknet": "no mit_b* encoders", "unetplusplus": "no mit_b* encoders",
@@ -75,6 +79,7 @@ class PadToDivisor:
     (or ``[N, C, ceil(H / s), ceil(W / s)]`` for a head that stops at a stride ``s``), for any ``H`` and ``W``."""
 
     decoder_divisor = 1  # set per architecture by padded_class (DECODER_DIVISORS)
+    min_side = 0  # likewise (MIN_SIDES)
 
     @property
     def size_divisor(self) -> int:
@@ -89,6 +94,8 @@ class PadToDivisor:
         d = self.size_divisor
         # non-negative integer arithmetic only: ONNX's division truncates where Python's floors
         pad_h, pad_w = (d - h % d) % d, (d - w % d) % d
+        # an architecture whose pyramid needs a minimum size (PAN: 128 px) gets its sides padded up to it
+        pad_h, pad_w = max(pad_h, self.min_side - h), max(pad_w, self.min_side - w)
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h))
         logits = super().forward(images)
@@ -100,7 +107,8 @@ class PadToDivisor:
 def padded_class(arch_class: type) -> type:
     """``Padded<Arch>``: smp's ``arch_class`` with :class:`PadToDivisor`'s ``forward`` (one class per arch)."""
     return type(f"Padded{arch_class.__name__}", (PadToDivisor, arch_class),
-                {"__module__": __name__, "decoder_divisor": DECODER_DIVISORS.get(arch_class.__name__, 1)})
+                {"__module__": __name__, "decoder_divisor": DECODER_DIVISORS.get(arch_class.__name__, 1),
+                 "min_side": MIN_SIDES.get(arch_class.__name__, 0)})
 
 
 def architecture(smp: Any, arch: str, encoder: str) -> type:
