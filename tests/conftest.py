@@ -114,3 +114,23 @@ def torch_loads(monkeypatch: pytest.MonkeyPatch) -> Counter:
     monkeypatch.setattr(torch, "load", counting)
     monkeypatch.setattr(weights, "_kept", None)
     return counted
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No network (every connection fails; no proxy), Hugging Face offline, and empty torch.hub
+    (``<tmp_path>/torch``) and Hugging Face (``<tmp_path>/hf``) caches; returns ``tmp_path``."""
+    import socket
+
+    import huggingface_hub.constants
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("[Errno -2] Name or service not known")
+
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path

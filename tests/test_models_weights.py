@@ -247,24 +247,6 @@ def test_strict_loader_refuses_another_architecture(tmp_path):
 
 
 # ----------------------------------------------------------------- ImageNet weights, offline
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """No network (every connection fails), empty torch.hub and Hugging Face caches."""
-    import socket
-
-    import huggingface_hub.constants
-
-    def no_network(*args, **kwargs):
-        raise OSError("[Errno -2] Name or service not known")
-
-    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path
-
-
 @pytest.mark.parametrize("build", [lambda: torchvision_model("lraspp_mobilenet_v3", num_classes=3, pretrained=True),
                                    lambda: hrnet("hrnet_w18_small", num_classes=3, pretrained=True)],
                          ids=["torchvision", "timm"])
