@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from seg_template import resume
+from seg_template.callbacks.cadence import at_logging_step
 from seg_template.callbacks.ema import resume_raw_weights
 from seg_template.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg_template.inference.whole import finite_flag
@@ -144,7 +145,7 @@ class SegmentationModule(pl.LightningModule):
         return parts["loss"]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.trainer._logger_connector.should_update_logs:
+        if at_logging_step(self.trainer):
             self.check_labels()
 
     def on_train_epoch_end(self) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from seg_template.callbacks.cadence import at_logging_step
 from seg_template.errors import CheckpointError, TrainingDiverged
 from seg_template.options import require
 
@@ -171,7 +172,7 @@ class NaNGuard(pl.Callback):
         grads_bad = torch.zeros_like(loss_bad) if grads_ok is None else ~grads_ok
         verdict = torch.stack((loss_bad.float(), grads_bad.float(), value))
         self._pending.append((verdict, (trainer.current_epoch, trainer.global_step, batch_idx)))
-        if trainer._logger_connector.should_update_logs:
+        if at_logging_step(trainer):
             self.check(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

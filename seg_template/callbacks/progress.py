@@ -18,6 +18,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
 from torch import Tensor
 
+from seg_template.callbacks.cadence import at_logging_step
+
 log = logging.getLogger("seg_template")
 
 
@@ -34,7 +36,7 @@ def loss_at_logging_step(trainer: pl.Trainer, outputs: Any) -> float | None:
     (``trainer.log_every_n_steps``), else None. Reading a GPU tensor on the host waits for the device, so the
     bars show the loss of the latest logging step instead of reading it every step (the module logs
     ``train/loss`` without ``prog_bar`` for the same reason)."""
-    if not trainer._logger_connector.should_update_logs:
+    if not at_logging_step(trainer):
         return None
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
     return float(loss.detach()) if isinstance(loss, Tensor) and loss.numel() == 1 else None

@@ -50,6 +50,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from seg_template.callbacks.cadence import at_logging_step
 from seg_template.jobs import global_rank
 from seg_template.paths import hydra_value
 from seg_template.signals import StoppedBySignal, install, mark_reported, mark_requeued, signal_name
@@ -141,7 +142,7 @@ class StopOnSignal(pl.Callback):
         local = self._pending or 0
         if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return local
-        if every_step and not trainer._logger_connector.should_update_logs:
+        if every_step and not at_logging_step(trainer):
             return 0
         agreed = trainer.strategy.reduce(torch.tensor(local, device=trainer.strategy.root_device), reduce_op="max")
         return int(agreed)

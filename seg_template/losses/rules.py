@@ -117,16 +117,14 @@ def check_target(logits: Tensor, target: Tensor, ignore_index: int,
     return CheckedTarget(safe, valid, torch.count_nonzero(valid), finite, target)
 
 
-def report_nonfinite(loss: Tensor, finite: Tensor | bool) -> Tensor:
-    """The loss, made NaN when any logit was NaN or infinite (``finite``: a 0-dim bool tensor, read on the
-    device, or a bool).
+def report_nonfinite(loss: Tensor, finite: Tensor) -> Tensor:
+    """The loss, made NaN when any logit was NaN or infinite (``finite``: a 0-dim bool tensor, applied on the
+    device).
 
     Masks, thresholds and the "nothing kept -> 0" rule can otherwise turn garbage logits into a finite (or
     0.0) loss while the gradient is NaN. Adding a NaN constant changes the value only: the gradient is
     whatever the computation gave.
     """
-    if isinstance(finite, bool):
-        return loss if finite else loss + math.nan
     return loss + torch.zeros_like(loss).masked_fill(~finite, math.nan)
 
 
