@@ -199,3 +199,14 @@ def test_an_average_the_fit_never_updates_is_refused(compose_cfg) -> None:
                                 "data.val_set.length=4"])
     err = raised_user_error(lambda: train(cfg))
     assert isinstance(err, ConfigError) and "update_starting_at_step=100 but this fit makes 4 optimiser steps" in str(err)
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:99"])
+def test_an_ema_device_this_machine_lacks_is_named(device: str) -> None:
+    """callbacks.ema.device=cuda on a machine without one was torch's 'Found no NVIDIA driver' traceback when the
+    average was first moved; now a ConfigError when the callback is built."""
+    from seg_template.callbacks.ema import EMAWeights
+    from seg_template.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"callbacks\.ema\.device="):
+        EMAWeights(device=device)

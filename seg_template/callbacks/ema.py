@@ -88,6 +88,7 @@ class EMAWeights(EMAWeightAveraging):
         require("callbacks.ema.update_every_n_steps", update_every_n_steps)
         require("callbacks.ema.update_starting_at_step", update_starting_at_step)
         require("callbacks.ema.use_buffers", use_buffers)
+        check_device(device)
         super().__init__(device=device, use_buffers=bool(use_buffers), decay=float(decay),
                          update_every_n_steps=int(update_every_n_steps),
                          update_starting_at_step=update_starting_at_step)
@@ -209,6 +210,23 @@ def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Any], None
             torch._foreach_copy_(averages, currents)
 
     return update
+
+
+def check_device(device: Any) -> None:
+    """``callbacks.ema.device``: None, or a device torch knows and this machine has (else a ``ConfigError``
+    now, rather than torch's error when the average is first moved there)."""
+    if device is None:
+        return
+    try:
+        place = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"callbacks.ema.device={device!r} is not a device ({err}); use null (the model's "
+                          "device), cpu or cuda") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(place.type, True) or (place.type == "cuda" and place.index is not None
+                                                and place.index >= torch.cuda.device_count()):
+        raise ConfigError(f"callbacks.ema.device={device!r}: this machine has no such device; use null (the "
+                          "model's device) or cpu")
 
 
 def update_average(average: AveragedModel, model: torch.nn.Module, use_buffers: bool) -> None:
