@@ -131,6 +131,7 @@ def test_slurm_resources_follow_the_trainer(compose_cfg, trainer: str, expected:
     ``--gpus-per-node``), and the launcher no longer overrides the trainer's devices."""
     from tests.conftest import _compose
 
+    skip_unless_importable("hydra_plugins.hydra_submitit_launcher")  # the `.[slurm]` extra: a fresh `make test` lacks it
     cfg = _compose("train", ["launcher=submitit_slurm", f"trainer={trainer}"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.cpus_per_task) == expected
