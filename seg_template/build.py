@@ -31,6 +31,7 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = No
     from hydra.utils import instantiate
 
     from seg_template.module import SegmentationModule
+    from seg_template.optim import NO_DECAY_KINDS
 
     num_classes = int(datamodule.num_classes if datamodule is not None else cfg.data.num_classes)
     model_classes = cfg.model.get("num_classes")
@@ -42,8 +43,9 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = No
     else:
         ignore_index, class_names = int(cfg.data.ignore_index), list(cfg.data.get("class_names") or [])
     optimizer = scheduler = None
+    no_weight_decay: tuple[str, ...] = NO_DECAY_KINDS
     if training:
-        optimizer = instantiate(cfg.optimizer)
+        optimizer, no_weight_decay = build_optimizer(cfg.optimizer)
         scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     net, align_corners = build_net(cfg.model)
     loss = instantiate(cfg.loss)
@@ -58,7 +60,24 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule | None = No
         class_names=class_names,
         align_corners=align_corners,
         channels_last=bool(cfg.model.get("channels_last", False)),
+        no_weight_decay=no_weight_decay,
     )
+
+
+def build_optimizer(optimizer_cfg: DictConfig) -> tuple[Any, tuple[str, ...]]:
+    """``(partial, no_weight_decay)`` from ``cfg.optimizer``: the optimiser's partial, to be called on
+    ``optim.param_groups(net, no_weight_decay)``. ``no_weight_decay`` is ours (which parameter kinds do not
+    decay), so the optimiser's constructor never sees it."""
+    from hydra.utils import instantiate
+
+    from seg_template.optim import NO_DECAY_KINDS, check_no_weight_decay
+
+    factory_cfg = optimizer_cfg.copy()
+    with open_dict(factory_cfg):
+        no_weight_decay = factory_cfg.pop("no_weight_decay", NO_DECAY_KINDS)
+    if OmegaConf.is_config(no_weight_decay):
+        no_weight_decay = OmegaConf.to_container(no_weight_decay, resolve=True)
+    return instantiate(factory_cfg), check_no_weight_decay(no_weight_decay)
 
 
 def check_loss_settings(loss: Any, align_corners: bool, ignore_index: int) -> None:

@@ -31,7 +31,7 @@ from seg_template.inference.whole import finite_flag
 from seg_template.losses.rules import LabelRange, deferred_label_checks
 from seg_template.metrics import format_table, segmentation_scores
 from seg_template.models.outputs import canonical_outputs, logits_at, main_logits
-from seg_template.optim import param_groups
+from seg_template.optim import NO_DECAY_KINDS, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., Optimizer] | None = None,
                  scheduler: Callable[..., Any] | None = None, num_classes: int = 0, ignore_index: int = 255,
-                 class_names: Sequence[str] = (), align_corners: bool = False, channels_last: bool = False) -> None:
+                 class_names: Sequence[str] = (), align_corners: bool = False, channels_last: bool = False,
+                 no_weight_decay: Sequence[str] = NO_DECAY_KINDS) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"SegmentationModule needs num_classes >= 1 (data.num_classes), got {num_classes}")
@@ -70,6 +71,8 @@ class SegmentationModule(pl.LightningModule):
         self.align_corners = bool(align_corners)
         # model.channels_last: the net's weights are NHWC (build_net); its images are made so too
         self.channels_last = bool(channels_last)
+        # optimizer.no_weight_decay: the parameter kinds the optimiser does not decay (optim.param_groups)
+        self.no_weight_decay = tuple(no_weight_decay)
         # One confusion matrix per evaluation stage; every score is derived from it (metrics.py), so a new
         # metric is one line in segmentation_scores. validate_args=False: the loss range-checked the labels,
         # and torchmetrics' check costs a device sync.
@@ -307,7 +310,7 @@ class SegmentationModule(pl.LightningModule):
         if self.optimizer_factory is None:
             raise RuntimeError("SegmentationModule was built without an optimizer (evaluation only)")
         try:
-            optimizer = self.optimizer_factory(params=param_groups(self.net))
+            optimizer = self.optimizer_factory(params=param_groups(self.net, self.no_weight_decay))
         except (TypeError, ValueError) as err:  # torch's checks ("Invalid learning rate: -1"), unknown options
             raise ConfigError(f"optimizer: {err} (check optimizer.lr, optimizer.weight_decay, ...)") from err
         if self.scheduler_factory is None:

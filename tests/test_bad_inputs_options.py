@@ -321,13 +321,11 @@ def test_a_forkers_key_is_accepted_where_its_target_takes_it(compose_cfg) -> Non
     cfg = compose_cfg(overrides=[*TRAIN, f"+callbacks.probe._target_={__name__}.EveryProbe", "+callbacks.probe.every=3",
                                  "+optimizer.amsgrad=true"])
     assert problems(cfg) == []
-    from hydra.utils import instantiate
-
-    from seg_template.build import instantiate_callbacks
+    from seg_template.build import build_optimizer, instantiate_callbacks
 
     (probe,) = [c for c in instantiate_callbacks(cfg.callbacks) if isinstance(c, EveryProbe)]
     assert probe.every == 3
-    assert instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))]).defaults["amsgrad"] is True
+    assert build_optimizer(cfg.optimizer)[0](params=[torch.nn.Parameter(torch.zeros(1))]).defaults["amsgrad"] is True
 
 
 def test_a_misspelt_resume_key_leaves_the_run_alone(compose_cfg, workspace: Workspace, tmp_path: Path) -> None:

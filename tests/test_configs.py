@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
-from seg_template.build import build_net, instantiate_callbacks, instantiate_loggers
+from seg_template.build import build_net, build_optimizer, instantiate_callbacks, instantiate_loggers
 from seg_template.models.outputs import main_logits
 from seg_template.optim import param_groups
 from seg_template.option_schema import self_before_base
@@ -129,7 +129,8 @@ def test_optimizer_and_scheduler(optimizer: str, scheduler: str, compose_cfg, tm
     and the run's step count, stepped once per optimisation step."""
     cfg = composed(compose_cfg, tmp_path, "optimizer", optimizer, f"scheduler={scheduler}")
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    opt = instantiate(cfg.optimizer)(params=param_groups(net))
+    factory, no_weight_decay = build_optimizer(cfg.optimizer)
+    opt = factory(params=param_groups(net, no_weight_decay))
     assert isinstance(opt, torch.optim.Optimizer)
     base_lr = opt.param_groups[0]["lr"]
     if cfg.scheduler is None:
@@ -233,7 +234,7 @@ def test_experiment(option: str, compose_cfg, tmp_path: Path) -> None:
     datamodule = instantiate(cfg.data)
     assert num_classes_out(cfg.model) == datamodule.num_classes
     check_loss(cfg.loss, datamodule.num_classes, datamodule.ignore_index)
-    optimizer = instantiate(cfg.optimizer)(params=[nn.Parameter(torch.zeros(3))])
+    optimizer = build_optimizer(cfg.optimizer)[0](params=[nn.Parameter(torch.zeros(3))])
     if cfg.get("scheduler"):
         instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=10)
     assert isinstance(build_trainer(cfg.trainer), Trainer)

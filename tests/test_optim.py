@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import nn
 
+from seg_template.errors import ConfigError
 from seg_template.optim import param_groups, poly_factor, poly_warmup
 
 
@@ -71,3 +74,36 @@ def test_norm_and_bias_get_no_weight_decay() -> None:
     assert {id(p) for p in no_decay["params"]} == {id(model[1].weight), id(model[1].bias), id(model[2].bias)}
     opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+@pytest.mark.parametrize(("exempt", "decayed"), [
+    ((), {"conv0.weight", "bn.weight", "bn.bias", "conv2.weight", "conv2.bias"}),  # HRNet, torchvision, MMSeg R101
+    (("norm",), {"conv0.weight", "conv2.weight", "conv2.bias"}),  # SegFormer (MMSeg's norm decay_mult 0)
+    (("bias",), {"conv0.weight", "bn.weight", "bn.bias", "conv2.weight"}),  # a norm layer's bias is "norm"
+])
+def test_no_weight_decay_picks_the_exempt_kinds(exempt: tuple, decayed: set) -> None:
+    model = nn.Sequential(OrderedDict(conv0=nn.Conv2d(3, 4, 3, bias=False), bn=nn.BatchNorm2d(4),
+                                      conv2=nn.Conv2d(4, 2, 1)))
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, exempt)
+    assert {names[id(p)] for p in groups[0]["params"]} == decayed
+    assert len(groups) == (2 if exempt else 1)  # nothing exempt: one group, the optimiser's weight decay
+    if exempt:
+        assert groups[1]["weight_decay"] == 0.0
+        assert {names[id(p)] for p in groups[1]["params"]} == set(names.values()) - decayed
+
+
+@pytest.mark.parametrize("bad", ["norm", ["norms"], [1], ["bias", None]])
+def test_a_bad_no_weight_decay_names_the_key(bad) -> None:
+    with pytest.raises(ConfigError, match=r"optimizer\.no_weight_decay=.*norm / bias"):
+        param_groups(nn.Conv2d(1, 1, 1), bad)
+
+
+def test_min_lr_offset_is_mmsegs_poly_with_eta_min() -> None:
+    """MMSeg's PolyLR(eta_min): eta_min + (lr - eta_min) * (1 - t / T) ** power; floor: max(poly, min)."""
+    for step in (0, 5, 50, 99, 100):
+        poly = (1 - step / 100) ** 0.9
+        assert poly_factor(step, 100, 0.9, min_lr_ratio=0.01, min_lr_mode="offset") == pytest.approx(0.01 + 0.99 * poly)
+        assert poly_factor(step, 100, 0.9, min_lr_ratio=0.01) == pytest.approx(max(poly, 0.01))
+    with pytest.raises(ConfigError, match=r"scheduler\.min_lr_mode='linear': choose from floor, offset"):
+        poly_warmup(_optimizer(), 10, min_lr_mode="linear")
