@@ -223,6 +223,13 @@ RULES: dict[str, Rule] = {
     "data.*_set.seed": int_rule(0, 2**32 - 1),
     "data.*_set.max_image_pixels": int_rule(1, null=True, note="null: no limit", example=89478485),
     "data.train_transform.color_jitter": real_rule(0),
+    # sizes of reference (seg_template/data/transforms.py): the side a random scale or the eval resize aims at
+    "data.*_transform.short_side": count_rule(1, SIDE, f"{SIDE} pixels a side: larger than any image", null=True),
+    "data.*_transform.long_side": count_rule(1, SIDE, f"{SIDE} pixels a side: larger than any image", null=True),
+    "data.train_transform.scale_step": real_rule(0, open_low=True, null=True, example=0.1),
+    "model.fuse_upsample": choice_rule("nearest", "bilinear"), "model.head_init": choice_rule("default", "hrnet"),
+    "optimizer.no_weight_decay": list_rule(choice_rule("norm", "bias")),
+    "scheduler.min_lr_mode": choice_rule("floor", "offset"),
     "model.width": count_rule(1, 2**13, "8192 channels: wider than any segmentation network"),
     "model.num_classes": count_rule(1, CLASSES, f"{CLASSES} classes: more ids than a 16-bit mask holds"),
     "model.align_corners": Rule(("bool",)),

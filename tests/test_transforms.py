@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seg_template.data.base import IMAGENET_MEAN, IMAGENET_STD
-from seg_template.data.transforms import eval_transform, train_transform
+from seg_template.data.transforms import ScaleOfReference, eval_transform, train_transform
 from seg_template.errors import ConfigError
 
 
@@ -96,3 +96,57 @@ def test_an_image_far_smaller_than_the_crop_keeps_one_pixel() -> None:
     out = t(image=image, mask=mask)
     assert out["image"].shape == (16, 16, 3)
     assert (out["mask"] == 0).sum() == 16, "one row of the strip, as wide as the crop; the rest is padding"
+
+
+def _shapes_after(transform, height: int, width: int, draws: int = 1) -> set[tuple[int, int]]:
+    image, mask = np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.uint8)
+    shapes = set()
+    for _ in range(draws):
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape[:2] == out["mask"].shape
+        shapes.add(out["mask"].shape)
+    return shapes
+
+
+def test_hrnet_scale_sampling_sets_the_long_side_in_steps() -> None:
+    """HRNet's ADE20K recipe: long side = BASE_SIZE 520 x (0.5 + randint(0, 11) / 10), whatever the image's size."""
+    scale = ScaleOfReference(0.5, 1.6, long_side=520, step=0.1)
+    for height, width in ((512, 683), (1200, 900)):
+        longs = {max(s) for s in _shapes_after(scale, height, width, draws=400)}
+        assert longs == {int(520 * (5 + k) / 10 + 0.5) for k in range(12)}
+
+
+def test_short_and_long_side_take_the_smaller_factor_as_mmseg_keep_ratio() -> None:
+    """MMSeg's Resize(scale=(2048, 512), keep_ratio=True): the short side becomes 512 unless the long side
+    would pass 2048 (a 5:1 panorama)."""
+    scale = ScaleOfReference(1.0, 1.0, short_side=512, long_side=2048)
+    assert _shapes_after(scale, 375, 500) == {(512, 683)}  # a VOC image
+    assert _shapes_after(scale, 200, 1000) == {(410, 2048)}  # capped by the long side
+    uniform = ScaleOfReference(0.5, 2.0, short_side=512)
+    shorts = {min(s) for s in _shapes_after(uniform, 375, 500, draws=200)}
+    assert min(shorts) >= 256 and max(shorts) <= 1024 and len(shorts) > 50  # uniform, not in steps
+
+
+def test_train_transform_with_a_size_of_reference_crops_as_before() -> None:
+    t = train_transform([64, 64], scale_range=(0.5, 1.6), long_side=100, scale_step=0.1)
+    assert _shapes_after(t, 30, 400, draws=20) == {(64, 64)}
+
+
+def test_eval_transform_resizes_the_image_but_not_the_mask() -> None:
+    """HRNet's ADE20K testval (long side 520) and MMSeg's test Resize: scores stay at the label's resolution."""
+    image, mask = np.zeros((512, 683, 3), np.uint8), np.zeros((512, 683), np.uint8)
+    out = eval_transform(long_side=520)(image=image, mask=mask)
+    assert out["image"].shape[:2] == (390, 520) and out["mask"].shape == (512, 683)
+    out = eval_transform(short_side=512, long_side=2048)(image=image[:375, :500], mask=mask[:375, :500])
+    assert out["image"].shape[:2] == (512, 683) and out["mask"].shape == (375, 500)
+    assert eval_transform()(image=image, mask=mask)["image"].shape[:2] == (512, 683)
+
+
+@pytest.mark.parametrize(("build", "match"), [
+    (lambda: train_transform([8, 8], long_side=0), r"data\.train_transform\.long_side=0"),
+    (lambda: train_transform([8, 8], scale_step=-0.1), r"data\.train_transform\.scale_step=-0\.1"),
+    (lambda: eval_transform(short_side=1.5), r"data\.val_transform\.short_side=1\.5"),
+])
+def test_bad_sizes_of_reference_name_the_key(build, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build()

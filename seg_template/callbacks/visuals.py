@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -237,6 +238,8 @@ class ValidationImages(Callback):
                     logits = main_logits(net(image[None].to(pl_module.device))).float()
                     pred = logits_at(logits, target.shape[-2:], align_corners).argmax(1)[0].cpu().numpy()
                     shown = to_display(image, getattr(dataset, "transform", None))
+                    if shown.shape[:2] != tuple(target.shape):  # data.val_transform resized the image, not the mask
+                        shown = cv2.resize(shown, tuple(target.shape)[::-1], interpolation=cv2.INTER_LINEAR)
                     rows.append((shown, target.numpy(), pred))
         finally:
             net.train(was_training)

@@ -1,5 +1,13 @@
 """Albumentations pipelines built from config: training (random scale, crop, flip, colour jitter, normalise)
-and evaluation (normalise only).
+and evaluation (an optional resize, normalise).
+
+Sizes of reference (``short_side`` / ``long_side``, in both pipelines): the published recipes bring each image
+to a set size before scaling it, rather than scaling it relative to itself. With ``long_side=L`` the image's
+long side becomes L (HRNet's ``BASE_SIZE``: ``long = BASE_SIZE * s``); with ``short_side=S`` its short side
+becomes S; with both, the smaller of the two factors wins (MMSegmentation's ``keep_ratio`` resize to
+``scale=(L, S)``: the short side becomes S unless that makes the long side exceed L). Evaluation resizes the
+image only: the mask keeps its size, so scores are computed at the label's own resolution (the logits are
+upsampled to it, as HRNet's and MMSegmentation's test code do).
 
 Masks are resized with nearest neighbour and padded with ``ignore_index``, never 0: padding with 0 would
 teach the model that the border is class 0 (background in VOC, road in Cityscapes).
@@ -62,21 +70,72 @@ def _at_least_one_pixel(shape: tuple[int, ...], scale: float) -> float:
     return scale if int(short * scale) >= 1 else 1.5 / short
 
 
+def reference_factor(height: int, width: int, short_side: int | None = None, long_side: int | None = None) -> float:
+    """The factor that brings an ``height x width`` image to its size of reference (module docstring): the
+    smaller of ``short_side / short`` and ``long_side / long`` among those set; 1 when neither is."""
+    factors = [float(size) / side for size, side in ((short_side, min(height, width)), (long_side, max(height, width)))
+               if size is not None]
+    return min(factors) if factors else 1.0
+
+
+def _scaled_size(height: int, width: int, factor: float) -> tuple[int, int]:
+    """``(h, w)`` rounded to the nearest pixel (HRNet's ``int(x + 0.5)``), at least 1 each."""
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+class ScaleOfReference(A.RandomScale):
+    """Random scale relative to a size of reference (``short_side`` / ``long_side``: module docstring), drawn
+    uniformly from ``[lo, hi]`` or, with ``step``, from ``lo, lo + step, ..., hi`` (HRNet's ``0.5 +
+    randint(0, SCALE_FACTOR) / 10``). Sides are rounded to the nearest pixel, never below 1."""
+
+    def __init__(self, lo: float, hi: float, short_side: int | None = None, long_side: int | None = None,
+                 step: float | None = None) -> None:
+        super().__init__(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
+                         mask_interpolation=cv2.INTER_NEAREST, p=1.0)
+        self.lo, self.hi, self.step = lo, hi, step
+        self.short_side, self.long_side = short_side, long_side
+
+    def get_params(self) -> dict[str, float]:
+        if self.step is None:
+            return {"scale": self.py_random.uniform(self.lo, self.hi)}
+        count = int((self.hi - self.lo) / self.step + 1e-6)  # steps above lo that stay <= hi
+        return {"scale": self.lo + self.py_random.randint(0, count) * self.step}
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        return {"scale": params["scale"] * reference_factor(height, width, self.short_side, self.long_side)}
+
+    def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        height, width = _scaled_size(img.shape[0], img.shape[1], scale)
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    def apply_to_mask(self, mask: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        height, width = _scaled_size(mask.shape[0], mask.shape[1], scale)
+        return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def train_transform(crop_size: Sequence[int] | int, scale_range: Sequence[float] = (0.5, 2.0), hflip: bool = True,
                     color_jitter: float = 0.0, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255) -> A.Compose:
-    """Random scale (relative to the image's own size) -> pad to ``crop_size`` -> random crop -> flip -> jitter
-    -> normalise. Called as ``t(image=uint8[H, W, 3], mask=int[H, W])``; returns float32 image, mask.
+                    std: Sequence[float] = IMAGENET_STD, ignore_index: int = 255, short_side: int | None = None,
+                    long_side: int | None = None, scale_step: float | None = None) -> A.Compose:
+    """Random scale -> pad to ``crop_size`` -> random crop -> flip -> jitter -> normalise. Called as
+    ``t(image=uint8[H, W, 3], mask=int[H, W])``; returns float32 image, mask.
 
-    ``scale_range``: ``[min, max]`` scale factors (``[1, 1]`` disables scaling). ``color_jitter``: strength
-    of brightness / contrast / saturation jitter (hue gets a fifth of it), 0 disables it.
+    ``scale_range``: ``[min, max]`` scale factors (``[1, 1]`` and no size of reference disable scaling),
+    relative to the image's own size, or to ``short_side`` / ``long_side`` when set (module docstring);
+    ``scale_step``: draw the factor in steps of this size (null: uniformly). ``color_jitter``: strength of
+    brightness / contrast / saturation jitter (hue gets a fifth of it), 0 disables it.
     """
     require("data.ignore_index", ignore_index)
     require("data.train_transform.color_jitter", color_jitter)
+    for key, value in (("short_side", short_side), ("long_side", long_side), ("scale_step", scale_step)):
+        require(f"data.train_transform.{key}", value)
     crop_h, crop_w = _crop_hw(crop_size)
     lo, hi = _scale_range(scale_range, crop_h, crop_w)
     steps: list[A.BasicTransform] = []
-    if (lo, hi) != (1.0, 1.0):
+    if short_side is not None or long_side is not None or scale_step is not None:
+        steps.append(ScaleOfReference(lo, hi, short_side, long_side, scale_step))
+    elif (lo, hi) != (1.0, 1.0):
         # RandomScale draws the factor as 1 + uniform(scale_limit)
         steps.append(AtLeastOnePixelScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
                                           mask_interpolation=cv2.INTER_NEAREST, p=1.0))
@@ -94,6 +153,30 @@ def train_transform(crop_size: Sequence[int] | int, scale_range: Sequence[float]
     return A.Compose(steps)
 
 
-def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> A.Compose:
-    """Normalise only: evaluation sees whole images at full resolution (the model's stride permitting)."""
-    return A.Compose([A.Normalize(mean=tuple(mean), std=tuple(std))])
+class ResizeImageTo(A.ImageOnlyTransform):
+    """Resize the image (bilinear) to its size of reference (``short_side`` / ``long_side``: module docstring),
+    leaving the mask at its size."""
+
+    def __init__(self, short_side: int | None = None, long_side: int | None = None) -> None:
+        super().__init__(p=1.0)
+        self.short_side, self.long_side = short_side, long_side
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        height, width = img.shape[:2]
+        new_h, new_w = _scaled_size(height, width, reference_factor(height, width, self.short_side, self.long_side))
+        if (new_h, new_w) == (height, width):
+            return img
+        return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+
+def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                   short_side: int | None = None, long_side: int | None = None) -> A.Compose:
+    """Normalise, after resizing the image to ``short_side`` / ``long_side`` when set (module docstring; the
+    mask keeps its size). Without them evaluation sees whole images at full resolution."""
+    for key, value in (("short_side", short_side), ("long_side", long_side)):
+        require(f"data.val_transform.{key}", value)
+    steps: list[A.BasicTransform] = []
+    if short_side is not None or long_side is not None:
+        steps.append(ResizeImageTo(short_side, long_side))
+    steps.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
+    return A.Compose(steps)
