@@ -17,7 +17,7 @@ from tests.helpers import skip_unless_builder_importable
 RECIPES = {
     "cityscapes_hrnet_w48_ohem": (make_cityscapes,),
     "ade20k_hrnet_w48": (make_ade20k,),
-    "voc_deeplabv3_resnet101": (make_voc,),
+    "voc_deeplabv3_resnet101": (lambda root: make_voc(root, sbd_extra=2),),  # trainaug: SBD masks too
     "ade20k_segformer_b0": (make_ade20k,),
 }
 # small crops (padded: the fixtures are 32 px tall; at 32 px HRNet's stride-32 branch is 1x1, its batch norm
