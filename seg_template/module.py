@@ -274,6 +274,7 @@ class SegmentationModule(pl.LightningModule):
             return
         # before the optimiser exists: another optimiser class is refused here, changed values applied later
         resume.check_optimizer(checkpoint, self.optimizer_factory, str(self.trainer.ckpt_path))
+        self.check_resumed_groups(checkpoint, str(self.trainer.ckpt_path))
         resume_raw_weights(self.trainer, checkpoint)  # written with callbacks.ema, resumed without: the raw weights
         self._resumed = {"record": checkpoint.get(resume.RECORD_KEY),
                          "had_scheduler": bool(checkpoint.get("lr_schedulers"))}
@@ -304,7 +305,14 @@ class SegmentationModule(pl.LightningModule):
     def _optimization_record(self) -> dict[str, Any]:
         trainer = self._trainer
         optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
-        return resume.optimization_record(optimizer, self.scheduler_factory, self._total_steps, trainer)
+        return resume.optimization_record(optimizer, self.scheduler_factory, self._total_steps, trainer,
+                                          self.no_weight_decay)
+
+    def check_resumed_groups(self, checkpoint: Mapping[str, Any], source: str) -> None:
+        """A ``CheckpointError`` when ``checkpoint``'s optimiser state has other parameter groups than this
+        module's ``optimizer.no_weight_decay`` makes (seg_template/resume.py: check_parameter_groups)."""
+        sizes = [len(group["params"]) for group in param_groups(self.net, self.no_weight_decay)]
+        resume.check_parameter_groups(checkpoint, sizes, self.no_weight_decay, source)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -10,6 +10,9 @@ were silently dropped (``optimizer.lr=1e-6`` kept the old learning rate and sche
   start a new run from the weights with ``model.pretrained=<ckpt>``. Its saved state (moments, momentum
   buffers) only means something to the optimiser that wrote it. So is an option switched on that needs state
   the checkpoint lacks (``optimizer.amsgrad=true`` on a state written without it: ``KeyError: 'max_exp_avg_sq'``).
+- **The parameter groups must be the checkpoint's** (:func:`check_parameter_groups`): another
+  ``optimizer.no_weight_decay`` splits the parameters differently, and torch refused the state with "loaded
+  state dict has a different number of parameter groups".
 - **Changed values are applied from the resumed step, with one notice line** listing ``key: old -> new``:
   optimiser options (``lr``, ``weight_decay``, ``betas``, ``momentum``, ...), scheduler options (``power``,
   ``warmup_steps``, ...), the scheduler itself, and the schedule's length (``trainer.max_epochs``,
@@ -80,17 +83,43 @@ def _factory_options(factory: Callable[..., Any] | None) -> dict[str, Any] | Non
 
 
 def optimization_record(optimizer: Optimizer | None, scheduler_factory: Callable[..., Any] | None,
-                        total_steps: int | None, trainer: Any = None) -> dict[str, Any]:
+                        total_steps: int | None, trainer: Any = None,
+                        no_weight_decay: Sequence[str] | None = None) -> dict[str, Any]:
     """What a checkpoint stores about its optimisation: the optimiser class, the scheduler (its function and
-    options), the schedule's length in optimiser steps and the trainer options that set it."""
+    options), the schedule's length in optimiser steps and the trainer options that set it, and the
+    parameter kinds without weight decay (``optimizer.no_weight_decay``)."""
     record: dict[str, Any] = {"format": 1, "scheduler": _factory_options(scheduler_factory),
                               "total_steps": total_steps}
+    if no_weight_decay is not None:
+        record["no_weight_decay"] = list(no_weight_decay)
     if optimizer is not None:
         record["optimizer"] = qualified_name(type(optimizer))
     if trainer is not None:
         record["trainer"] = {key: plain(getattr(trainer, key, None))
                              for key in ("max_epochs", "max_steps", "accumulate_grad_batches")}
     return record
+
+
+def check_parameter_groups(checkpoint: Mapping[str, Any], sizes: Sequence[int], no_weight_decay: Sequence[str],
+                           source: str) -> None:
+    """Refuse to resume ``checkpoint`` (read from ``source``) when its optimiser state splits the parameters
+    into other groups than the configured ones (``sizes``: parameters per group, from
+    ``optim.param_groups(net, no_weight_decay)``): the state of one group would land on another's."""
+    states = checkpoint.get("optimizer_states") or []
+    if not states or not isinstance(states[0], Mapping):
+        return
+    saved = [len(g.get("params") or []) for g in states[0].get("param_groups") or [] if isinstance(g, Mapping)]
+    if not saved or saved == list(sizes):
+        return
+    record = checkpoint.get(RECORD_KEY)
+    trained = record.get("no_weight_decay") if isinstance(record, Mapping) else None
+    was = (f"it was trained with optimizer.no_weight_decay={list(trained)}" if isinstance(trained, list)
+           else "it was trained with another optimizer.no_weight_decay")
+    raise CheckpointError(
+        f"ckpt_path: '{source}' holds an optimiser state for {len(saved)} parameter group(s) of {saved} "
+        f"parameters, but optimizer.no_weight_decay={list(no_weight_decay)} makes {len(sizes)} of {list(sizes)}: "
+        f"{was}. Resume with that value, or start a new run from these weights with model.pretrained={source} "
+        "instead of ckpt_path")
 
 
 def short(name: str) -> str:

@@ -695,6 +695,23 @@ def test_resume_switching_on_amsgrad_is_refused(compose_cfg, interrupted, tmp_pa
                                           r"but ckpt_path '.*last\.ckpt' was trained without it")
 
 
+def test_resume_with_another_no_weight_decay_is_refused(compose_cfg, interrupted, tmp_path):
+    """Another optimizer.no_weight_decay splits the parameters into other groups: the saved state of one group
+    would land on another's (was: torch's "loaded state dict has a different number of parameter groups")."""
+    run = copy_of(interrupted, tmp_path / "run")
+    before = files(run)
+    err = raised_user_error(lambda: resume(compose_cfg, run, "optimizer.no_weight_decay=[]"))
+    assert isinstance(err, CheckpointError)
+    assert_short_named(user_message(err), r"last\.ckpt' holds an optimiser state for 2 parameter group\(s\) of "
+                                          r"\[\d+, \d+\] parameters, but optimizer\.no_weight_decay=\[\] makes 1 of "
+                                          r"\[\d+\]: it was trained with optimizer\.no_weight_decay=\['norm', 'bias'\]"
+                                          r".*model\.pretrained=")
+    assert files(run) == before  # refused before anything was written
+    err = raised_user_error(lambda: resume(compose_cfg, copy_of(interrupted, tmp_path / "run2"),
+                                           "optimizer.no_weight_decay=[bias]"))  # 2 groups, other sizes
+    assert "optimizer.no_weight_decay=['bias'] makes 2 of" in user_message(err)
+
+
 def test_an_older_checkpoint_with_another_optimizer_is_refused(compose_cfg, interrupted, tmp_path):
     run = copy_of(interrupted, tmp_path / "run")
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

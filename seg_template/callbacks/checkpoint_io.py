@@ -224,6 +224,8 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
                       "ckpt_path", ckpt)
         # another optimiser class than the one that wrote the state: refused before any folder fills up
         check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
+        if hasattr(module, "check_resumed_groups") and getattr(module, "optimizer_factory", None) is not None:
+            module.check_resumed_groups(ckpt, source)  # another optimizer.no_weight_decay
     from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
 
     refuse_nonfinite({**weights, "optimizer_states": ckpt["optimizer_states"]}, source, "ckpt_path")
