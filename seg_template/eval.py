@@ -48,8 +48,9 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] | None = None) -> tuple[d
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     datamodule.preflight([cfg.split])
     module = build_module(cfg, datamodule, training=False)
-    load_net_weights(module.net, ckpt_path)
-    # The module's eval step then sees image-size logits; its upsampling to the mask size is a no-op.
+    load_net_weights(module.net, ckpt_path, configured_model=OmegaConf.to_container(cfg.model))
+    # The module's eval step then sees image-size logits, upsampled to the mask's size (a no-op unless
+    # data.val_transform resized the image: then as HRNet's and MMSeg's test code do, in a second step).
     module.net = InferenceModel(module.net, **OmegaConf.to_container(cfg.inference, resolve=True))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seg_template.build import build_net, require_ckpt_path
 from seg_template.cli import hydra_main
@@ -117,7 +117,7 @@ def run_export(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Path:
     check_recipe_options(cfg, ckpt_path, recipe, overrides)  # the recipe's values with the typed options, as eval does
     target = Path(cfg.output_file)
     net, align_corners = build_net(cfg.model)
-    load_net_weights(net, ckpt_path)
+    load_net_weights(net, ckpt_path, configured_model=OmegaConf.to_container(cfg.model))
     net.eval()
     stored = recipe_from(cfg)  # the recipe as used here (with the overrides), for predict.py model_file=
     stored["choices"] = (recipe or {}).get("choices") or stored["choices"]

@@ -17,7 +17,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from seg_template.errors import ConfigError
 from seg_template.options import require
 
-#: what ``optimizer.no_weight_decay`` may list: the parameters of norm layers (BN, GN, LN), and biases
+#: what ``optimizer.no_weight_decay`` may list: ``norm``, every parameter of a norm layer (BN, GN, LN: scale
+#: and shift); ``bias``, the biases of the other layers (MMSeg's ``norm_decay_mult`` / ``bias_decay_mult``)
 NO_DECAY_KINDS = ("norm", "bias")
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 

@@ -160,6 +160,10 @@ BATCH = 2**16  # images (or windows) per batch per device
 WORKERS = 2**10  # worker processes or threads
 SIDE = 2**16  # pixels along one side of an image or crop (JPEG and WebP stop at 65535)
 CLASSES = 2**16  # the ids a 16-bit mask holds
+#: the largest side an image is resized to by a size of reference (data.*_transform.short_side / long_side,
+#: times the largest random scale): an 8192 x 8192 RGB image is 200 MB before it is cropped
+REFERENCE_SIDE = 8192
+REFERENCE_WHY = f"{REFERENCE_SIDE} pixels a side: every image would be resized to it; recipes use 512 to 2048"
 #: the smallest normalisation std: the transforms divide pixels in [0, 1] (fractions of 255) by it, and a
 #: std of 0.001, a quarter of one grey level, already turns one grey level into 4 std
 MIN_STD = 1e-3
@@ -224,8 +228,9 @@ RULES: dict[str, Rule] = {
     "data.*_set.max_image_pixels": int_rule(1, null=True, note="null: no limit", example=89478485),
     "data.train_transform.color_jitter": real_rule(0),
     # sizes of reference (seg_template/data/transforms.py): the side a random scale or the eval resize aims at
-    "data.*_transform.short_side": count_rule(1, SIDE, f"{SIDE} pixels a side: larger than any image", null=True),
-    "data.*_transform.long_side": count_rule(1, SIDE, f"{SIDE} pixels a side: larger than any image", null=True),
+    # at least one cell of a stride-16 network; at most REFERENCE_SIDE (the published recipes use 512 to 2048)
+    "data.*_transform.short_side": count_rule(16, REFERENCE_SIDE, REFERENCE_WHY, null=True, example=512),
+    "data.*_transform.long_side": count_rule(16, REFERENCE_SIDE, REFERENCE_WHY, null=True, example=2048),
     "data.train_transform.scale_step": real_rule(0, open_low=True, null=True, example=0.1),
     "model.fuse_upsample": choice_rule("nearest", "bilinear"), "model.head_init": choice_rule("default", "hrnet"),
     "optimizer.no_weight_decay": list_rule(choice_rule("norm", "bias")),

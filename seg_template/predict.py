@@ -95,7 +95,7 @@ def _build_net(cfg: DictConfig, option: str, path: str, device: torch.device,
     cfg = with_recipe(cfg, path, recipe, overrides, "predict.py", option)
     check_recipe_options(cfg, path, recipe, overrides, option)
     net, _ = build_net(cfg.model)
-    load_net_weights(net, path)
+    load_net_weights(net, path, configured_model=OmegaConf.to_container(cfg.model))
     return net.to(device), cfg
 
 

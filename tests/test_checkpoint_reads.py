@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from seg_template.errors import CheckpointError
 from seg_template.models import weights
+from seg_template.recipe import recipe_from
 from tests.helpers import TRAINED, importable, save_checkpoint
 
 
@@ -90,17 +92,20 @@ def test_eval_and_resume_report_a_checkpoint_that_does_not_fit_alike(compose_cfg
     module = build_module(cfg, instantiate(cfg.data))
     ckpt = tmp_path / "m.ckpt"
     torch.save({"state_dict": module.state_dict(), "epoch": 0, "global_step": 1, "loops": {},
-                "optimizer_states": [], "hyper_parameters": {"num_classes": 6}}, ckpt)
-    other = build_module(compose_cfg(overrides=[*TRAINED, "model.width=4"], output_dir=tmp_path / "o"),
-                         instantiate(cfg.data))
+                "optimizer_states": [], "hyper_parameters": {"num_classes": 6}, "recipe": recipe_from(cfg)}, ckpt)
+    other_cfg = compose_cfg(overrides=[*TRAINED, "model.width=4"], output_dir=tmp_path / "o")
+    other = build_module(other_cfg, instantiate(cfg.data))
+    other.recipe = recipe_from(other_cfg)  # as train.py sets it before the check
     with pytest.raises(CheckpointError) as resumed:
         check_resume_checkpoint(ckpt, other)
     with pytest.raises(CheckpointError) as evaluated:
-        weights.load_net_weights(small_segnet(6, width=4), ckpt)
+        weights.load_net_weights(small_segnet(6, width=4), ckpt, configured_model=OmegaConf.to_container(other_cfg.model))
     for err in (resumed.value, evaluated.value):
         text = str(err)
         assert text.startswith(f"ckpt_path: '{ckpt}' does not fit the configured model (")
         assert "tensors differ in shape" in text and "trained for num_classes=6" in text
+        # the option that changed the tensors, named even when the other run left it at its default
+        assert "the model options differ from the checkpoint's recipe (trained -> now): model.width: " in text
         assert "Pass the model= / data= options it was trained with" in text
 
 

@@ -163,8 +163,8 @@ def test_predict_and_export_load_the_average(ema_run, compose_cfg, tmp_path, mon
     loaded: list[Weights] = []
     real = weights.load_net_weights
 
-    def spy(net: torch.nn.Module, path: Any, option: str = "ckpt_path") -> Any:
-        report = real(net, path, option)
+    def spy(net: torch.nn.Module, path: Any, option: str = "ckpt_path", **kwargs: Any) -> Any:
+        report = real(net, path, option, **kwargs)
         loaded.append(floats(getattr(net, "_orig_mod", net)))
         return report
 

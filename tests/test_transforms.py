@@ -146,6 +146,13 @@ def test_eval_transform_resizes_the_image_but_not_the_mask() -> None:
     (lambda: train_transform([8, 8], long_side=0), r"data\.train_transform\.long_side=0"),
     (lambda: train_transform([8, 8], scale_step=-0.1), r"data\.train_transform\.scale_step=-0\.1"),
     (lambda: eval_transform(short_side=1.5), r"data\.val_transform\.short_side=1\.5"),
+    (lambda: train_transform([8, 8], scale_range=(0.5, 2.0), scale_step=0.4),
+     r"scale_step=0\.4 does not divide scale_range \[0\.5, 2\] into whole steps"),
+    (lambda: train_transform([8, 8], scale_range=(0.5, 2.0), scale_step=5), r"scale_step=5 does not divide"),
+    (lambda: train_transform([8, 8], long_side=30000), r"data\.train_transform\.long_side=30000: expected"),
+    (lambda: train_transform([8, 8], scale_range=(0.5, 2.0), long_side=8000),
+     r"long_side=8000 with scale_range max 2 resizes images to 16000 px a side \(at most 8192"),
+    (lambda: eval_transform(short_side=1), r"data\.val_transform\.short_side=1: expected"),
 ])
 def test_bad_sizes_of_reference_name_the_key(build, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

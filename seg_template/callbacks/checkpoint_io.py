@@ -220,15 +220,16 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
                                   "tensors of a model: the file was damaged or edited; resume from another checkpoint")
     if module is not None:
         for state in weights.values():
+            recipe = getattr(module, "recipe", None)  # this run's (train.py sets it before this check)
             exact_fit({str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, module, source,
-                      "ckpt_path", ckpt)
+                      "ckpt_path", ckpt, recipe.get("model") if isinstance(recipe, Mapping) else None)
         # another optimiser class than the one that wrote the state: refused before any folder fills up
         check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
-        if hasattr(module, "check_resumed_groups") and getattr(module, "optimizer_factory", None) is not None:
-            module.check_resumed_groups(ckpt, source)  # another optimizer.no_weight_decay
     from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
 
     refuse_nonfinite({**weights, "optimizer_states": ckpt["optimizer_states"]}, source, "ckpt_path")
+    if hasattr(module, "check_resumed_groups") and getattr(module, "optimizer_factory", None) is not None:
+        module.check_resumed_groups(ckpt, source)  # another optimizer.no_weight_decay
     check_callback_states(ckpt, source)  # a NaN best score, a NaN streak: before the run folder changes
     return {"epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"])}
 

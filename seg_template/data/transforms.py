@@ -24,7 +24,7 @@ import numpy as np
 
 from seg_template.data.base import IMAGENET_MEAN, IMAGENET_STD
 from seg_template.errors import ConfigError
-from seg_template.option_rules import show
+from seg_template.option_rules import REFERENCE_SIDE, show
 from seg_template.options import require
 
 
@@ -133,6 +133,15 @@ def train_transform(crop_size: Sequence[int] | int, scale_range: Sequence[float]
     crop_h, crop_w = _crop_hw(crop_size)
     lo, hi = _scale_range(scale_range, crop_h, crop_w)
     steps: list[A.BasicTransform] = []
+    if scale_step is not None and lo < hi and abs((hi - lo) / scale_step - round((hi - lo) / scale_step)) > 1e-6:
+        raise ConfigError(f"data.train_transform.scale_step={scale_step:g} does not divide scale_range "
+                          f"[{lo:g}, {hi:g}] into whole steps, so {hi:g} would never be drawn; pick a step that "
+                          f"does (HRNet: 0.1) or scale_step=null to draw uniformly")
+    for key, side in (("short_side", short_side), ("long_side", long_side)):
+        if side is not None and side * hi > REFERENCE_SIDE:
+            raise ConfigError(f"data.train_transform.{key}={side} with scale_range max {hi:g} resizes images to "
+                              f"{side * hi:.0f} px a side (at most {REFERENCE_SIDE}: each would take "
+                              f"{3 * (side * hi) ** 2 / 2**20:.0f} MB before the crop); lower one of them")
     if short_side is not None or long_side is not None or scale_step is not None:
         steps.append(ScaleOfReference(lo, hi, short_side, long_side, scale_step))
     elif (lo, hi) != (1.0, 1.0):

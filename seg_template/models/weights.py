@@ -29,7 +29,7 @@ import logging
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,7 +354,23 @@ def training_overrides(file: Path) -> list[str]:
     return [str(o) for o in items if str(o).lstrip("+~").split("=", 1)[0].split(".")[0] in ("model", "data")]
 
 
-def mismatch_message(report: LoadReport, option: str, what: str, num_classes: Any = None) -> str:
+def model_option_changes(checkpoint: Any, configured_model: Mapping[str, Any] | None) -> list[str]:
+    """``model.<key>: trained -> now`` for each model option of ``checkpoint``'s recipe that the configured
+    model node (plain data) sets otherwise: a builder option that changes the tensors (``model.head_init``,
+    ``model.aux``) is the culprit of a mismatch even when it was left at its default in one of the runs."""
+    from seg_template.recipe import recipe_changes
+
+    recipe = checkpoint.get("recipe") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("model"), Mapping) or configured_model is None:
+        return []
+    # the options that never change which tensors a network has: where weights come from, how it runs
+    same_tensors = ("model.pretrained:", "model.compile:", "model.channels_last:")
+    changes = recipe_changes({"model": recipe["model"]}, {"model": configured_model}, limit=100)
+    return [c for c in changes if not c.startswith(same_tensors)][:6]
+
+
+def mismatch_message(report: LoadReport, option: str, what: str, num_classes: Any = None,
+                     model_changes: Sequence[str] = ()) -> str:
     """One message for a checkpoint that does not fit: the file, what differs and the options to pass."""
     parts = [f"{option}: '{report.source}' does not fit {what}"]
     if report.mismatched:
@@ -367,6 +383,9 @@ def mismatch_message(report: LoadReport, option: str, what: str, num_classes: An
                      f"{_preview(report.unexpected, 4)}")
     if num_classes is not None:
         parts.append(f"the checkpoint was trained for num_classes={num_classes}")
+    if model_changes:
+        parts.append("the model options differ from the checkpoint's recipe (trained -> now): "
+                     + ", ".join(model_changes))
     used = training_overrides(Path(report.source))
     hint = (f"the run that wrote it used: {' '.join(used)}" if used else
             "see <run>/.hydra/overrides.yaml of the run that wrote it")
@@ -374,7 +393,8 @@ def mismatch_message(report: LoadReport, option: str, what: str, num_classes: An
 
 
 def exact_fit(state: Mapping[str, Tensor], target: nn.Module, source: str, option: str = "ckpt_path",
-              checkpoint: Any = None) -> tuple[LoadReport, dict[str, Tensor]]:
+              checkpoint: Any = None, configured_model: Mapping[str, Any] | None = None,
+              ) -> tuple[LoadReport, dict[str, Tensor]]:
     """``state`` checked to be exactly ``target``'s tensors: the same names, each with its shape. Returns the
     report and ``{name: tensor}`` to load; else a ``CheckpointError`` (:func:`mismatch_message`) naming
     ``option``, the file ``source``, what differs, the class count ``checkpoint`` (the whole file's object)
@@ -385,11 +405,12 @@ def exact_fit(state: Mapping[str, Tensor], target: nn.Module, source: str, optio
         hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
         classes = hparams.get("num_classes") if isinstance(hparams, Mapping) else None
         raise CheckpointError(mismatch_message(report, option, f"the configured model ({type(target).__name__})",
-                                               classes))
+                                               classes, model_option_changes(checkpoint, configured_model)))
     return report, to_load
 
 
-def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path") -> LoadReport:
+def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path",
+                     configured_model: Mapping[str, Any] | None = None) -> LoadReport:
     """Load a checkpoint's network weights into ``net`` strictly (eval, predict).
 
     A Lightning ``.ckpt`` of ours contributes its ``net.*`` tensors; any other file is taken as the
@@ -407,7 +428,7 @@ def load_net_weights(net: nn.Module, path: str | Path, option: str = "ckpt_path"
     else:
         own = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
     target = getattr(net, "_orig_mod", net)
-    report, to_load = exact_fit(own, target, source, option, obj)
+    report, to_load = exact_fit(own, target, source, option, obj, configured_model)
     refuse_nonfinite(state, source, option)  # NaN weights give NaN logits, whose argmax is class 0 everywhere
     target.load_state_dict(to_load)
     net.weights_source = f"{option}: '{source}'"  # for InferenceModel's messages (seg_template/inference)
