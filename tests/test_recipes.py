@@ -139,7 +139,8 @@ UPSTREAM: dict[str, list[tuple[str, object, str]]] = {
         ("loss.main._target_", "seg_template.losses.CrossEntropy", f"{VOC_MODEL}: CrossEntropyLoss"),
         ("loss.main.weight", None, f"{VOC_MODEL}: no class weights"),
         ("loss.aux_weight", 0.4, f"{VOC_MODEL}: auxiliary_head loss_weight 0.4"),
-        ("loss.main.align_corners", False, f"{MMSEG}/../mmseg/models/decode_heads/decode_head.py: loss resize"),
+        ("loss.main.align_corners", False, "open-mmlab/mmsegmentation mmseg/models/decode_heads/decode_head.py: "
+                                           "logits resized with the head's align_corners (False) in the loss"),
         ("optimizer._target_", "torch.optim.SGD", f"{VOC_SCHEDULE}: SGD"),
         ("optimizer.lr", 0.01, f"{VOC_SCHEDULE}: lr 0.01"),
         ("optimizer.momentum", 0.9, f"{VOC_SCHEDULE}: momentum 0.9"),
