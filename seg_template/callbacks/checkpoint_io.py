@@ -219,10 +219,11 @@ def check_resume_checkpoint(path: str | Path, module: torch.nn.Module | None = N
             raise CheckpointError(f"ckpt_path: '{source}' holds a {type(state).__name__} under {key!r}, not the "
                                   "tensors of a model: the file was damaged or edited; resume from another checkpoint")
     if module is not None:
+        recipe = getattr(module, "recipe", None)  # this run's (train.py sets it before this check)
+        configured_model = recipe.get("model") if isinstance(recipe, Mapping) else None
         for state in weights.values():
-            recipe = getattr(module, "recipe", None)  # this run's (train.py sets it before this check)
             exact_fit({str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, module, source,
-                      "ckpt_path", ckpt, recipe.get("model") if isinstance(recipe, Mapping) else None)
+                      "ckpt_path", ckpt, configured_model)
         # another optimiser class than the one that wrote the state: refused before any folder fills up
         check_optimizer(ckpt, getattr(module, "optimizer_factory", None), source)
     from seg_template.models.finite import refuse_nonfinite  # a diverged state would only ever compute NaN
